@@ -1,0 +1,1 @@
+//! Test guests and platform checks for hvprobe tests.

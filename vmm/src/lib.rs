@@ -1,0 +1,9 @@
+//! hvprobe's VMM: boots Linux kernels (ELF vmlinux and bzImage, decompressed on the host) and
+//! test guests on `/dev/kvm`, one thread per vCPU, with the devices a Linux boot and the test
+//! guests need. The introspection layer builds on [`vcpu`]'s pause-all / resume-all and on the
+//! debug-exit payload the exit dispatcher keeps.
+//!
+//! See ARCHITECTURE.md at the top of the repository for the boot path and the vCPU loop.
+
+pub mod layout;
+pub mod memory;
