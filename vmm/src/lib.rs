@@ -5,5 +5,8 @@
 //!
 //! See ARCHITECTURE.md at the top of the repository for the boot path and the vCPU loop.
 
+pub mod config;
 pub mod layout;
+pub mod loader;
 pub mod memory;
+pub mod test_kernel;

@@ -1,0 +1,1 @@
+//! Kernel loaders (in progress).

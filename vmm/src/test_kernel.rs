@@ -1,0 +1,1 @@
+//! The embedded test kernel (in progress).
