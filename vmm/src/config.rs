@@ -52,7 +52,7 @@ pub const DEFAULT_MEM_SIZE: u64 = 256 << 20;
 /// Default Linux command line: serial console, no KASLR (so symbols need no slide), reboot at
 /// once on panic (the VM then ends instead of hanging), and no features this VM lacks.
 pub const DEFAULT_LINUX_CMDLINE: &str =
-    "console=ttyS0 earlyprintk=serial,ttyS0,115200 nokaslr panic=-1 reboot=k pci=off";
+    "console=ttyS0 earlyprintk=serial,ttyS0,115200 nokaslr panic=-1 reboot=k";
 
 impl Default for VmConfig {
     fn default() -> Self {
