@@ -9,4 +9,5 @@ pub mod config;
 pub mod layout;
 pub mod loader;
 pub mod memory;
+pub mod outcome;
 pub mod test_kernel;
