@@ -5,7 +5,8 @@
 //! 0x0000_0520  IDT (empty, limit 0)         0x0000_a000  PDPT (4 entries: 4 GiB)
 //! 0x0000_7000  boot_params ("zero page")    0x0000_b000  4 PDs, 2 MiB pages, identity map 0..4 GiB
 //! 0x0000_8ff0  initial stack top            0x0002_0000  kernel command line
-//! 0x0009_fc00  EBDA: MP table (SMP)         0x0010_0000  kernel (ELF PT_LOAD p_paddr) ...
+//! 0x0009_fc00  EBDA: MP floating pointer    0x000f_0000  MP configuration table (SMP)
+//! 0x0010_0000  kernel (ELF PT_LOAD p_paddr) ...
 //! 0xc000_0000  32-bit MMIO hole start: RAM above 3 GiB moves to 4 GiB
 //! 0xd000_0000  test device MMIO page
 //! 0xfec0_0000  IOAPIC, 0xfee0_0000 LAPIC (in-kernel irqchip)
@@ -34,6 +35,8 @@ pub const CMDLINE_START: u64 = 0x20000;
 pub const CMDLINE_MAX_SIZE: usize = 2048;
 /// Extended BIOS data area; the MP table lives here.
 pub const EBDA_START: u64 = 0x9fc00;
+/// MP configuration table, in the reserved BIOS area (its floating pointer is at the EBDA).
+pub const MP_TABLE_START: u64 = 0xf_0000;
 /// End of conventional low memory.
 pub const LOW_MEM_END: u64 = 0xa0000;
 /// Lowest address a kernel image may be loaded at.

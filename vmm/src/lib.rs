@@ -5,9 +5,16 @@
 //!
 //! See ARCHITECTURE.md at the top of the repository for the boot path and the vCPU loop.
 
+pub mod boot;
+pub mod cli;
 pub mod config;
+pub mod devices;
 pub mod layout;
 pub mod loader;
 pub mod memory;
 pub mod outcome;
+pub mod phases;
+pub mod platform;
 pub mod test_kernel;
+pub mod vcpu;
+pub mod vm;

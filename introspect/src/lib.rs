@@ -1,0 +1,24 @@
+//! Guest introspection for hvprobe: the pure logic that needs no VM.
+//!
+//! - [`addr`]: distinct guest-physical ([`Gpa`]) and guest-virtual ([`Gva`]) addresses.
+//! - [`paging`]: an x86_64 page-table walker (4- and 5-level, 4K / 2M / 1G pages) over the
+//!   small [`PhysMem`] trait, with a translation cache and page-crossing virtual reads and
+//!   writes.
+//! - [`symbols`]: a [`SymbolTable`] loaded from an ELF `.symtab`, System.map or
+//!   `/proc/kallsyms` text, or the kernel's own embedded kallsyms tables found in a kernel
+//!   image or in guest memory.
+//! - [`elf`]: the few ELF64 structures the above need (program headers, symbol table).
+//!
+//! This crate does not depend on the VMM: the VMM implements [`PhysMem`] for guest memory.
+
+pub mod addr;
+pub mod elf;
+pub mod paging;
+pub mod symbols;
+
+pub use addr::{Gpa, Gva, PAGE_SIZE};
+pub use paging::{
+    PageWalker, PagingContext, PhysMem, PhysMemError, PhysMemMut, Translation, VirtError,
+    WalkError,
+};
+

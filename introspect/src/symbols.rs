@@ -1,0 +1,1 @@
+//! Kernel symbols (placeholder while paging builds).

@@ -1,0 +1,1013 @@
+//! The `hvprobe` command line: clap definitions, the merge of flags over a TOML config file
+//! ([`ConfigFile`]), and the checks that turn the result into a [`VmConfig`].
+//!
+//! Everything a user can get wrong is reported here as a [`CliError`] naming the flag, or the
+//! file, line and field, so `main` prints one line and exits with
+//! [`EXIT_BAD_INPUT`](crate::outcome::EXIT_BAD_INPUT). Kernel and initrd files are only checked
+//! to be readable files; their contents are the loader's business.
+
+use std::error::Error;
+use std::ffi::OsString;
+use std::fmt;
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::error::ErrorKind;
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{
+    ConfigFile, ConfigFileError, KernelSource, MAX_CPUS, SerialOutput, Setting, SizeError,
+    VmConfig, check_host_mem, host_mem_total, parse_mem_size,
+};
+use crate::layout::CMDLINE_MAX_SIZE;
+
+/// The longest kernel command line, in bytes (the buffer also holds the terminating NUL).
+pub const CMDLINE_MAX_LEN: usize = CMDLINE_MAX_SIZE - 1;
+
+const EXIT_STATUS_HELP: &str = "\
+Exit status:
+  0-63  the guest exited with that code through the test device (larger codes give 63)
+  64    bad arguments, config file, kernel or initrd
+  65    the guest reset the machine (Linux: reboot, or a panic with panic=-1)
+  66    the guest crashed (triple fault, KVM internal error)
+  70    hvprobe itself failed (no /dev/kvm, an ioctl failed)
+  124   the --timeout elapsed";
+
+const RUN_HELP: &str = "\
+SIZE is bytes (268435456) or a number with a binary unit: 4096K, 256M, 512MiB, 1G, 1GiB.
+
+A config file (--config) takes the same settings as the flags, as TOML keys: kernel, initrd,
+cmdline, mem, cpus, timeout, serial_log, quiet. Relative paths in it are relative to the
+file's directory. Flags win over the file. See configs/*.toml for commented examples.";
+
+/// `hvprobe`: runs guest kernels on KVM and instruments them from outside.
+#[derive(Debug, Parser)]
+#[command(
+    name = "hvprobe",
+    version,
+    about = "Run guest kernels on KVM and instrument them from outside",
+    after_long_help = EXIT_STATUS_HELP
+)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Boot a kernel (by default the bundled test kernel) and run it until it exits, resets,
+    /// crashes or times out.
+    #[command(after_help = RUN_HELP, after_long_help = format!("{RUN_HELP}\n\n{EXIT_STATUS_HELP}"))]
+    Run(RunArgs),
+}
+
+/// The flags of `hvprobe run`, as typed (checked by [`resolve_run`]).
+#[derive(Clone, Debug, Default, Args)]
+pub struct RunArgs {
+    /// Kernel to boot: ELF vmlinux, bzImage, or an ELF test kernel [default: the bundled test
+    /// kernel]
+    #[arg(long, value_name = "PATH")]
+    pub kernel: Option<PathBuf>,
+    /// Initial ramdisk to load for a Linux kernel
+    #[arg(long, value_name = "PATH")]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line [default for Linux: console=ttyS0 earlyprintk=serial,ttyS0,115200
+    /// nokaslr panic=-1 reboot=k]
+    #[arg(long, value_name = "STR", allow_hyphen_values = true)]
+    pub cmdline: Option<String>,
+    /// Guest RAM, at least 16M, a multiple of 4K [default: 256M]
+    #[arg(long, value_name = "SIZE")]
+    pub mem: Option<String>,
+    /// Number of vCPUs, 1 to 64 [default: 1]
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub cpus: Option<i64>,
+    /// Stop the guest after this many seconds (fractions allowed: 0.5) [default: none]
+    #[arg(long, value_name = "SECS", allow_negative_numbers = true)]
+    pub timeout: Option<f64>,
+    /// Write the guest's serial console to FILE (created or truncated) [default: stdout]
+    #[arg(long, value_name = "FILE")]
+    pub serial_log: Option<PathBuf>,
+    /// Read settings from a TOML file; flags win over it
+    #[arg(long, value_name = "FILE.toml")]
+    pub config: Option<PathBuf>,
+    /// Print nothing on stderr but errors (no boot phases, no outcome line)
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// What the command line asks for.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Request {
+    /// Run a VM.
+    Run(VmConfig),
+    /// Print this text on stdout and exit with status 0 (`--help`, `--version`).
+    Print(String),
+}
+
+/// Where a setting came from, for messages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// A flag, with its dashes (`--mem`).
+    Flag(&'static str),
+    /// A config file field.
+    File {
+        /// The config file.
+        path: PathBuf,
+        /// The line of the value (1-based).
+        line: usize,
+        /// The TOML key.
+        field: &'static str,
+    },
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Flag(flag) => f.write_str(flag),
+            Origin::File { path, line, field } => {
+                write!(f, "{}:{line}: {field}", path.display())
+            }
+        }
+    }
+}
+
+/// Bad command line or config. Every variant is exit status 64; print it with
+/// [`error_line`].
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// clap rejected the arguments (unknown flag, missing value, not a number, ...).
+    #[error("{0}")]
+    Usage(String),
+    /// The config file could not be read or parsed.
+    #[error(transparent)]
+    ConfigFile(#[from] ConfigFileError),
+    /// The memory size is malformed, too small, or more than the host has.
+    #[error("{origin}: bad memory size")]
+    Mem {
+        /// Where it came from.
+        origin: Origin,
+        /// What is wrong with it.
+        #[source]
+        source: SizeError,
+    },
+    /// The vCPU count is not in 1..=[`MAX_CPUS`].
+    #[error("{origin}: {cpus} vCPUs is out of range: use 1 to {MAX_CPUS}")]
+    CpusOutOfRange {
+        /// Where it came from.
+        origin: Origin,
+        /// The count given.
+        cpus: i64,
+    },
+    /// The timeout is not a positive, finite number of seconds.
+    #[error("{origin}: the timeout must be a positive number of seconds, not {secs}")]
+    BadTimeout {
+        /// Where it came from.
+        origin: Origin,
+        /// The value given.
+        secs: f64,
+    },
+    /// The command line does not fit in the boot command line buffer.
+    #[error("{origin}: the kernel command line is {len} bytes; the limit is {max}")]
+    CmdlineTooLong {
+        /// Where it came from.
+        origin: Origin,
+        /// Its length in bytes.
+        len: usize,
+        /// [`CMDLINE_MAX_LEN`].
+        max: usize,
+    },
+    /// The command line contains a NUL byte (it would end the string early).
+    #[error("{origin}: the kernel command line contains a NUL byte at offset {offset}")]
+    CmdlineNul {
+        /// Where it came from.
+        origin: Origin,
+        /// The byte offset of the first NUL.
+        offset: usize,
+    },
+    /// An input file (kernel, initrd) is missing or cannot be opened.
+    #[error("{origin}: cannot read {what} {}", .path.display())]
+    Unreadable {
+        /// Where it came from.
+        origin: Origin,
+        /// `kernel` or `initrd`.
+        what: &'static str,
+        /// The path, as resolved.
+        path: PathBuf,
+        /// The OS's reason.
+        #[source]
+        source: io::Error,
+    },
+    /// A path that should be a file is a directory.
+    #[error("{origin}: {what} {} is a directory, not a file", .path.display())]
+    IsDirectory {
+        /// Where it came from.
+        origin: Origin,
+        /// `kernel`, `initrd` or `serial log`.
+        what: &'static str,
+        /// The path, as resolved.
+        path: PathBuf,
+    },
+    /// The directory the serial log would be created in is missing or not a directory.
+    #[error("{origin}: cannot create serial log {}: bad directory {}", .path.display(), .dir.display())]
+    SerialLogDir {
+        /// Where it came from.
+        origin: Origin,
+        /// The serial log path, as resolved.
+        path: PathBuf,
+        /// Its parent directory.
+        dir: PathBuf,
+        /// Why the directory is unusable.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// An error and its `source()` chain on one line, joined with `: `.
+pub fn error_line(err: &dyn Error) -> String {
+    let mut line = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        line.push_str(": ");
+        line.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    line.replace('\n', " ")
+}
+
+/// Parses the process's arguments (see [`parse_from`]).
+pub fn parse() -> Result<Request, CliError> {
+    parse_from(std::env::args_os())
+}
+
+/// Parses arguments (the first is the program name), loads the config file if any, merges and
+/// checks everything (including that the kernel and initrd are readable files).
+pub fn parse_from<I, T>(args: I) -> Result<Request, CliError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = Cli::try_parse_from(args).map_err(|err| match err.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => Ok(err.render().to_string()),
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand | ErrorKind::MissingSubcommand => Err(
+            CliError::Usage("no command given (try `hvprobe run` or `hvprobe --help`)".into()),
+        ),
+        _ => Err(CliError::Usage(clap_first_line(&err))),
+    });
+    match cli {
+        Ok(Cli {
+            command: Command::Run(args),
+        }) => resolve_run(&args).map(Request::Run),
+        Err(Ok(text)) => Ok(Request::Print(text)),
+        Err(Err(err)) => Err(err),
+    }
+}
+
+/// clap's message without its `error: ` prefix, usage and tips.
+fn clap_first_line(err: &clap::Error) -> String {
+    let text = err.render().to_string();
+    let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+    first
+        .strip_prefix("error: ")
+        .unwrap_or(first)
+        .trim()
+        .to_owned()
+}
+
+/// Loads `--config` if given and merges it under the flags ([`merge`]), checking against the
+/// host's RAM.
+pub fn resolve_run(args: &RunArgs) -> Result<VmConfig, CliError> {
+    let file = args.config.as_deref().map(ConfigFile::load).transpose()?;
+    merge(args, file.as_ref(), host_mem_total())
+}
+
+/// A value and where it came from: the flag if given, else the file's field.
+fn pick<T: Clone>(
+    flag: Option<&T>,
+    flag_name: &'static str,
+    file: Option<&ConfigFile>,
+    field: &'static str,
+    get: impl Fn(&ConfigFile) -> Option<&Setting<T>>,
+) -> Option<(T, Origin)> {
+    if let Some(value) = flag {
+        return Some((value.clone(), Origin::Flag(flag_name)));
+    }
+    let file = file?;
+    get(file).map(|setting| {
+        let origin = Origin::File {
+            path: file.path.clone(),
+            line: setting.line,
+            field,
+        };
+        (setting.value.clone(), origin)
+    })
+}
+
+/// Merges flags over a config file and checks every value. `host_mem`: the host's RAM in
+/// bytes, `None` to skip that check.
+pub fn merge(
+    args: &RunArgs,
+    file: Option<&ConfigFile>,
+    host_mem: Option<u64>,
+) -> Result<VmConfig, CliError> {
+    let mut config = VmConfig::default();
+
+    if let Some((path, origin)) = pick(args.kernel.as_ref(), "--kernel", file, "kernel", |f| {
+        f.kernel.as_ref()
+    }) {
+        check_input_file(&path, "kernel", origin)?;
+        config.kernel = KernelSource::File(path);
+    }
+    if let Some((path, origin)) = pick(args.initrd.as_ref(), "--initrd", file, "initrd", |f| {
+        f.initrd.as_ref()
+    }) {
+        check_input_file(&path, "initrd", origin)?;
+        config.initrd = Some(path);
+    }
+    if let Some((cmdline, origin)) =
+        pick(args.cmdline.as_ref(), "--cmdline", file, "cmdline", |f| {
+            f.cmdline.as_ref()
+        })
+    {
+        check_cmdline(&cmdline, origin)?;
+        config.cmdline = Some(cmdline);
+    }
+    if let Some((mem, origin)) = pick(args.mem.as_ref(), "--mem", file, "mem", |f| f.mem.as_ref()) {
+        config.mem_size = parse_mem_size(&mem)
+            .and_then(|size| check_host_mem(size, host_mem).map(|()| size))
+            .map_err(|source| CliError::Mem { origin, source })?;
+    }
+    if let Some((cpus, origin)) = pick(args.cpus.as_ref(), "--cpus", file, "cpus", |f| {
+        f.cpus.as_ref()
+    }) {
+        config.cpus = u8::try_from(cpus)
+            .ok()
+            .filter(|c| (1..=MAX_CPUS).contains(c))
+            .ok_or(CliError::CpusOutOfRange { origin, cpus })?;
+    }
+    if let Some((secs, origin)) = pick(args.timeout.as_ref(), "--timeout", file, "timeout", |f| {
+        f.timeout.as_ref()
+    }) {
+        let timeout = (secs.is_finite() && secs > 0.0)
+            .then(|| Duration::try_from_secs_f64(secs).ok())
+            .flatten()
+            .filter(|d| !d.is_zero())
+            .ok_or(CliError::BadTimeout { origin, secs })?;
+        config.timeout = Some(timeout);
+    }
+    if let Some((path, origin)) = pick(
+        args.serial_log.as_ref(),
+        "--serial-log",
+        file,
+        "serial_log",
+        |f| f.serial_log.as_ref(),
+    ) {
+        check_serial_log(&path, origin)?;
+        config.serial = SerialOutput::File(path);
+    }
+    config.quiet = args.quiet || file.and_then(|f| f.quiet.as_ref()).is_some_and(|q| q.value);
+    Ok(config)
+}
+
+fn check_cmdline(cmdline: &str, origin: Origin) -> Result<(), CliError> {
+    if let Some(offset) = cmdline.bytes().position(|b| b == 0) {
+        return Err(CliError::CmdlineNul { origin, offset });
+    }
+    if cmdline.len() > CMDLINE_MAX_LEN {
+        return Err(CliError::CmdlineTooLong {
+            origin,
+            len: cmdline.len(),
+            max: CMDLINE_MAX_LEN,
+        });
+    }
+    Ok(())
+}
+
+/// The file exists, is not a directory, and can be opened for reading.
+fn check_input_file(path: &Path, what: &'static str, origin: Origin) -> Result<(), CliError> {
+    let unreadable = |origin, source| CliError::Unreadable {
+        origin,
+        what,
+        path: path.to_owned(),
+        source,
+    };
+    let metadata = std::fs::metadata(path).map_err(|e| unreadable(origin.clone(), e))?;
+    if metadata.is_dir() {
+        return Err(CliError::IsDirectory {
+            origin,
+            what,
+            path: path.to_owned(),
+        });
+    }
+    File::open(path).map_err(|e| unreadable(origin, e))?;
+    Ok(())
+}
+
+/// The serial log is not a directory and its parent directory exists.
+fn check_serial_log(path: &Path, origin: Origin) -> Result<(), CliError> {
+    if path.is_dir() {
+        return Err(CliError::IsDirectory {
+            origin,
+            what: "serial log",
+            path: path.to_owned(),
+        });
+    }
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let bad_dir = |source| CliError::SerialLogDir {
+        origin: origin.clone(),
+        path: path.to_owned(),
+        dir: dir.to_owned(),
+        source,
+    };
+    let metadata = std::fs::metadata(dir).map_err(bad_dir)?;
+    if !metadata.is_dir() {
+        return Err(bad_dir(io::Error::new(
+            io::ErrorKind::NotADirectory,
+            "not a directory",
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{DEFAULT_MEM_SIZE, fmt_size};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A unique scratch directory under the system temp dir, removed on drop.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(name: &str) -> Scratch {
+            static COUNTER: AtomicUsize = AtomicUsize::new(0);
+            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+            let dir = std::env::temp_dir().join(format!(
+                "hvprobe-cli-unit-{}-{n}-{name}",
+                std::process::id()
+            ));
+            std::fs::create_dir_all(&dir).unwrap();
+            Scratch(dir)
+        }
+
+        fn file(&self, name: &str, contents: &str) -> PathBuf {
+            let path = self.0.join(name);
+            std::fs::write(&path, contents).unwrap();
+            path
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    const GIB: u64 = 1 << 30;
+
+    fn run(args: &[&str]) -> Result<VmConfig, CliError> {
+        let argv = ["hvprobe", "run"].iter().chain(args);
+        match parse_from(argv)? {
+            Request::Run(config) => Ok(config),
+            Request::Print(text) => panic!("unexpected print: {text}"),
+        }
+    }
+
+    fn run_args(f: impl FnOnce(&mut RunArgs)) -> RunArgs {
+        let mut args = RunArgs::default();
+        f(&mut args);
+        args
+    }
+
+    fn flag(name: &'static str) -> Origin {
+        Origin::Flag(name)
+    }
+
+    #[test]
+    fn no_arguments_runs_the_embedded_kernel_with_defaults() {
+        let config = run(&[]).unwrap();
+        assert_eq!(config, VmConfig::default());
+        assert_eq!(config.kernel, KernelSource::Embedded);
+        assert_eq!(config.mem_size, DEFAULT_MEM_SIZE);
+    }
+
+    #[test]
+    fn all_flags() {
+        let scratch = Scratch::new("all-flags");
+        let kernel = scratch.file("vmlinux", "x");
+        let initrd = scratch.file("initrd", "y");
+        let log = scratch.0.join("serial.log");
+        let config = run(&[
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--initrd",
+            initrd.to_str().unwrap(),
+            "--cmdline",
+            "console=ttyS0 quiet",
+            "--mem",
+            "64M",
+            "--cpus",
+            "4",
+            "--timeout",
+            "0.5",
+            "--serial-log",
+            log.to_str().unwrap(),
+            "--quiet",
+        ])
+        .unwrap();
+        assert_eq!(
+            config,
+            VmConfig {
+                kernel: KernelSource::File(kernel),
+                initrd: Some(initrd),
+                cmdline: Some("console=ttyS0 quiet".into()),
+                mem_size: 64 << 20,
+                cpus: 4,
+                timeout: Some(Duration::from_millis(500)),
+                serial: SerialOutput::File(log),
+                quiet: true,
+            }
+        );
+    }
+
+    #[test]
+    fn memory_sizes() {
+        for (text, bytes) in [
+            ("256M", 256 << 20),
+            ("1G", GIB),
+            ("512MiB", 512 << 20),
+            ("1GiB", GIB),
+            ("268435456", 256 << 20),
+            ("16384K", 16 << 20),
+            ("16384k", 16 << 20),
+            ("2g", 2 * GIB),
+            (" 64 M ", 64 << 20),
+            ("1T", 1 << 40),
+        ] {
+            assert_eq!(parse_mem_size(text), Ok(bytes), "{text}");
+        }
+        let config = run(&["--mem", "4096K"]);
+        assert!(
+            matches!(config, Err(CliError::Mem { source: SizeError::TooSmall(n), .. }) if n == 4 << 20)
+        );
+        assert_eq!(parse_mem_size(""), Err(SizeError::Empty));
+        assert_eq!(parse_mem_size("0"), Err(SizeError::Zero));
+        assert_eq!(parse_mem_size("0G"), Err(SizeError::Zero));
+        for garbage in ["abc", "M", "12X", "1.5G", "-1G", "256MB", "1 G B", "0x1000"] {
+            assert_eq!(
+                parse_mem_size(garbage),
+                Err(SizeError::Invalid(garbage.trim().into())),
+                "{garbage}"
+            );
+        }
+        assert!(matches!(
+            parse_mem_size("99999999999999999999"),
+            Err(SizeError::Overflow(_))
+        ));
+        assert!(matches!(
+            parse_mem_size("17179869184G"),
+            Err(SizeError::Overflow(_))
+        ));
+        assert_eq!(
+            parse_mem_size("268435457"),
+            Err(SizeError::NotPageAligned(268_435_457))
+        );
+        assert_eq!(parse_mem_size("8M"), Err(SizeError::TooSmall(8 << 20)));
+    }
+
+    #[test]
+    fn memory_more_than_host() {
+        let args = run_args(|a| a.mem = Some("4G".into()));
+        let err = merge(&args, None, Some(2 * GIB)).unwrap_err();
+        assert!(matches!(
+            err,
+            CliError::Mem {
+                origin: Origin::Flag("--mem"),
+                source: SizeError::MoreThanHost { requested, host }
+            } if requested == 4 * GIB && host == 2 * GIB
+        ));
+        let line = error_line(&err);
+        assert!(line.contains("4 GiB") && line.contains("2 GiB"), "{line}");
+        assert!(merge(&args, None, Some(8 * GIB)).is_ok());
+        assert!(merge(&args, None, None).is_ok());
+        assert_eq!(fmt_size(3 << 29), "1.5 GiB (1610612736 bytes)");
+    }
+
+    #[test]
+    fn cpus() {
+        assert_eq!(run(&["--cpus", "64"]).unwrap().cpus, 64);
+        for bad in ["0", "65", "-1", "300"] {
+            let err = run(&["--cpus", bad]).unwrap_err();
+            assert!(
+                matches!(&err, CliError::CpusOutOfRange { origin, cpus }
+                    if *origin == flag("--cpus") && cpus.to_string() == bad),
+                "{bad}: {err:?}"
+            );
+            assert!(error_line(&err).contains("1 to 64"));
+        }
+        assert!(matches!(run(&["--cpus", "two"]), Err(CliError::Usage(m)) if m.contains("--cpus")));
+    }
+
+    #[test]
+    fn timeouts() {
+        assert_eq!(
+            run(&["--timeout", "60"]).unwrap().timeout,
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(
+            run(&["--timeout", "0.25"]).unwrap().timeout,
+            Some(Duration::from_millis(250))
+        );
+        for bad in ["0", "-1", "NaN", "inf", "1e300", "1e-12"] {
+            let err = run(&["--timeout", bad]).unwrap_err();
+            assert!(
+                matches!(err, CliError::BadTimeout { ref origin, .. } if *origin == flag("--timeout")),
+                "{bad}: {err:?}"
+            );
+        }
+        assert!(matches!(
+            run(&["--timeout", "soon"]),
+            Err(CliError::Usage(_))
+        ));
+    }
+
+    #[test]
+    fn cmdline_limits() {
+        let longest = "x".repeat(CMDLINE_MAX_LEN);
+        assert_eq!(
+            run(&["--cmdline", &longest]).unwrap().cmdline,
+            Some(longest.clone())
+        );
+        let too_long = "x".repeat(CMDLINE_MAX_LEN + 1);
+        let err = run(&["--cmdline", &too_long]).unwrap_err();
+        assert!(matches!(
+            err,
+            CliError::CmdlineTooLong {
+                len: 2048,
+                max: 2047,
+                ..
+            }
+        ));
+        assert!(error_line(&err).contains("2048") && error_line(&err).contains("2047"));
+        let args = run_args(|a| a.cmdline = Some("a\0b".into()));
+        assert!(matches!(
+            merge(&args, None, None),
+            Err(CliError::CmdlineNul { offset: 1, .. })
+        ));
+        // A command line starting with a dash is a value, not a flag.
+        assert_eq!(
+            run(&["--cmdline", "-v"]).unwrap().cmdline,
+            Some("-v".into())
+        );
+    }
+
+    #[test]
+    fn input_files() {
+        let scratch = Scratch::new("inputs");
+        let missing = scratch.0.join("nope");
+        let err = run(&["--kernel", missing.to_str().unwrap()]).unwrap_err();
+        assert!(matches!(
+            &err,
+            CliError::Unreadable { what: "kernel", path, source, .. }
+                if *path == missing && source.kind() == io::ErrorKind::NotFound
+        ));
+        let line = error_line(&err);
+        assert!(
+            line.contains("nope") && line.contains("No such file"),
+            "{line}"
+        );
+
+        let err = run(&["--initrd", scratch.0.to_str().unwrap()]).unwrap_err();
+        assert!(matches!(
+            &err,
+            CliError::IsDirectory { what: "initrd", path, .. } if *path == scratch.0
+        ));
+
+        // Unreadable: only testable when not root (root can open mode 000 files).
+        let locked = scratch.file("locked", "x");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o000)).unwrap();
+        if File::open(&locked).is_err() {
+            let err = run(&["--kernel", locked.to_str().unwrap()]).unwrap_err();
+            assert!(matches!(
+                &err,
+                CliError::Unreadable { source, .. } if source.kind() == io::ErrorKind::PermissionDenied
+            ));
+        }
+    }
+
+    #[test]
+    fn serial_log() {
+        let scratch = Scratch::new("serial");
+        let log = scratch.0.join("missing-dir").join("serial.log");
+        let err = run(&["--serial-log", log.to_str().unwrap()]).unwrap_err();
+        assert!(matches!(&err, CliError::SerialLogDir { path, .. } if *path == log));
+        let err = run(&["--serial-log", scratch.0.to_str().unwrap()]).unwrap_err();
+        assert!(matches!(
+            err,
+            CliError::IsDirectory {
+                what: "serial log",
+                ..
+            }
+        ));
+        let not_dir = scratch.file("plain", "");
+        let err = run(&["--serial-log", not_dir.join("x.log").to_str().unwrap()]).unwrap_err();
+        assert!(matches!(err, CliError::SerialLogDir { .. }));
+        // A bare file name is created in the current directory.
+        assert_eq!(
+            run(&["--serial-log", "serial.log"]).unwrap().serial,
+            SerialOutput::File("serial.log".into())
+        );
+    }
+
+    #[test]
+    fn usage_errors_are_one_line() {
+        for argv in [
+            &["hvprobe"][..],
+            &["hvprobe", "run", "--bogus"],
+            &["hvprobe", "frobnicate"],
+            &["hvprobe", "run", "--mem"],
+            &["hvprobe", "run", "--cpus", "x"],
+        ] {
+            let err = parse_from(argv).unwrap_err();
+            let CliError::Usage(message) = &err else {
+                panic!("{argv:?}: {err:?}")
+            };
+            assert!(
+                !message.is_empty() && !message.contains('\n'),
+                "{message:?}"
+            );
+            assert!(!message.starts_with("error"), "{message:?}");
+        }
+    }
+
+    #[test]
+    fn help_and_version_are_printed() {
+        let Ok(Request::Print(help)) = parse_from(["hvprobe", "--help"]) else {
+            panic!()
+        };
+        assert!(
+            help.contains("run") && help.contains("Exit status"),
+            "{help}"
+        );
+        let Ok(Request::Print(help)) = parse_from(["hvprobe", "run", "--help"]) else {
+            panic!()
+        };
+        let default_cmdline = crate::config::DEFAULT_LINUX_CMDLINE;
+        for word in [
+            "--kernel",
+            "--mem",
+            "--serial-log",
+            "--config",
+            "512MiB",
+            "serial_log",
+            default_cmdline,
+        ] {
+            assert!(help.contains(word), "{word}: {help}");
+        }
+        let Ok(Request::Print(version)) = parse_from(["hvprobe", "--version"]) else {
+            panic!()
+        };
+        assert!(version.starts_with("hvprobe "), "{version}");
+    }
+
+    const FULL_TOML: &str = r#"
+# every field
+kernel = "vmlinux"
+initrd = "sub/initrd.img"
+cmdline = "console=ttyS0 nokaslr"
+mem = "512M"
+cpus = 2
+timeout = 1.5
+serial_log = "serial.log"
+quiet = true
+"#;
+
+    #[test]
+    fn config_file_round_trip() {
+        let scratch = Scratch::new("roundtrip");
+        let kernel = scratch.file("vmlinux", "k");
+        std::fs::create_dir(scratch.0.join("sub")).unwrap();
+        let initrd = scratch.file("sub/initrd.img", "i");
+        let path = scratch.file("vm.toml", FULL_TOML);
+
+        let file = ConfigFile::load(&path).unwrap();
+        assert_eq!(file.path, path);
+        assert_eq!(
+            file.kernel,
+            Some(Setting {
+                value: kernel.clone(),
+                line: 3
+            })
+        );
+        assert_eq!(file.cpus.as_ref().map(|s| (s.value, s.line)), Some((2, 7)));
+
+        let config = run(&["--config", path.to_str().unwrap()]).unwrap();
+        assert_eq!(
+            config,
+            VmConfig {
+                kernel: KernelSource::File(kernel),
+                initrd: Some(initrd),
+                cmdline: Some("console=ttyS0 nokaslr".into()),
+                mem_size: 512 << 20,
+                cpus: 2,
+                timeout: Some(Duration::from_millis(1500)),
+                serial: SerialOutput::File(scratch.0.join("serial.log")),
+                quiet: true,
+            }
+        );
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let scratch = Scratch::new("flags-win");
+        scratch.file("vmlinux", "k");
+        let other = scratch.file("bzImage", "k");
+        let path = scratch.file(
+            "vm.toml",
+            "kernel = \"vmlinux\"\nmem = 268435456\ncpus = 2\ntimeout = 3\ncmdline = \"a\"\n",
+        );
+        let config = run(&[
+            "--config",
+            path.to_str().unwrap(),
+            "--kernel",
+            other.to_str().unwrap(),
+            "--cpus",
+            "3",
+            "--cmdline",
+            "b",
+        ])
+        .unwrap();
+        assert_eq!(config.kernel, KernelSource::File(other));
+        assert_eq!(config.cpus, 3);
+        assert_eq!(config.cmdline.as_deref(), Some("b"));
+        assert_eq!(config.mem_size, 256 << 20, "integer mem is bytes");
+        assert_eq!(
+            config.timeout,
+            Some(Duration::from_secs(3)),
+            "integer timeout"
+        );
+    }
+
+    #[test]
+    fn config_file_errors_name_file_line_and_field() {
+        let scratch = Scratch::new("file-errors");
+        let load = |name: &str, text: &str| {
+            let path = scratch.file(name, text);
+            (
+                run(&["--config", path.to_str().unwrap()]).unwrap_err(),
+                path,
+            )
+        };
+
+        let (err, path) = load("unknown.toml", "cpus = 1\nmemory = \"1G\"\n");
+        assert!(
+            matches!(
+                &err,
+                CliError::ConfigFile(ConfigFileError::Parse { path: p, line: Some(2), message })
+                    if *p == path && message.contains("`memory`")
+            ),
+            "{err:?}"
+        );
+        let line = error_line(&err);
+        assert!(
+            line.contains("unknown.toml:2") && line.contains("memory"),
+            "{line}"
+        );
+
+        let (err, _) = load("type.toml", "\ncpus = \"four\"\n");
+        assert!(
+            matches!(
+                &err,
+                CliError::ConfigFile(ConfigFileError::Parse { line: Some(2), message, .. })
+                    if message.contains("cpus")
+            ),
+            "{err:?}"
+        );
+
+        let (err, _) = load("syntax.toml", "mem = \n");
+        assert!(matches!(
+            err,
+            CliError::ConfigFile(ConfigFileError::Parse { line: Some(1), .. })
+        ));
+
+        let (err, path) = load("badmem.toml", "# c\n\nmem = \"lots\"\n");
+        assert!(
+            matches!(
+                &err,
+                CliError::Mem {
+                    origin: Origin::File { path: p, line: 3, field: "mem" },
+                    source: SizeError::Invalid(_),
+                } if *p == path
+            ),
+            "{err:?}"
+        );
+        assert!(error_line(&err).contains("badmem.toml:3: mem: bad memory size"));
+
+        let (err, _) = load("cpus.toml", "cpus = 0\n");
+        assert!(matches!(
+            err,
+            CliError::CpusOutOfRange {
+                origin: Origin::File {
+                    field: "cpus",
+                    line: 1,
+                    ..
+                },
+                cpus: 0
+            }
+        ));
+        let (err, _) = load("timeout.toml", "timeout = -2\n");
+        assert!(matches!(
+            err,
+            CliError::BadTimeout {
+                origin: Origin::File {
+                    field: "timeout",
+                    ..
+                },
+                ..
+            }
+        ));
+        let (err, _) = load("nul.toml", "cmdline = \"a\\u0000b\"\n");
+        assert!(matches!(
+            err,
+            CliError::CmdlineNul {
+                origin: Origin::File {
+                    field: "cmdline",
+                    ..
+                },
+                offset: 1
+            }
+        ));
+        let (err, path) = load("kernel.toml", "kernel = \"missing-vmlinux\"\n");
+        assert!(matches!(
+            &err,
+            CliError::Unreadable { origin: Origin::File { field: "kernel", .. }, path: p, .. }
+                if *p == path.parent().unwrap().join("missing-vmlinux")
+        ));
+
+        let missing = scratch.0.join("absent.toml");
+        let err = run(&["--config", missing.to_str().unwrap()]).unwrap_err();
+        assert!(matches!(
+            &err,
+            CliError::ConfigFile(ConfigFileError::Read { path, source })
+                if *path == missing && source.kind() == io::ErrorKind::NotFound
+        ));
+    }
+
+    #[test]
+    fn empty_config_file_means_defaults() {
+        let scratch = Scratch::new("empty");
+        let path = scratch.file("empty.toml", "# nothing\n");
+        assert_eq!(
+            run(&["--config", path.to_str().unwrap()]).unwrap(),
+            VmConfig::default()
+        );
+    }
+
+    #[test]
+    fn shipped_configs_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+        let test_kernel = ConfigFile::load(&dir.join("test-kernel.toml")).unwrap();
+        assert!(
+            test_kernel.kernel.is_none(),
+            "the test kernel is the embedded one"
+        );
+        let config = merge(&RunArgs::default(), Some(&test_kernel), None).unwrap();
+        assert_eq!(config.kernel, KernelSource::Embedded);
+        assert!(config.timeout.is_some());
+
+        let debian = ConfigFile::load(&dir.join("debian-kernel.toml")).unwrap();
+        let kernel = debian.kernel.as_ref().unwrap();
+        assert!(
+            kernel
+                .value
+                .ends_with(".cache/debian-kernel/root/boot/vmlinuz-6.1.0-56-amd64"),
+            "{:?}",
+            kernel.value
+        );
+        assert_eq!(
+            debian.mem.as_ref().map(|m| parse_mem_size(&m.value)),
+            Some(Ok(256 << 20))
+        );
+        assert_eq!(debian.timeout.as_ref().map(|t| t.value), Some(60.0));
+        // The kernel may not be fetched yet; everything else must check out.
+        let args = run_args(|a| {
+            a.kernel = Some(concat!(env!("CARGO_MANIFEST_DIR"), "/src/cli.rs").into())
+        });
+        let config = merge(&args, Some(&debian), None).unwrap();
+        assert_eq!(config.mem_size, 256 << 20);
+        assert!(config.cmdline.as_deref().unwrap().contains("console=ttyS0"));
+    }
+
+    #[test]
+    fn meminfo_is_read() {
+        let total = host_mem_total().expect("/proc/meminfo has MemTotal");
+        assert!(total >= crate::layout::MIN_MEM_SIZE);
+    }
+}

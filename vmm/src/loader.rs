@@ -1,1 +1,0 @@
-//! Kernel loaders (in progress).

@@ -1,0 +1,352 @@
+//! vCPU threads: one per vCPU, each an explicit state machine (running / paused / stopped)
+//! driven through a [`VcpuHandle`] with typed [`VcpuMsg`]s.
+//!
+//! The loop: `KVM_RUN` -> convert the exit into [`exit::Exit`] -> [`exit::dispatch`] -> act.
+//! Debug exits and internal errors go to the VM's [`DebugHook`] (the introspection layer),
+//! called on the vCPU thread with the vCPU at hand. A kick (see [`kick`]) brings the vCPU out
+//! of KVM_RUN to read its messages; [`crate::vm::Vm::pause_all`] builds on it.
+
+pub mod exit;
+pub mod kick;
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use kvm_bindings::{kvm_guest_debug, kvm_regs, kvm_sregs};
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use vmm_sys_util::signal::Killable;
+
+use crate::outcome::Outcome;
+use exit::{DebugExit, Exit, ExitAction, InternalError, IoBuses, StopReason};
+
+/// What a [`DebugHook`] decides.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HookAction {
+    /// Resume the guest.
+    Continue,
+    /// End the VM.
+    Stop(StopReason),
+}
+
+/// The introspection layer's entry points on the vCPU thread.
+pub trait DebugHook: Send + Sync {
+    /// A debug exit (single-step, hardware breakpoint, int3 on hardware KVM).
+    fn on_debug(&self, vcpu: &mut VcpuCtx<'_>, exit: &DebugExit) -> HookAction;
+
+    /// An internal error. Return `None` if it is not yours: the VM then ends as crashed.
+    fn on_internal_error(&self, _vcpu: &mut VcpuCtx<'_>, _err: &InternalError) -> Option<HookAction> {
+        None
+    }
+}
+
+/// A vCPU, lent to code running on its thread (hooks, [`VcpuMsg::With`] closures).
+pub struct VcpuCtx<'a> {
+    /// vCPU index (0 is the boot vCPU).
+    pub index: u8,
+    fd: &'a mut VcpuFd,
+}
+
+impl<'a> VcpuCtx<'a> {
+    /// Lends vCPU `index` (its thread not started, or from the thread itself).
+    pub fn new(index: u8, fd: &'a mut VcpuFd) -> Self {
+        VcpuCtx { index, fd }
+    }
+    /// General-purpose registers.
+    pub fn regs(&self) -> Result<kvm_regs, kvm_ioctls::Error> {
+        self.fd.get_regs()
+    }
+    /// Sets general-purpose registers.
+    pub fn set_regs(&self, regs: &kvm_regs) -> Result<(), kvm_ioctls::Error> {
+        self.fd.set_regs(regs)
+    }
+    /// Segment and control registers.
+    pub fn sregs(&self) -> Result<kvm_sregs, kvm_ioctls::Error> {
+        self.fd.get_sregs()
+    }
+    /// Sets segment and control registers.
+    pub fn set_sregs(&self, sregs: &kvm_sregs) -> Result<(), kvm_ioctls::Error> {
+        self.fd.set_sregs(sregs)
+    }
+    /// KVM_SET_GUEST_DEBUG (single-step, hardware breakpoints).
+    pub fn set_guest_debug(&self, dbg: &kvm_guest_debug) -> Result<(), kvm_ioctls::Error> {
+        self.fd.set_guest_debug(dbg)
+    }
+    /// The vCPU file descriptor, for anything else.
+    pub fn fd(&self) -> &VcpuFd {
+        self.fd
+    }
+}
+
+/// A job run on the vCPU thread.
+pub type VcpuJob = Box<dyn FnOnce(&mut VcpuCtx<'_>) + Send>;
+
+/// Messages to a vCPU thread.
+pub enum VcpuMsg {
+    /// Leave KVM_RUN and wait; the sender learns when the vCPU is out.
+    Pause(Sender<u8>),
+    /// Run again.
+    Resume,
+    /// End the thread.
+    Stop,
+    /// Run a job on the vCPU thread (registers, guest debug), then carry on in the same state.
+    With(VcpuJob),
+}
+
+/// A vCPU's run state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VcpuState {
+    /// In (or about to enter) KVM_RUN.
+    Running,
+    /// Out of KVM_RUN, waiting for messages.
+    Paused,
+    /// Finished; the thread ends.
+    Stopped,
+}
+
+/// What a vCPU thread tells the VM.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VcpuEvent {
+    /// The VM is over as far as this vCPU can tell.
+    Ended(Outcome),
+    /// The vCPU failed for a reason that is hvprobe's, not the guest's.
+    Failed {
+        /// The vCPU.
+        vcpu: u8,
+        /// What happened.
+        reason: String,
+    },
+}
+
+/// Errors of vCPU control.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum VcpuError {
+    /// The vCPU thread has ended.
+    #[error("vCPU {0} has stopped")]
+    Gone(u8),
+    /// The vCPU did not answer in time.
+    #[error("vCPU {0} did not leave KVM_RUN within {1:?}")]
+    Timeout(u8, Duration),
+    /// Starting the thread failed.
+    #[error("Cannot start the thread of vCPU {0}: {1}")]
+    Spawn(u8, String),
+}
+
+/// Owner side of a vCPU thread.
+pub struct VcpuHandle {
+    index: u8,
+    tx: Sender<VcpuMsg>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl VcpuHandle {
+    /// vCPU index.
+    pub fn index(&self) -> u8 {
+        self.index
+    }
+
+    /// Sends a message and kicks the vCPU out of KVM_RUN so it reads it.
+    pub fn send(&self, msg: VcpuMsg) -> Result<(), VcpuError> {
+        self.tx.send(msg).map_err(|_| VcpuError::Gone(self.index))?;
+        self.kick();
+        Ok(())
+    }
+
+    /// Interrupts KVM_RUN on the vCPU thread.
+    pub fn kick(&self) {
+        if let Some(t) = &self.thread {
+            if !t.is_finished() {
+                // A thread that ended between the check and the kill is fine to miss.
+                let _ = t.kill(kick::kick_signal());
+            }
+        }
+    }
+
+    /// Runs `f` on the vCPU thread and returns its result.
+    pub fn with<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut VcpuCtx<'_>) -> R + Send + 'static,
+        timeout: Duration,
+    ) -> Result<R, VcpuError> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.send(VcpuMsg::With(Box::new(move |ctx| {
+            let _ = tx.send(f(ctx));
+        })))?;
+        rx.recv_timeout(timeout).map_err(|e| match e {
+            RecvTimeoutError::Timeout => VcpuError::Timeout(self.index, timeout),
+            RecvTimeoutError::Disconnected => VcpuError::Gone(self.index),
+        })
+    }
+
+    /// Waits for the thread to end.
+    pub fn join(&mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+
+    /// Whether the thread has ended.
+    pub fn is_finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(JoinHandle::is_finished)
+    }
+}
+
+/// Everything a vCPU thread needs.
+pub struct VcpuRunner {
+    /// vCPU index.
+    pub index: u8,
+    /// The vCPU.
+    pub fd: VcpuFd,
+    /// Devices.
+    pub io: Arc<crate::vm::IoDevices>,
+    /// Introspection hook.
+    pub hook: Option<Arc<dyn DebugHook>>,
+    /// Where to report the end.
+    pub events: Sender<VcpuEvent>,
+}
+
+impl VcpuRunner {
+    /// Starts the vCPU thread, running.
+    pub fn spawn(self) -> Result<VcpuHandle, VcpuError> {
+        let index = self.index;
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let thread = std::thread::Builder::new()
+            .name(format!("vcpu{index}"))
+            .spawn(move || self.run(rx))
+            .map_err(|e| VcpuError::Spawn(index, e.to_string()))?;
+        Ok(VcpuHandle { index, tx, thread: Some(thread) })
+    }
+
+    fn run(mut self, rx: Receiver<VcpuMsg>) {
+        kick::publish(std::ptr::from_mut(self.fd.get_kvm_run()));
+        let mut state = VcpuState::Running;
+        while state != VcpuState::Stopped {
+            state = match state {
+                VcpuState::Running => {
+                    let mut s = self.drain(&rx, VcpuState::Running);
+                    if s == VcpuState::Running {
+                        s = self.step();
+                    }
+                    s
+                }
+                VcpuState::Paused => match rx.recv() {
+                    Ok(msg) => self.apply(msg, VcpuState::Paused),
+                    Err(_) => VcpuState::Stopped,
+                },
+                VcpuState::Stopped => VcpuState::Stopped,
+            };
+        }
+        kick::publish(std::ptr::null_mut());
+    }
+
+    fn drain(&mut self, rx: &Receiver<VcpuMsg>, mut state: VcpuState) -> VcpuState {
+        while state == VcpuState::Running {
+            match rx.try_recv() {
+                Ok(msg) => state = self.apply(msg, state),
+                Err(crossbeam_channel::TryRecvError::Empty) => break,
+                Err(crossbeam_channel::TryRecvError::Disconnected) => return VcpuState::Stopped,
+            }
+        }
+        state
+    }
+
+    fn apply(&mut self, msg: VcpuMsg, state: VcpuState) -> VcpuState {
+        match msg {
+            VcpuMsg::Pause(ack) => {
+                let _ = ack.send(self.index);
+                VcpuState::Paused
+            }
+            VcpuMsg::Resume => VcpuState::Running,
+            VcpuMsg::Stop => VcpuState::Stopped,
+            VcpuMsg::With(job) => {
+                job(&mut VcpuCtx { index: self.index, fd: &mut self.fd });
+                state
+            }
+        }
+    }
+
+    /// One KVM_RUN and its exit.
+    fn step(&mut self) -> VcpuState {
+        match self.run_once() {
+            ExitAction::Continue => VcpuState::Running,
+            ExitAction::Kicked => {
+                self.fd.set_kvm_immediate_exit(0);
+                VcpuState::Running
+            }
+            ExitAction::Stop(reason) => self.end(reason),
+            ExitAction::Debug(d) => {
+                let action = match &self.hook {
+                    Some(h) => h.on_debug(&mut VcpuCtx { index: self.index, fd: &mut self.fd }, &d),
+                    None => HookAction::Stop(StopReason::Crash(format!(
+                        "unexpected debug exit (exception {}, pc {:#x}, dr6 {:#x}, dr7 {:#x}) with no debugger attached",
+                        d.exception, d.pc, d.dr6, d.dr7
+                    ))),
+                };
+                self.after_hook(action)
+            }
+            ExitAction::InternalError(e) => {
+                let claimed = self
+                    .hook
+                    .as_ref()
+                    .and_then(|h| h.on_internal_error(&mut VcpuCtx { index: self.index, fd: &mut self.fd }, &e));
+                let action = claimed.unwrap_or_else(|| {
+                    HookAction::Stop(StopReason::Crash(format!("{} data {:x?}", e.describe(), e.data)))
+                });
+                self.after_hook(action)
+            }
+        }
+    }
+
+    fn after_hook(&mut self, action: HookAction) -> VcpuState {
+        match action {
+            HookAction::Continue => VcpuState::Running,
+            HookAction::Stop(reason) => self.end(reason),
+        }
+    }
+
+    fn end(&mut self, reason: StopReason) -> VcpuState {
+        let rip = self.fd.get_regs().map(|r| r.rip).unwrap_or(0);
+        let vcpu = self.index;
+        let outcome = match reason {
+            StopReason::GuestExit(code) => Outcome::GuestExit { code },
+            StopReason::Reset => Outcome::Reset,
+            StopReason::TripleFault => Outcome::TripleFault { vcpu, rip },
+            StopReason::Crash(reason) => Outcome::Crash { vcpu, rip, reason },
+        };
+        let _ = self.events.send(VcpuEvent::Ended(outcome));
+        VcpuState::Paused
+    }
+
+    fn run_once(&mut self) -> ExitAction {
+        let io = IoBuses { pio: &self.io.pio, mmio: &self.io.mmio, unclaimed: &self.io.unclaimed };
+        let exit = match self.fd.run() {
+            Ok(VcpuExit::IoIn(port, data)) => Exit::IoIn { port, data },
+            Ok(VcpuExit::IoOut(port, data)) => Exit::IoOut { port, data },
+            Ok(VcpuExit::MmioRead(addr, data)) => Exit::MmioRead { addr, data },
+            Ok(VcpuExit::MmioWrite(addr, data)) => Exit::MmioWrite { addr, data },
+            Ok(VcpuExit::Debug(d)) => {
+                Exit::Debug(DebugExit { exception: d.exception, pc: d.pc, dr6: d.dr6, dr7: d.dr7 })
+            }
+            Ok(VcpuExit::Hlt) => Exit::Hlt,
+            Ok(VcpuExit::Shutdown) => Exit::Shutdown,
+            Ok(VcpuExit::FailEntry(reason, _cpu)) => Exit::FailEntry { reason },
+            Ok(VcpuExit::SystemEvent(kind, _)) => Exit::SystemEvent { kind },
+            Ok(VcpuExit::Intr) => Exit::Interrupted,
+            Ok(VcpuExit::InternalError) => return ExitAction::InternalError(self.internal_error()),
+            Ok(other) => Exit::Other(format!("{other:?}")),
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Exit::Interrupted,
+            Err(e) => Exit::Other(format!("KVM_RUN failed: {e}")),
+        };
+        exit::dispatch(exit, &io)
+    }
+
+    fn internal_error(&mut self) -> InternalError {
+        let run = self.fd.get_kvm_run();
+        // SAFETY: KVM_RUN just returned KVM_EXIT_INTERNAL_ERROR, so `internal` is the member
+        // of the exit union KVM filled in.
+        let internal = unsafe { run.__bindgen_anon_1.internal };
+        let n = usize::try_from(internal.ndata).unwrap_or(0).min(internal.data.len());
+        InternalError { suberror: internal.suberror, data: internal.data[..n].to_vec() }
+    }
+}

@@ -1,0 +1,570 @@
+//! A VM: KVM objects, guest memory, devices and vCPU threads, from [`VmConfig`] to an
+//! [`Outcome`].
+//!
+//! [`Vm::new`] does the boot path (memory, kernel, boot structures, devices, vCPU setup);
+//! [`Vm::start`] spawns the vCPU threads; [`Vm::wait`] waits for the end; [`Vm::pause_all`]
+//! and [`Vm::resume_all`] stop and restart every vCPU (returning only when all are out of
+//! KVM_RUN), which introspection builds on.
+
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY, kvm_pit_config, kvm_userspace_memory_region};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::boot::{self, BootError, cpu::CpuidMask, params::BootParamsInput};
+use crate::config::{DEFAULT_LINUX_CMDLINE, KernelSource, SerialOutput, VmConfig};
+use crate::devices::bus::Bus;
+use crate::devices::legacy::{I8042, NoPci};
+use crate::devices::serial::{COM1_IRQ, COM1_PORT, ConsoleCapture, ConsoleSink, SerialDevice};
+use crate::devices::test_device::{Point, TEST_DEVICE_MMIO_LEN, TEST_DEVICE_PORT, TEST_DEVICE_PORT_LEN, TestDevice};
+use crate::layout::TEST_DEVICE_MMIO_BASE;
+use crate::loader::{self, KernelFormat, LoadError, LoadedKernel};
+use crate::memory::{GuestMem, Gpa, MemoryError};
+use crate::outcome::Outcome;
+use crate::phases::Phases;
+use crate::vcpu::exit::Unclaimed;
+use crate::vcpu::{DebugHook, VcpuError, VcpuEvent, VcpuHandle, VcpuMsg, VcpuRunner, kick};
+
+/// Identity-map and TSS pages Intel VT-x needs below 4 GiB (unused on AMD).
+const TSS_ADDRESS: usize = 0xfffb_d000;
+/// How long pause-all waits for a vCPU to leave KVM_RUN.
+pub const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The devices of a VM, shared with every vCPU thread.
+#[derive(Default)]
+pub struct IoDevices {
+    /// Port I/O bus.
+    pub pio: Bus,
+    /// MMIO bus.
+    pub mmio: Bus,
+    /// Accesses no device claimed.
+    pub unclaimed: Unclaimed,
+}
+
+/// Errors of building and running a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// `/dev/kvm` cannot be opened.
+    #[error("Cannot open /dev/kvm: {reason}")]
+    KvmUnavailable {
+        /// Why, with what to do.
+        reason: String,
+    },
+    /// A KVM ioctl failed.
+    #[error("KVM refused {what}: {source}")]
+    Kvm {
+        /// The operation.
+        what: &'static str,
+        /// The errno.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// Guest memory.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// A kernel or initrd file could not be read.
+    #[error("Cannot read {what} {path}: {reason}")]
+    ReadFile {
+        /// "kernel" or "initrd".
+        what: &'static str,
+        /// The path.
+        path: String,
+        /// The OS error.
+        reason: String,
+    },
+    /// The kernel could not be loaded.
+    #[error("Cannot load kernel {path}: {source}")]
+    Kernel {
+        /// The path (or "embedded test kernel").
+        path: String,
+        /// Why.
+        #[source]
+        source: LoadError,
+    },
+    /// The initrd could not be loaded.
+    #[error("Cannot load initrd {path}: {source}")]
+    Initrd {
+        /// The path.
+        path: String,
+        /// Why.
+        #[source]
+        source: LoadError,
+    },
+    /// Boot structures or vCPU setup.
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    /// A device could not be set up.
+    #[error("Cannot set up {what}: {reason}")]
+    Device {
+        /// The device.
+        what: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// vCPU control.
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    /// A vCPU failed for hvprobe's reasons.
+    #[error("vCPU {vcpu} failed: {reason}")]
+    VcpuFailed {
+        /// The vCPU.
+        vcpu: u8,
+        /// Why.
+        reason: String,
+    },
+    /// The configuration is unusable.
+    #[error("{0}")]
+    Config(String),
+}
+
+impl VmError {
+    /// Whether the user's input (arguments, files) is at fault (exit status 64) rather than
+    /// hvprobe or the host (70).
+    pub fn is_bad_input(&self) -> bool {
+        match self {
+            VmError::Memory(_)
+            | VmError::ReadFile { .. }
+            | VmError::Kernel { .. }
+            | VmError::Initrd { .. }
+            | VmError::Config(_) => true,
+            VmError::Boot(b) => matches!(
+                b,
+                BootError::CmdlineTooLong { .. } | BootError::CmdlineNul | BootError::TooManyCpus(_)
+            ),
+            _ => false,
+        }
+    }
+}
+
+fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+    move |source| VmError::Kvm { what, source }
+}
+
+/// What [`run`] reports.
+#[derive(Clone, Debug)]
+pub struct RunReport {
+    /// How the VM ended.
+    pub outcome: Outcome,
+    /// Wall time from VM creation to the end.
+    pub elapsed: Duration,
+    /// Test device points reached.
+    pub points: Vec<Point>,
+}
+
+enum VcpuSlot {
+    Ready(VcpuFd),
+    Started(VcpuHandle),
+    Taken,
+}
+
+/// A VM built from a [`VmConfig`].
+pub struct Vm {
+    // Field order matters for drop: vCPU threads end (Drop) before the VM fd and memory go.
+    vcpus: Vec<VcpuSlot>,
+    io: Arc<IoDevices>,
+    events_tx: Sender<VcpuEvent>,
+    events_rx: Receiver<VcpuEvent>,
+    hook: Option<Arc<dyn DebugHook>>,
+    serial: Arc<Mutex<SerialDevice>>,
+    console: ConsoleCapture,
+    test_device: Arc<Mutex<TestDevice>>,
+    kernel: LoadedKernel,
+    phases: Phases,
+    mem: GuestMem,
+    vm_fd: VmFd,
+    _kvm: Kvm,
+}
+
+/// Opens `/dev/kvm` with an error that says what to do.
+pub fn open_kvm() -> Result<Kvm, VmError> {
+    Kvm::new().map_err(|e| VmError::KvmUnavailable {
+        reason: match e.errno() {
+            libc::ENOENT => "no such device: load the kvm module (kvm_intel or kvm_amd) or run on a host with virtualization".into(),
+            libc::EACCES | libc::EPERM => "permission denied: run as root or add your user to the kvm group".into(),
+            _ => e.to_string(),
+        },
+    })
+}
+
+impl Vm {
+    /// Builds a VM ready to start: memory, kernel, boot structures, devices and vCPUs.
+    pub fn new(config: &VmConfig, hook: Option<Arc<dyn DebugHook>>) -> Result<Vm, VmError> {
+        let phases = Phases::new(config.quiet);
+        if config.cpus == 0 {
+            return Err(VmError::Config("The VM needs at least one vCPU (--cpus 1 or more)".into()));
+        }
+        let kvm = open_kvm()?;
+        let vm_fd = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+        let mem = GuestMem::new(config.mem_size)?;
+        register_memory(&vm_fd, &mem)?;
+        vm_fd.set_tss_address(TSS_ADDRESS).map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
+        vm_fd.create_irq_chip().map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+        let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
+        vm_fd.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
+        phases.log(format_args!("vm: created, {} MiB RAM, {} vCPU(s)", mem.size() >> 20, config.cpus));
+
+        let (kernel, is_linux) = load_kernel(&mem, config, &phases)?;
+        let cmdline = match (&config.cmdline, is_linux) {
+            (Some(c), _) => c.clone(),
+            (None, true) => DEFAULT_LINUX_CMDLINE.to_string(),
+            (None, false) => String::new(),
+        };
+        let initrd = match &config.initrd {
+            Some(path) => Some(load_initrd(&mem, path, &kernel, &phases)?),
+            None => None,
+        };
+        boot::gdt::write_gdt(&mem)?;
+        let cr3 = boot::paging::write_identity_map(&mem)?;
+        let cmdline_len = boot::params::write_cmdline(&mem, &cmdline)?;
+        let input = BootParamsInput { setup_header: kernel.setup_header, initrd, cmdline_len };
+        let boot_params = boot::params::write_boot_params(&mem, &input)?;
+        boot::mptable::write(&mem, config.cpus)?;
+        if !cmdline.is_empty() {
+            phases.log(format_args!("boot: cmdline \"{cmdline}\""));
+        }
+
+        let console = ConsoleCapture::default();
+        let (io, serial, test_device) = make_devices(&vm_fd, config, &console, &phases)?;
+
+        let mask = if is_linux { crate::platform::linux_cpuid_mask() } else { None };
+        if let Some((_, why)) = &mask {
+            phases.log(format_args!("note: {why}"));
+        }
+        let cpuid = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+        let mut vcpus = Vec::with_capacity(usize::from(config.cpus));
+        for index in 0..config.cpus {
+            let fd = vm_fd.create_vcpu(u64::from(index)).map_err(kvm_err("KVM_CREATE_VCPU"))?;
+            let mut this = cpuid.clone();
+            boot::cpu::patch_cpuid(&mut this, index, config.cpus, mask.map(|m| m.0).unwrap_or(CpuidMask::default()));
+            boot::cpu::setup_common(&fd, index, &this)?;
+            if index == 0 {
+                boot::cpu::setup_boot_vcpu(&fd, kernel.entry, cr3, boot_params)?;
+            }
+            vcpus.push(VcpuSlot::Ready(fd));
+        }
+        let (events_tx, events_rx) = crossbeam_channel::unbounded();
+        Ok(Vm {
+            vcpus,
+            io,
+            events_tx,
+            events_rx,
+            hook,
+            serial,
+            console,
+            test_device,
+            kernel,
+            phases,
+            mem,
+            vm_fd,
+            _kvm: kvm,
+        })
+    }
+
+    /// Runs `f` on vCPU `index`: directly before [`Vm::start`], on its thread after.
+    pub fn with_vcpu<R: Send + 'static>(
+        &mut self,
+        index: u8,
+        f: impl FnOnce(&mut crate::vcpu::VcpuCtx<'_>) -> R + Send + 'static,
+    ) -> Result<R, VmError> {
+        match self.vcpus.get_mut(usize::from(index)) {
+            Some(VcpuSlot::Ready(fd)) => Ok(f(&mut crate::vcpu::VcpuCtx::new(index, fd))),
+            Some(VcpuSlot::Started(h)) => Ok(h.with(f, PAUSE_TIMEOUT)?),
+            _ => Err(VmError::Vcpu(VcpuError::Gone(index))),
+        }
+    }
+
+    /// Spawns the vCPU threads; the guest runs.
+    pub fn start(&mut self) -> Result<(), VmError> {
+        kick::install_handler().map_err(|e| VmError::Device { what: "the vCPU kick signal", reason: e.to_string() })?;
+        for (i, slot) in self.vcpus.iter_mut().enumerate() {
+            if let VcpuSlot::Ready(_) = slot {
+                let VcpuSlot::Ready(fd) = std::mem::replace(slot, VcpuSlot::Taken) else { continue };
+                let runner = VcpuRunner {
+                    index: u8::try_from(i).unwrap_or(u8::MAX),
+                    fd,
+                    io: self.io.clone(),
+                    hook: self.hook.clone(),
+                    events: self.events_tx.clone(),
+                };
+                *slot = VcpuSlot::Started(runner.spawn()?);
+            }
+        }
+        self.phases.log(format_args!("vcpus: {} started", self.vcpus.len()));
+        Ok(())
+    }
+
+    /// Waits until the guest ends or `timeout` passes (then the outcome is
+    /// [`Outcome::Timeout`]). Stops every vCPU before returning.
+    pub fn wait(&mut self, timeout: Option<Duration>) -> Result<Outcome, VmError> {
+        let result = self.wait_event(timeout.map(|t| Instant::now() + t));
+        self.stop();
+        let outcome = match result {
+            Some(VcpuEvent::Ended(o)) => o,
+            Some(VcpuEvent::Failed { vcpu, reason }) => return Err(VmError::VcpuFailed { vcpu, reason }),
+            None => Outcome::Timeout,
+        };
+        self.phases.log(format_args!("vm: {outcome}"));
+        Ok(outcome)
+    }
+
+    /// Waits until `cond` holds (checked every 20 ms), the guest ends, or `timeout` passes.
+    /// Returns `Ok(None)` when the condition held, with the VM still running.
+    pub fn wait_until(
+        &mut self,
+        timeout: Duration,
+        mut cond: impl FnMut(&Vm) -> bool,
+    ) -> Result<Option<Outcome>, VmError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if cond(self) {
+                return Ok(None);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(Some(Outcome::Timeout));
+            }
+            let step = (deadline - now).min(Duration::from_millis(20));
+            match self.events_rx.recv_timeout(step) {
+                Ok(VcpuEvent::Ended(o)) => {
+                    self.stop();
+                    return Ok(Some(o));
+                }
+                Ok(VcpuEvent::Failed { vcpu, reason }) => {
+                    self.stop();
+                    return Err(VmError::VcpuFailed { vcpu, reason });
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    fn wait_event(&self, deadline: Option<Instant>) -> Option<VcpuEvent> {
+        match deadline {
+            None => self.events_rx.recv().ok(),
+            Some(d) => match self.events_rx.recv_deadline(d) {
+                Ok(e) => Some(e),
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => None,
+            },
+        }
+    }
+
+    /// Takes every vCPU out of KVM_RUN; returns when all are paused.
+    pub fn pause_all(&self) -> Result<(), VmError> {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let mut waiting = Vec::new();
+        for slot in &self.vcpus {
+            if let VcpuSlot::Started(h) = slot {
+                if !h.is_finished() && h.send(VcpuMsg::Pause(tx.clone())).is_ok() {
+                    waiting.push(h.index());
+                }
+            }
+        }
+        let deadline = Instant::now() + PAUSE_TIMEOUT;
+        while !waiting.is_empty() {
+            match rx.recv_deadline(deadline) {
+                Ok(i) => waiting.retain(|&w| w != i),
+                Err(_) => return Err(VmError::Vcpu(VcpuError::Timeout(waiting[0], PAUSE_TIMEOUT))),
+            }
+        }
+        Ok(())
+    }
+
+    /// Lets every paused vCPU run again.
+    pub fn resume_all(&self) -> Result<(), VmError> {
+        for slot in &self.vcpus {
+            if let VcpuSlot::Started(h) = slot {
+                if !h.is_finished() {
+                    h.send(VcpuMsg::Resume)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops and joins every vCPU thread, and flushes the console.
+    pub fn stop(&mut self) {
+        for slot in &self.vcpus {
+            if let VcpuSlot::Started(h) = slot {
+                let _ = h.send(VcpuMsg::Stop);
+            }
+        }
+        for slot in &mut self.vcpus {
+            if let VcpuSlot::Started(h) = slot {
+                h.join();
+            }
+        }
+        self.serial.lock().unwrap_or_else(|p| p.into_inner()).flush();
+    }
+
+    /// Everything the guest printed on the serial console (bounded).
+    pub fn console(&self) -> &ConsoleCapture {
+        &self.console
+    }
+
+    /// Test device points reached so far.
+    pub fn points(&self) -> Vec<Point> {
+        self.test_device.lock().unwrap_or_else(|p| p.into_inner()).points().to_vec()
+    }
+
+    /// Test device marker lines so far.
+    pub fn marks(&self) -> Vec<String> {
+        self.test_device.lock().unwrap_or_else(|p| p.into_inner()).marks().to_vec()
+    }
+
+    /// Guest memory.
+    pub fn memory(&self) -> &GuestMem {
+        &self.mem
+    }
+
+    /// The devices (buses and unclaimed-access counters).
+    pub fn io(&self) -> &Arc<IoDevices> {
+        &self.io
+    }
+
+    /// The loaded kernel.
+    pub fn kernel(&self) -> &LoadedKernel {
+        &self.kernel
+    }
+
+    /// The phase logger (its clock started at VM creation).
+    pub fn phases(&self) -> &Phases {
+        &self.phases
+    }
+
+    /// The KVM VM file descriptor.
+    pub fn vm_fd(&self) -> &VmFd {
+        &self.vm_fd
+    }
+
+    /// Number of vCPUs.
+    pub fn vcpu_count(&self) -> usize {
+        self.vcpus.len()
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn register_memory(vm_fd: &VmFd, mem: &GuestMem) -> Result<(), VmError> {
+    for (slot, (start, len, host)) in mem.regions().enumerate() {
+        let region = kvm_userspace_memory_region {
+            slot: u32::try_from(slot).unwrap_or(u32::MAX),
+            flags: 0,
+            guest_phys_addr: start.raw(),
+            memory_size: len,
+            userspace_addr: host as u64,
+        };
+        // SAFETY: the region is a live host mapping owned by `mem`, which the Vm keeps alive
+        // (and drops after the VM fd) for as long as KVM can access it.
+        unsafe { vm_fd.set_user_memory_region(region) }.map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
+    }
+    Ok(())
+}
+
+fn read_file(what: &'static str, path: &Path) -> Result<Vec<u8>, VmError> {
+    fs::read(path).map_err(|e| VmError::ReadFile { what, path: path.display().to_string(), reason: e.to_string() })
+}
+
+/// Loads the configured kernel; also tells whether it is Linux (vs. our test kernel or a raw
+/// test program).
+fn load_kernel(mem: &GuestMem, config: &VmConfig, phases: &Phases) -> Result<(LoadedKernel, bool), VmError> {
+    let t = Instant::now();
+    let (name, image) = match &config.kernel {
+        KernelSource::Embedded => ("embedded test kernel".to_string(), crate::test_kernel::TEST_KERNEL.to_vec()),
+        KernelSource::File(p) => (p.display().to_string(), read_file("kernel", p)?),
+        KernelSource::Raw { image, load_addr, entry } => {
+            mem.write(Gpa(*load_addr), image)?;
+            let end = Gpa(load_addr + image.len() as u64);
+            let k = LoadedKernel {
+                entry: Gpa(*entry),
+                load_start: Gpa(*load_addr),
+                load_end: end,
+                format: KernelFormat::Elf,
+                setup_header: None,
+                version: None,
+            };
+            phases.log(format_args!("kernel: raw program, {} bytes at {:#x}", image.len(), load_addr));
+            return Ok((k, false));
+        }
+    };
+    let k = loader::load_kernel(mem, &image).map_err(|source| VmError::Kernel { path: name.clone(), source })?;
+    let is_linux = match &config.kernel {
+        KernelSource::Embedded => false,
+        _ => matches!(k.format, KernelFormat::BzImage { .. }) || k.entry.raw() >= 0x100_0000,
+    };
+    phases.log(format_args!(
+        "kernel: {name}: {}{}, {} KiB loaded at {}..{}, entry {} ({} ms)",
+        k.format,
+        k.version.as_deref().map(|v| format!(" \"{v}\"")).unwrap_or_default(),
+        (k.load_end.raw() - k.load_start.raw()) >> 10,
+        k.load_start,
+        k.load_end,
+        k.entry,
+        t.elapsed().as_millis()
+    ));
+    Ok((k, is_linux))
+}
+
+fn load_initrd(mem: &GuestMem, path: &Path, kernel: &LoadedKernel, phases: &Phases) -> Result<(Gpa, u64), VmError> {
+    let bytes = read_file("initrd", path)?;
+    let max = kernel
+        .setup_header
+        .map(|h| u64::from(h.initrd_addr_max))
+        .filter(|&m| m != 0)
+        .unwrap_or(0x37ff_ffff);
+    let (addr, size) = loader::load_initrd(mem, &bytes, kernel.load_end, max)
+        .map_err(|source| VmError::Initrd { path: path.display().to_string(), source })?;
+    phases.log(format_args!("initrd: {} KiB at {addr}", size >> 10));
+    Ok((addr, size))
+}
+
+type Devices = (Arc<IoDevices>, Arc<Mutex<SerialDevice>>, Arc<Mutex<TestDevice>>);
+
+fn make_devices(vm_fd: &VmFd, config: &VmConfig, console: &ConsoleCapture, phases: &Phases) -> Result<Devices, VmError> {
+    let dev_err = |what: &'static str| move |e: &dyn std::fmt::Display| VmError::Device { what, reason: e.to_string() };
+    let out: Option<Box<dyn Write + Send>> = match &config.serial {
+        SerialOutput::Stdout => Some(Box::new(std::io::stdout())),
+        SerialOutput::File(p) => {
+            let f = fs::File::create(p).map_err(|e| VmError::ReadFile {
+                what: "serial log",
+                path: p.display().to_string(),
+                reason: e.to_string(),
+            })?;
+            Some(Box::new(std::io::LineWriter::new(f)))
+        }
+        SerialOutput::Sink => None,
+    };
+    let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| dev_err("the serial port")(&e))?;
+    vm_fd.register_irqfd(&irq, COM1_IRQ).map_err(|e| dev_err("the serial port interrupt")(&e))?;
+    let serial = Arc::new(Mutex::new(SerialDevice::new(irq, ConsoleSink::new(out, console.clone()))));
+    let test_device = Arc::new(Mutex::new(TestDevice::new(phases.clone())));
+    let io = IoDevices::default();
+    let bus_err = |what: &'static str| move |e: crate::devices::bus::BusError| VmError::Device { what, reason: e.to_string() };
+    io.pio.insert(u64::from(COM1_PORT), 8, serial.clone()).map_err(bus_err("COM1"))?;
+    io.pio.insert(0x60, 5, Arc::new(Mutex::new(I8042))).map_err(bus_err("i8042"))?;
+    io.pio.insert(0xcf8, 8, Arc::new(Mutex::new(NoPci))).map_err(bus_err("PCI config ports"))?;
+    io.pio
+        .insert(u64::from(TEST_DEVICE_PORT), TEST_DEVICE_PORT_LEN, test_device.clone())
+        .map_err(bus_err("test device ports"))?;
+    io.mmio
+        .insert(TEST_DEVICE_MMIO_BASE, TEST_DEVICE_MMIO_LEN, test_device.clone())
+        .map_err(bus_err("test device MMIO"))?;
+    Ok((Arc::new(io), serial, test_device))
+}
+
+/// Builds, starts and waits for a VM: what `hvprobe run` does.
+pub fn run(config: &VmConfig) -> Result<RunReport, VmError> {
+    let mut vm = Vm::new(config, None)?;
+    vm.start()?;
+    let outcome = vm.wait(config.timeout)?;
+    Ok(RunReport { outcome, elapsed: vm.phases().elapsed(), points: vm.points() })
+}
