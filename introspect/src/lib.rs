@@ -22,3 +22,4 @@ pub use paging::{
     WalkError,
 };
 
+pub use symbols::{ResolveError, Symbol, SymbolOffset, SymbolTable};

@@ -121,7 +121,7 @@ mod tests {
         bus.insert(0x110, 0x10, Arc::new(Mutex::new(Reg(0x1000)))).unwrap();
         assert_eq!(
             bus.insert(0x10f, 2, Arc::new(Mutex::new(Reg(0)))),
-            Err(BusError::Overlap { base: 0x10f, len: 2, other: 0x100 })
+            Err(BusError::Overlap { base: 0x10f, len: 2, other: 0x110 })
         );
         assert_eq!(bus.insert(5, 0, Arc::new(Mutex::new(Reg(0)))), Err(BusError::BadRange { base: 5, len: 0 }));
         let mut d = [0u8; 2];

@@ -47,7 +47,11 @@ pub(super) fn parse(image: &[u8]) -> Result<BzImage<'_>, LoadError> {
     }
 
     let setup_sects = header.setup_sects;
-    let sects = if setup_sects == 0 { 4 } else { u64::from(setup_sects) };
+    let sects = if setup_sects == 0 {
+        4
+    } else {
+        u64::from(setup_sects)
+    };
     let pm_start = (sects + 1) * 512;
     let file_len = u64::try_from(len).unwrap_or(u64::MAX);
     if pm_start >= file_len {
@@ -100,7 +104,7 @@ pub fn decompress_bzimage(image: &[u8]) -> Result<(Vec<u8>, Compression), LoadEr
         return Err(LoadError::Empty);
     }
     if !is_bzimage(image) {
-        return Err(LoadError::NotAKernel {
+        return Err(LoadError::NotABzImage {
             head: super::hex_head(image),
         });
     }
@@ -130,7 +134,7 @@ mod tests {
         assert_eq!(decompress_bzimage(&[]).unwrap_err(), LoadError::Empty);
         assert_eq!(
             decompress_bzimage(b"\x7fELF").unwrap_err(),
-            LoadError::NotAKernel {
+            LoadError::NotABzImage {
                 head: "7f 45 4c 46".into()
             }
         );

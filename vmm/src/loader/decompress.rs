@@ -62,8 +62,8 @@ fn decompress(c: Compression, payload: &[u8]) -> Result<Vec<u8>, LoadError> {
             liblzma(c, s, payload)
         }
         Compression::Lzma => {
-            let s = xz2::stream::Stream::new_lzma_decoder(LZMA_MEMLIMIT)
-                .map_err(|e| corrupt(c, e))?;
+            let s =
+                xz2::stream::Stream::new_lzma_decoder(LZMA_MEMLIMIT).map_err(|e| corrupt(c, e))?;
             liblzma(c, s, payload)
         }
         Compression::Zstd => {
@@ -176,17 +176,23 @@ fn liblzma(
 
 /// Reads a little-endian u32 at `pos`.
 fn le32(b: &[u8], pos: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(b.get(pos..pos.checked_add(4)?)?.try_into().ok()?))
+    Some(u32::from_le_bytes(
+        b.get(pos..pos.checked_add(4)?)?.try_into().ok()?,
+    ))
 }
 
 /// Reads a big-endian u32 at `pos`.
 fn be32(b: &[u8], pos: usize) -> Option<u32> {
-    Some(u32::from_be_bytes(b.get(pos..pos.checked_add(4)?)?.try_into().ok()?))
+    Some(u32::from_be_bytes(
+        b.get(pos..pos.checked_add(4)?)?.try_into().ok()?,
+    ))
 }
 
 /// Reads a big-endian u16 at `pos`.
 fn be16(b: &[u8], pos: usize) -> Option<u16> {
-    Some(u16::from_be_bytes(b.get(pos..pos.checked_add(2)?)?.try_into().ok()?))
+    Some(u16::from_be_bytes(
+        b.get(pos..pos.checked_add(2)?)?.try_into().ok()?,
+    ))
 }
 
 /// `u32` to `usize` (lossless on every host hvprobe builds for).
@@ -222,9 +228,7 @@ fn lz4_legacy(payload: &[u8]) -> Result<Vec<u8>, LoadError> {
                 format!("block of {size} bytes in a legacy frame (at most {max_block})"),
             ));
         }
-        let block = payload
-            .get(pos..pos + size)
-            .ok_or_else(truncated)?;
+        let block = payload.get(pos..pos + size).ok_or_else(truncated)?;
         let n = lz4_flex::block::decompress_into(block, &mut scratch).map_err(|e| corrupt(c, e))?;
         if u64::try_from(out.len() + n).map_or(true, |t| t > MAX_DECOMPRESSED_SIZE) {
             return Err(too_large(c));
@@ -354,7 +358,11 @@ fn lzop(payload: &[u8]) -> Result<Vec<u8>, LoadError> {
             lzo1x::decompress(src, &mut out[start..]).map_err(|e| corrupt(c, e))?;
         }
         for (flag, want) in sums {
-            let data = if flag & (ADLER32_D | CRC32_D) != 0 { &out[start..] } else { src };
+            let data = if flag & (ADLER32_D | CRC32_D) != 0 {
+                &out[start..]
+            } else {
+                src
+            };
             let got = if flag & (ADLER32_D | ADLER32_C) != 0 {
                 adler32(data)
             } else {
@@ -407,16 +415,7 @@ mod tests {
             }
             z.truncate(z.len() * 2 / 3);
             let e = decompress(c, &z).unwrap_err();
-            assert!(
-                matches!(
-                    e,
-                    LoadError::TruncatedPayload { compression } if compression == c
-                ) || matches!(
-                    e,
-                    LoadError::CorruptPayload { compression, .. } if compression == c
-                ),
-                "{c}: {e:?}"
-            );
+            assert_eq!(e, LoadError::TruncatedPayload { compression: c });
             println!("{c}: truncated -> {e}");
         }
     }
@@ -446,7 +445,8 @@ mod tests {
     #[test]
     fn lzop_stored_blocks_and_checksum() {
         let data: Vec<u8> = (0..3000u32)
-            .map(|i| u8::try_from(i.wrapping_mul(2_654_435_761) >> 24).unwrap()).collect();
+            .map(|i| u8::try_from(i.wrapping_mul(2_654_435_761) >> 24).unwrap())
+            .collect();
         let z = make_lzop(&data, 1000);
         assert_eq!(lzop(&z).unwrap(), data);
         let mut bad = z.clone();
@@ -460,7 +460,10 @@ mod tests {
         );
         let mut filter = z.clone();
         filter[19] |= 0x08; // F_H_FILTER (0x800) in the big-endian flags at 17..21
-        assert!(matches!(lzop(&filter).unwrap_err(), LoadError::CorruptPayload { .. }));
+        assert!(matches!(
+            lzop(&filter).unwrap_err(),
+            LoadError::CorruptPayload { .. }
+        ));
         assert_eq!(
             lzop(&z[..40]).unwrap_err(),
             LoadError::TruncatedPayload {
@@ -480,7 +483,10 @@ mod tests {
         let mut huge = magic.to_vec();
         huge.extend_from_slice(&u32::MAX.to_le_bytes());
         huge.extend_from_slice(&[0; 16]);
-        assert!(matches!(lz4_legacy(&huge).unwrap_err(), LoadError::CorruptPayload { .. }));
+        assert!(matches!(
+            lz4_legacy(&huge).unwrap_err(),
+            LoadError::CorruptPayload { .. }
+        ));
         // Two concatenated frames.
         let a = compress(c, b"first frame ");
         let b = compress(c, b"second frame");

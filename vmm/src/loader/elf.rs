@@ -6,7 +6,7 @@
 //! segment is validated first, then written.
 
 use crate::layout::HIMEM_START;
-use crate::memory::{GuestMem, Gpa};
+use crate::memory::{Gpa, GuestMem};
 
 use super::LoadError;
 
@@ -159,9 +159,10 @@ pub(super) fn load(mem: &GuestMem, image: &[u8]) -> Result<Loaded, LoadError> {
         return Err(LoadError::EntryOutsideSegments { entry });
     }
 
-    const ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+    static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
     for s in &segments {
-        mem.write(Gpa(s.paddr), s.bytes).map_err(LoadError::Memory)?;
+        mem.write(Gpa(s.paddr), s.bytes)
+            .map_err(LoadError::Memory)?;
         let mut at = s.paddr + u64::try_from(s.bytes.len()).unwrap_or(u64::MAX);
         let end = s.paddr + s.memsz;
         while at < end {
@@ -171,7 +172,11 @@ pub(super) fn load(mem: &GuestMem, image: &[u8]) -> Result<Loaded, LoadError> {
         }
     }
     let start = segments.iter().map(|s| s.paddr).min().unwrap_or(0);
-    let end = segments.iter().map(|s| s.paddr + s.memsz).max().unwrap_or(0);
+    let end = segments
+        .iter()
+        .map(|s| s.paddr + s.memsz)
+        .max()
+        .unwrap_or(0);
     Ok(Loaded {
         entry: Gpa(entry),
         start: Gpa(start),
@@ -217,21 +222,39 @@ mod tests {
 
         let mut phent = good.clone();
         phent[54] = 32;
-        assert!(matches!(err(&phent), LoadError::ElfBadProgramHeaders { phentsize: 32, .. }));
+        assert!(matches!(
+            err(&phent),
+            LoadError::ElfBadProgramHeaders { phentsize: 32, .. }
+        ));
 
         let mut phoff = good.clone();
         phoff[32..40].copy_from_slice(&u64::MAX.to_le_bytes());
-        assert!(matches!(err(&phoff), LoadError::ElfBadProgramHeaders { phoff: u64::MAX, .. }));
+        assert!(matches!(
+            err(&phoff),
+            LoadError::ElfBadProgramHeaders {
+                phoff: u64::MAX,
+                ..
+            }
+        ));
 
         let mut phnum = good.clone();
         phnum[56..58].copy_from_slice(&u16::MAX.to_le_bytes());
-        assert!(matches!(err(&phnum), LoadError::ElfBadProgramHeaders { phnum: u16::MAX, .. }));
+        assert!(matches!(
+            err(&phnum),
+            LoadError::ElfBadProgramHeaders {
+                phnum: u16::MAX,
+                ..
+            }
+        ));
     }
 
     #[test]
     fn segment_checks() {
         let text = [0xc3u8; 32];
-        assert_eq!(err(&synthetic_elf(0x100_0000, &[])), LoadError::ElfNoLoadSegment);
+        assert_eq!(
+            err(&synthetic_elf(0x100_0000, &[])),
+            LoadError::ElfNoLoadSegment
+        );
 
         let mut note = synthetic_elf(0x100_0000, &[(0x100_0000, &text, 32)]);
         note[64] = 4; // PT_NOTE
@@ -266,7 +289,10 @@ mod tests {
         );
 
         let wrap = synthetic_elf(u64::MAX - 8, &[(u64::MAX - 8, &text, 32)]);
-        assert!(matches!(err(&wrap), LoadError::SegmentOutsideRam { index: 0, .. }));
+        assert!(matches!(
+            err(&wrap),
+            LoadError::SegmentOutsideRam { index: 0, .. }
+        ));
 
         let big = synthetic_elf(0x100_0000, &[(0x100_0000, &text, 8)]);
         assert_eq!(
@@ -280,21 +306,37 @@ mod tests {
 
         let mut cut = synthetic_elf(0x100_0000, &[(0x100_0000, &text, 32)]);
         cut.truncate(cut.len() - 1);
-        assert!(matches!(err(&cut), LoadError::SegmentOutOfFile { index: 0, filesz: 32, .. }));
+        assert!(matches!(
+            err(&cut),
+            LoadError::SegmentOutOfFile {
+                index: 0,
+                filesz: 32,
+                ..
+            }
+        ));
 
         let mut off = synthetic_elf(0x100_0000, &[(0x100_0000, &text, 32)]);
         off[64 + 8..64 + 16].copy_from_slice(&(u64::MAX - 4).to_le_bytes());
-        assert!(matches!(err(&off), LoadError::SegmentOutOfFile { index: 0, .. }));
+        assert!(matches!(
+            err(&off),
+            LoadError::SegmentOutOfFile { index: 0, .. }
+        ));
 
         let entry = synthetic_elf(0x200_0000, &[(0x100_0000, &text, 32)]);
-        assert_eq!(err(&entry), LoadError::EntryOutsideSegments { entry: 0x200_0000 });
+        assert_eq!(
+            err(&entry),
+            LoadError::EntryOutsideSegments { entry: 0x200_0000 }
+        );
     }
 
     #[test]
     fn nothing_is_written_when_a_later_segment_is_bad() {
         let m = mem();
         let text = [0xaau8; 32];
-        let elf = synthetic_elf(0x100_0000, &[(0x100_0000, &text, 32), (0x4000_0000, &text, 32)]);
+        let elf = synthetic_elf(
+            0x100_0000,
+            &[(0x100_0000, &text, 32), (0x4000_0000, &text, 32)],
+        );
         assert!(load(&m, &elf).is_err());
         assert_eq!(m.read_u64(Gpa(0x100_0000)).unwrap(), 0);
     }
@@ -304,7 +346,11 @@ mod tests {
         let m = mem();
         m.write(Gpa(0x100_0000), &[0xee; 0x3_0000]).unwrap();
         let text = [0x90u8; 16];
-        let l = load(&m, &synthetic_elf(0x100_0000, &[(0x100_0000, &text, 0x2_0010)])).unwrap();
+        let l = load(
+            &m,
+            &synthetic_elf(0x100_0000, &[(0x100_0000, &text, 0x2_0010)]),
+        )
+        .unwrap();
         assert_eq!(l.end, Gpa(0x102_0010));
         let mut b = vec![0u8; 0x2_0010];
         m.read(Gpa(0x100_0000), &mut b).unwrap();

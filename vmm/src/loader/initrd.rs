@@ -1,7 +1,7 @@
 //! The initrd: placed page-aligned as high as possible in low RAM, above the kernel.
 
 use crate::layout::MMIO_HOLE_START;
-use crate::memory::{GuestMem, Gpa};
+use crate::memory::{Gpa, GuestMem};
 
 use super::LoadError;
 
@@ -24,7 +24,10 @@ pub fn load_initrd(
     }
     let size = u64::try_from(initrd.len()).unwrap_or(u64::MAX);
     let top = mem.size().min(MMIO_HOLE_START).min(max_addr);
-    let bottom = kernel_end.raw().checked_next_multiple_of(PAGE).unwrap_or(u64::MAX);
+    let bottom = kernel_end
+        .raw()
+        .checked_next_multiple_of(PAGE)
+        .unwrap_or(u64::MAX);
     let start = top.checked_sub(size).map(|s| s / PAGE * PAGE);
     match start {
         Some(start) if start >= bottom => {
@@ -83,7 +86,10 @@ mod tests {
                 available: (8 << 20) - PAGE
             }
         );
-        assert!(e.to_string().starts_with("Initrd of 8388608 bytes does not fit"));
+        assert!(
+            e.to_string()
+                .starts_with("Initrd of 8388608 bytes does not fit")
+        );
         // Exactly the space left.
         load_initrd(&m, &rd, Gpa(0x380_0000), u64::MAX).unwrap();
         // The kernel ends above max_addr: nothing is available.

@@ -21,7 +21,7 @@ use std::fmt;
 
 use linux_loader::loader::bootparam::setup_header;
 
-use crate::memory::{GuestMem, Gpa, MemoryError};
+use crate::memory::{Gpa, GuestMem, MemoryError};
 
 pub use bzimage::decompress_bzimage;
 pub use decompress::MAX_DECOMPRESSED_SIZE;
@@ -112,10 +112,14 @@ pub enum LoadError {
     #[error("Kernel image is empty: pass a vmlinux or a bzImage")]
     Empty,
     /// Neither ELF nor bzImage.
-    #[error(
-        "Not a kernel image (it starts with {head}): pass an x86_64 ELF vmlinux or a bzImage"
-    )]
+    #[error("Not a kernel image (it starts with {head}): pass an x86_64 ELF vmlinux or a bzImage")]
     NotAKernel {
+        /// The first bytes, in hex.
+        head: String,
+    },
+    /// [`decompress_bzimage`] was given something without the bzImage magic.
+    #[error("Not a bzImage (it starts with {head}, and there is no \"HdrS\" at 0x202)")]
+    NotABzImage {
         /// The first bytes, in hex.
         head: String,
     },
@@ -126,7 +130,9 @@ pub enum LoadError {
         compression: Compression,
     },
     /// `HdrS` is there but the setup header is cut short.
-    #[error("bzImage setup header is truncated: the file has {len} bytes, the header ends at 0x268")]
+    #[error(
+        "bzImage setup header is truncated: the file has {len} bytes, the header ends at 0x268"
+    )]
     TruncatedSetupHeader {
         /// File size.
         len: usize,
@@ -409,7 +415,8 @@ pub(crate) mod tests {
             elf[ph..ph + 4].copy_from_slice(&1u32.to_le_bytes()); // PT_LOAD
             elf[ph + 4..ph + 8].copy_from_slice(&5u32.to_le_bytes()); // R+X
             elf[ph + 8..ph + 16].copy_from_slice(&off.to_le_bytes());
-            elf[ph + 16..ph + 24].copy_from_slice(&0xffff_ffff_8000_0000u64.wrapping_add(*paddr).to_le_bytes());
+            elf[ph + 16..ph + 24]
+                .copy_from_slice(&0xffff_ffff_8000_0000u64.wrapping_add(*paddr).to_le_bytes());
             elf[ph + 24..ph + 32].copy_from_slice(&paddr.to_le_bytes());
             elf[ph + 32..ph + 40].copy_from_slice(&filesz.to_le_bytes());
             elf[ph + 40..ph + 48].copy_from_slice(&memsz.to_le_bytes());
@@ -428,10 +435,7 @@ pub(crate) mod tests {
         let data = b"hvprobe synthetic kernel data".repeat(50);
         synthetic_elf(
             0x100_0000,
-            &[
-                (0x100_0000, &text, 0x6000),
-                (0x110_0000, &data, 0x8000),
-            ],
+            &[(0x100_0000, &text, 0x6000), (0x110_0000, &data, 0x8000)],
         )
     }
 
@@ -474,8 +478,9 @@ pub(crate) mod tests {
                 opts.dict_size(1 << 20);
                 let mut filters = xz2::stream::Filters::new();
                 filters.x86().lzma2(&opts);
-                let s = xz2::stream::Stream::new_stream_encoder(&filters, xz2::stream::Check::Crc32)
-                    .unwrap();
+                let s =
+                    xz2::stream::Stream::new_stream_encoder(&filters, xz2::stream::Check::Crc32)
+                        .unwrap();
                 let mut e = xz2::write::XzEncoder::new_stream(Vec::new(), s);
                 e.write_all(data).unwrap();
                 e.finish().unwrap()
@@ -612,7 +617,10 @@ pub(crate) mod tests {
                 head: "4d 5a 90 00 20 74 68 69 ..".into()
             }
         );
-        assert!(e.to_string().starts_with("Not a kernel image (it starts with 4d 5a"));
+        assert!(
+            e.to_string()
+                .starts_with("Not a kernel image (it starts with 4d 5a")
+        );
         let gz = compress(Compression::Gzip, b"hello");
         assert_eq!(
             load_kernel(&m, &gz).unwrap_err(),
@@ -665,7 +673,10 @@ pub(crate) mod tests {
         off[0x248..0x24c].copy_from_slice(&0xffff_fff0u32.to_le_bytes());
         assert!(matches!(
             load_kernel(&m, &off).unwrap_err(),
-            LoadError::PayloadOutOfBounds { offset: 0x1_0000_07f0, .. }
+            LoadError::PayloadOutOfBounds {
+                offset: 0x1_0000_07f0,
+                ..
+            }
         ));
 
         let mut plen = good.clone();
@@ -733,13 +744,113 @@ pub(crate) mod tests {
             .filter(|p| p.is_file())
             .collect();
         files.sort();
-        assert!(files.len() >= 12, "corpus {} has {} files", dir.display(), files.len());
+        assert!(
+            files.len() >= 12,
+            "corpus {} has {} files",
+            dir.display(),
+            files.len()
+        );
         let m = mem();
         for f in files {
             let bytes = std::fs::read(&f).unwrap();
             let r = load_kernel(&m, &bytes);
             let _ = decompress_bzimage(&bytes);
-            println!("{}: {:?}", f.file_name().unwrap().to_string_lossy(), r.map(|k| k.format));
+            let name = f.file_name().unwrap().to_string_lossy().into_owned();
+            println!("{name}: {:?}", r.as_ref().map(|k| k.format));
+            // Seeds say in their name whether they are good; fuzzer finds can go either way.
+            if name.starts_with("seed-good-") {
+                assert!(r.is_ok(), "{name}: {r:?}");
+            } else if name.starts_with("seed-") {
+                assert!(r.is_err(), "{name} loaded");
+            }
+        }
+    }
+
+    /// Regenerates the seed files of the fuzz regression corpus (crash files found by the
+    /// fuzzer live next to them and are left alone): `cargo test -p vmm --lib
+    /// write_regression_seeds -- --ignored`.
+    #[test]
+    #[ignore = "writes fuzz/regressions/kernel_loader/seed-*"]
+    fn write_regression_seeds() {
+        let dir = workspace_root().join("fuzz/regressions/kernel_loader");
+        std::fs::create_dir_all(&dir).unwrap();
+        let text = [0x90u8, 0x90, 0xf4, 0xeb, 0xfd];
+        let tiny = synthetic_elf(0x100_0000, &[(0x100_0000, &text, 0x1000)]);
+        let good = synthetic_bzimage(&compress(Compression::Gzip, &tiny));
+        let patched = |off: usize, bytes: &[u8]| {
+            let mut v = good.clone();
+            v[off..off + bytes.len()].copy_from_slice(bytes);
+            v
+        };
+        let mut elf32 = tiny.clone();
+        elf32[4] = 1;
+        let mut no_load = tiny.clone();
+        no_load[64] = 4;
+        let mut phdrs = tiny.clone();
+        phdrs[32..40].copy_from_slice(&0xfff0u64.to_le_bytes());
+        let mut corrupt_gz = compress(Compression::Gzip, &tiny);
+        let mid = corrupt_gz.len() / 2;
+        corrupt_gz[mid..mid + 8].fill(0xa5);
+        let xz = compress(Compression::Xz, &tiny);
+        let mut lz4_huge = 0x184c_2102u32.to_le_bytes().to_vec();
+        lz4_huge.extend_from_slice(&0x7fff_fff0u32.to_le_bytes());
+        lz4_huge.extend_from_slice(&[0x1f; 32]);
+        let mut lzo_bad = lzop(&tiny, 4096);
+        lzo_bad[42..46].copy_from_slice(&0xffffu32.to_be_bytes()); // src_len > dst_len
+        let seeds: Vec<(&str, Vec<u8>)> = vec![
+            ("empty", Vec::new()),
+            (
+                "not-a-kernel-pe",
+                b"MZ\x90\x00\x03\x00\x00\x00PE stub, no HdrS".to_vec(),
+            ),
+            ("bare-gzip", compress(Compression::Gzip, b"not a kernel")),
+            ("truncated-setup-header", good[..0x230].to_vec()),
+            (
+                "old-boot-protocol",
+                patched(0x206, &0x0206u16.to_le_bytes()),
+            ),
+            ("setup-sects-beyond-file", patched(0x1f1, &[0xfe])),
+            (
+                "payload-offset-beyond-file",
+                patched(0x248, &0x7fff_0000u32.to_le_bytes()),
+            ),
+            (
+                "payload-length-beyond-file",
+                patched(0x24c, &0xffff_ffffu32.to_le_bytes()),
+            ),
+            ("unknown-compression", patched(0x900, b"\xca\xfe\xba\xbe")),
+            (
+                "good-version-pointer-wild",
+                patched(0x20e, &0xfff0u16.to_le_bytes()),
+            ),
+            ("corrupt-gzip", synthetic_bzimage(&corrupt_gz)),
+            ("truncated-xz", synthetic_bzimage(&xz[..xz.len() / 2])),
+            ("lz4-huge-block", synthetic_bzimage(&lz4_huge)),
+            ("lzo-bad-block", synthetic_bzimage(&lzo_bad)),
+            (
+                "payload-not-elf",
+                synthetic_bzimage(&compress(Compression::Lzma, b"text")),
+            ),
+            ("elf32", elf32),
+            ("elf-no-pt-load", no_load),
+            ("elf-phdrs-out-of-file", phdrs),
+            (
+                "elf-segment-outside-ram",
+                synthetic_elf(0x4000_0000, &[(0x4000_0000, &text, 0x1000)]),
+            ),
+            ("good-elf", tiny.clone()),
+            (
+                "good-bzimage-zstd",
+                synthetic_bzimage(&compress(Compression::Zstd, &tiny)),
+            ),
+            (
+                "good-bzimage-lzo",
+                synthetic_bzimage(&compress(Compression::Lzo, &tiny)),
+            ),
+        ];
+        for (name, bytes) in seeds {
+            assert!(bytes.len() <= 4096, "{name} is {} bytes", bytes.len());
+            std::fs::write(dir.join(format!("seed-{name}")), bytes).unwrap();
         }
     }
 
@@ -784,7 +895,12 @@ pub(crate) mod tests {
         assert_eq!(c, Compression::Xz);
         let m = GuestMem::new(256 << 20).unwrap();
         let k = load_kernel(&m, &image).unwrap();
-        assert_eq!(k.format, KernelFormat::BzImage { compression: Compression::Xz });
+        assert_eq!(
+            k.format,
+            KernelFormat::BzImage {
+                compression: Compression::Xz
+            }
+        );
         assert_eq!(k.entry, Gpa(0x100_0000));
         assert!(k.load_start >= Gpa(0x100_0000) && k.load_end > k.load_start);
         let v = k.version.unwrap();

@@ -253,7 +253,7 @@ mod tests {
     fn debug_and_internal_errors_keep_their_payload() {
         let (pio, mmio, un) = buses();
         let io = IoBuses { pio: &pio, mmio: &mmio, unclaimed: &un };
-        let d = DebugExit { exception: 1, pc: 0x1000, dr6: 0xffff_4ff2, dr7: 0x400 };
+        let d = DebugExit { exception: 1, pc: 0x1000, dr6: 0xffff_0ff2, dr7: 0x400 };
         assert_eq!(dispatch(Exit::Debug(d), &io), ExitAction::Debug(d));
         assert!(!d.is_single_step());
         assert_eq!(d.breakpoint_slot(), Some(1));

@@ -1,1 +1,0 @@
-//! Kernel symbols (placeholder while paging builds).

@@ -1,0 +1,140 @@
+//! Finding `kallsyms_markers`: one u32 per 256 symbols, the offset of symbol 256*i in
+//! `kallsyms_names`. They end just before the token table, or (kernels with
+//! `kallsyms_seqs_of_names` between them, as Debian's 6.1 has) before that array.
+
+use super::region::Region;
+
+/// Every symbol takes at least two bytes in `kallsyms_names` (a length and one token).
+const MIN_SYMBOL_BYTES: u32 = 2;
+/// ... and at most a two-byte length plus 0x3fff tokens.
+const MAX_SYMBOL_BYTES: u32 = 2 + 0x3fff;
+/// More symbols than any kernel has (the seqs array numbers them in 24 bits).
+pub(super) const MAX_SYMBOLS: usize = 1 << 24;
+
+/// A plausible `kallsyms_markers` array.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Markers {
+    /// Where the array starts.
+    pub(super) pos: usize,
+    /// Its values (the first is 0).
+    pub(super) values: Vec<u32>,
+    /// The symbol count, when the seqs array told it.
+    pub(super) num_syms: Option<u32>,
+    /// Where `kallsyms_seqs_of_names` is, if it sits between the markers and the tokens.
+    pub(super) seqs: Option<usize>,
+}
+
+impl Markers {
+    /// The symbol counts these markers allow: more than 256 per full marker, at most 256 more.
+    pub(super) fn count_range(&self) -> std::ops::RangeInclusive<u64> {
+        let m = self.values.len() as u64;
+        (256 * (m - 1) + 1)..=(256 * m)
+    }
+}
+
+fn step_ok(lower: u32, upper: u32) -> bool {
+    upper > lower && (256 * MIN_SYMBOL_BYTES..=256 * MAX_SYMBOL_BYTES).contains(&(upper - lower))
+}
+
+/// The markers arrays that could end right before `token_table` (plain layout), then those
+/// that fit with a seqs array in between.
+pub(super) fn candidates(r: &Region<'_>, token_table: usize) -> Vec<Markers> {
+    let mut out = Vec::new();
+    for end in [Some(token_table), token_table.checked_sub(4)] {
+        if let Some(m) = end.and_then(|e| walk_back(r, e)) {
+            out.push(m);
+        }
+    }
+    out.extend(with_seqs(r, token_table));
+    out
+}
+
+/// Reads u32s backwards from `end` while they decrease in plausible steps, down to a 0.
+fn walk_back(r: &Region<'_>, end: usize) -> Option<Markers> {
+    let mut values = Vec::new();
+    let mut pos = end;
+    loop {
+        pos = pos.checked_sub(4)?;
+        let v = r.u32(pos)?;
+        if let Some(&above) = values.last() {
+            if !step_ok(v, above) {
+                return None;
+            }
+        }
+        values.push(v);
+        if v == 0 {
+            break;
+        }
+        if values.len() > MAX_SYMBOLS / 256 {
+            return None;
+        }
+    }
+    if !r.is_aligned(pos, 8) {
+        return None;
+    }
+    values.reverse();
+    Some(Markers {
+        pos,
+        values,
+        num_syms: None,
+        seqs: None,
+    })
+}
+
+/// Markers followed by `kallsyms_seqs_of_names` (3 bytes per symbol) and then the token
+/// table, each 8-aligned: for every symbol count N the positions are fixed, so try them all.
+fn with_seqs(r: &Region<'_>, token_table: usize) -> Vec<Markers> {
+    let mut out = Vec::new();
+    // Each symbol needs 3 bytes of seqs and at least 2 of names.
+    let max = (token_table / 5).min(MAX_SYMBOLS - 1);
+    for n in 1..=max {
+        let Some(seqs) = token_table.checked_sub(3 * n).and_then(|p| r.align_down(p, 8)) else {
+            break;
+        };
+        let m = n.div_ceil(256);
+        let Some(pos) = seqs.checked_sub(4 * m).and_then(|p| r.align_down(p, 8)) else {
+            break;
+        };
+        if r.u32(pos) != Some(0) {
+            continue;
+        }
+        let Some(values) = read_markers(r, pos, m) else {
+            continue;
+        };
+        let Ok(count) = u32::try_from(n) else { break };
+        if !seqs_ok(r, seqs, count) {
+            continue;
+        }
+        out.push(Markers {
+            pos,
+            values,
+            num_syms: Some(count),
+            seqs: Some(seqs),
+        });
+    }
+    out
+}
+
+fn read_markers(r: &Region<'_>, pos: usize, m: usize) -> Option<Vec<u32>> {
+    let mut values = Vec::with_capacity(m);
+    for i in 0..m {
+        let v = r.u32(pos + 4 * i)?;
+        if let Some(&below) = values.last() {
+            if !step_ok(below, v) {
+                return None;
+            }
+        }
+        values.push(v);
+    }
+    Some(values)
+}
+
+/// Every seqs entry (a 24-bit big-endian symbol index) is below `n`.
+fn seqs_ok(r: &Region<'_>, seqs: usize, n: u32) -> bool {
+    let Some(bytes) = usize::try_from(n).ok().and_then(|n| r.get(seqs, 3 * n)) else {
+        return false;
+    };
+    bytes
+        .chunks_exact(3)
+        .all(|c| (u32::from(c[0]) << 16 | u32::from(c[1]) << 8 | u32::from(c[2])) < n)
+}
