@@ -207,9 +207,10 @@ impl Vm {
         vm_fd.create_irq_chip().map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
         let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
         vm_fd.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
+        // Bad input fails here, before any phase line, so the user sees exactly one line.
+        let (kernel, is_linux, loaded) = load_kernel(&mem, config)?;
         phases.log(format_args!("vm: created, {} MiB RAM, {} vCPU(s)", mem.size() >> 20, config.cpus));
-
-        let (kernel, is_linux) = load_kernel(&mem, config, &phases)?;
+        phases.log(loaded);
         let cmdline = match (&config.cmdline, is_linux) {
             (Some(c), _) => c.clone(),
             (None, true) => DEFAULT_LINUX_CMDLINE.to_string(),
@@ -476,7 +477,7 @@ fn read_file(what: &'static str, path: &Path) -> Result<Vec<u8>, VmError> {
 
 /// Loads the configured kernel; also tells whether it is Linux (vs. our test kernel or a raw
 /// test program).
-fn load_kernel(mem: &GuestMem, config: &VmConfig, phases: &Phases) -> Result<(LoadedKernel, bool), VmError> {
+fn load_kernel(mem: &GuestMem, config: &VmConfig) -> Result<(LoadedKernel, bool, String), VmError> {
     let t = Instant::now();
     let (name, image) = match &config.kernel {
         KernelSource::Embedded => ("embedded test kernel".to_string(), crate::test_kernel::TEST_KERNEL.to_vec()),
@@ -492,8 +493,8 @@ fn load_kernel(mem: &GuestMem, config: &VmConfig, phases: &Phases) -> Result<(Lo
                 setup_header: None,
                 version: None,
             };
-            phases.log(format_args!("kernel: raw program, {} bytes at {:#x}", image.len(), load_addr));
-            return Ok((k, false));
+            let line = format!("kernel: raw program, {} bytes at {:#x}", image.len(), load_addr);
+            return Ok((k, false, line));
         }
     };
     let k = loader::load_kernel(mem, &image).map_err(|source| VmError::Kernel { path: name.clone(), source })?;
@@ -501,7 +502,7 @@ fn load_kernel(mem: &GuestMem, config: &VmConfig, phases: &Phases) -> Result<(Lo
         KernelSource::Embedded => false,
         _ => matches!(k.format, KernelFormat::BzImage { .. }) || k.entry.raw() >= 0x100_0000,
     };
-    phases.log(format_args!(
+    let line = format!(
         "kernel: {name}: {}{}, {} KiB loaded at {}..{}, entry {} ({} ms)",
         k.format,
         k.version.as_deref().map(|v| format!(" \"{v}\"")).unwrap_or_default(),
@@ -510,8 +511,8 @@ fn load_kernel(mem: &GuestMem, config: &VmConfig, phases: &Phases) -> Result<(Lo
         k.load_end,
         k.entry,
         t.elapsed().as_millis()
-    ));
-    Ok((k, is_linux))
+    );
+    Ok((k, is_linux, line))
 }
 
 fn load_initrd(mem: &GuestMem, path: &Path, kernel: &LoadedKernel, phases: &Phases) -> Result<(Gpa, u64), VmError> {

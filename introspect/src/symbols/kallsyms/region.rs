@@ -9,10 +9,6 @@ pub(super) struct Region<'a> {
 }
 
 impl<'a> Region<'a> {
-    pub(super) fn len(&self) -> usize {
-        self.bytes.len()
-    }
-
     /// The virtual address of byte `pos`.
     pub(super) fn va(&self, pos: usize) -> u64 {
         self.base.wrapping_add(pos as u64)
