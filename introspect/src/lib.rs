@@ -18,8 +18,7 @@ pub mod symbols;
 
 pub use addr::{Gpa, Gva, PAGE_SIZE};
 pub use paging::{
-    PageWalker, PagingContext, PhysMem, PhysMemError, PhysMemMut, Translation, VirtError,
-    WalkError,
+    PageWalker, PagingContext, PhysMem, PhysMemError, PhysMemMut, Translation, VirtError, WalkError,
 };
 
 pub use symbols::{ResolveError, Symbol, SymbolOffset, SymbolTable};

@@ -81,7 +81,7 @@ pub struct PagingContext {
     pub cr4: u64,
     /// IA32_EFER (LMA and NXE matter).
     pub efer: u64,
-    /// The guest's physical address width (CPUID 0x80000008 EAX[7:0]); entry bits from here
+    /// The guest's physical address width (CPUID 0x80000008 EAX bits 7:0); entry bits from here
     /// up to 51 are reserved. 52 (the default) checks only what is reserved on every CPU.
     pub max_phys_bits: u8,
 }
@@ -167,7 +167,9 @@ pub enum WalkError {
     #[error("Paging is disabled (CR0.PG=0): guest-virtual addresses are physical")]
     PagingDisabled,
     /// Paging is on but not IA-32e (64-bit) paging.
-    #[error("The vCPU is not in long mode (EFER.LMA=0 or CR4.PAE=0): only 64-bit paging is supported")]
+    #[error(
+        "The vCPU is not in long mode (EFER.LMA=0 or CR4.PAE=0): only 64-bit paging is supported"
+    )]
     NotLongMode,
     /// The address is not canonical for the current paging depth.
     #[error("Guest-virtual address {0} is not canonical")]

@@ -53,7 +53,10 @@ fn decompress_bzimage(image: &[u8]) -> Vec<u8> {
     xz2::read::XzDecoder::new(stream)
         .read_to_end(&mut out)
         .expect("decompress the bzImage payload");
-    assert_eq!(out.len() as u64, u64::from(u32::from_le_bytes(size.try_into().unwrap())));
+    assert_eq!(
+        out.len() as u64,
+        u64::from(u32::from_le_bytes(size.try_into().unwrap()))
+    );
     out
 }
 
@@ -87,14 +90,20 @@ fn debian_kernel_symbols_from_embedded_kallsyms() {
     eprintln!(
         "kallsyms: {} symbols in {took:?} ({} build); layout {:#x?}",
         syms.len(),
-        if cfg!(debug_assertions) { "debug" } else { "release" },
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
         k.layout
     );
     assert!(syms.len() >= 90_000, "only {} symbols", syms.len());
     assert_eq!(syms.addr_of("_text"), Some(X86_64_LINK_TEXT));
     assert_eq!(syms.kaslr_slide(X86_64_LINK_TEXT), Ok(0));
     for name in ["start_kernel", "linux_banner", "memblock_add_range"] {
-        let addr = syms.addr_of(name).unwrap_or_else(|| panic!("{name} not found"));
+        let addr = syms
+            .addr_of(name)
+            .unwrap_or_else(|| panic!("{name} not found"));
         let back = syms.lookup(addr).unwrap();
         assert_eq!(back.offset, 0);
         eprintln!("{name} = {addr:#x} ({})", back.symbol.kind);
@@ -105,11 +114,32 @@ fn debian_kernel_symbols_from_embedded_kallsyms() {
         Ok(syms.addr_of("start_kernel").unwrap() + 0x10)
     );
 
+    // The same search over just the bytes around the tables, as read from guest memory.
     let elf = ElfFile::parse(&image).unwrap();
+    let from = k.layout.offsets - 0x1234;
+    let to = k.layout.token_index + 0x1000;
+    let window = elf
+        .read_vaddr(from, usize::try_from(to - from).unwrap())
+        .unwrap();
+    let t = Instant::now();
+    let again = introspect::symbols::kallsyms::find_kallsyms(window, from).unwrap();
+    eprintln!(
+        "kallsyms from a {} KiB window: {:?}",
+        window.len() >> 10,
+        t.elapsed()
+    );
+    assert_eq!(again.layout, k.layout);
+    assert_eq!(again.symbols.len(), syms.len());
+
     let banner = elf
         .read_vaddr(syms.addr_of("linux_banner").unwrap(), 17)
         .expect("linux_banner is in the image");
-    assert_eq!(banner, b"Linux version 6.1", "{}", String::from_utf8_lossy(banner));
+    assert_eq!(
+        banner,
+        b"Linux version 6.1",
+        "{}",
+        String::from_utf8_lossy(banner)
+    );
 
     // Debian's /boot/System.map is the stub that says to look elsewhere.
     let stub = std::fs::read_dir(boot_dir())
@@ -117,7 +147,11 @@ fn debian_kernel_symbols_from_embedded_kallsyms() {
         .into_iter()
         .flatten()
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("System.map-")));
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("System.map-"))
+        });
     if let Some(stub) = stub {
         let text = std::fs::read_to_string(stub).unwrap();
         assert!(matches!(

@@ -38,7 +38,10 @@ pub struct Program {
 impl Program {
     /// Address of label `name`. Panics on a name the builder did not define (a test bug).
     pub fn label(&self, name: &str) -> u64 {
-        *self.labels.get(name).unwrap_or_else(|| panic!("no label {name} in the test program"))
+        *self
+            .labels
+            .get(name)
+            .unwrap_or_else(|| panic!("no label {name} in the test program"))
     }
 }
 
@@ -50,14 +53,21 @@ pub fn assemble(
     let mut labels = Labels::default();
     build(&mut a, &mut labels).expect("test program assembles");
     let result = a
-        .assemble_options(PROGRAM_BASE, BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS)
+        .assemble_options(
+            PROGRAM_BASE,
+            BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS,
+        )
         .expect("test program encodes");
     let addrs = labels
         .names
         .iter()
         .map(|(name, l)| (name.clone(), result.label_ip(l).expect("label was placed")))
         .collect();
-    Program { code: result.inner.code_buffer, base: PROGRAM_BASE, labels: addrs }
+    Program {
+        code: result.inner.code_buffer,
+        base: PROGRAM_BASE,
+        labels: addrs,
+    }
 }
 
 /// Named labels of a program being built.
@@ -112,7 +122,11 @@ pub fn debian_kernel() -> Option<PathBuf> {
     let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
         .ok()?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("vmlinuz-")))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("vmlinuz-"))
+        })
         .collect();
     found.sort();
     found.pop()

@@ -108,7 +108,10 @@ impl GuestMem {
         if size <= MMIO_HOLE_START {
             vec![(0, size)]
         } else {
-            vec![(0, MMIO_HOLE_START), (MMIO_HOLE_END, size - MMIO_HOLE_START)]
+            vec![
+                (0, MMIO_HOLE_START),
+                (MMIO_HOLE_END, size - MMIO_HOLE_START),
+            ]
         }
     }
 
@@ -133,14 +136,20 @@ impl GuestMem {
     pub fn read(&self, addr: Gpa, buf: &mut [u8]) -> Result<(), MemoryError> {
         self.inner
             .read_slice(buf, addr.into())
-            .map_err(|_| MemoryError::OutOfRange { addr, len: buf.len() })
+            .map_err(|_| MemoryError::OutOfRange {
+                addr,
+                len: buf.len(),
+            })
     }
 
     /// Writes `buf` at `addr`.
     pub fn write(&self, addr: Gpa, buf: &[u8]) -> Result<(), MemoryError> {
         self.inner
             .write_slice(buf, addr.into())
-            .map_err(|_| MemoryError::OutOfRange { addr, len: buf.len() })
+            .map_err(|_| MemoryError::OutOfRange {
+                addr,
+                len: buf.len(),
+            })
     }
 
     /// Reads a little-endian u64.
@@ -186,10 +195,15 @@ mod tests {
 
     #[test]
     fn rejects_tiny_and_unaligned() {
-        assert_eq!(GuestMem::new(1 << 20).unwrap_err(), MemoryError::TooSmall { size: 1 << 20 });
+        assert_eq!(
+            GuestMem::new(1 << 20).unwrap_err(),
+            MemoryError::TooSmall { size: 1 << 20 }
+        );
         assert_eq!(
             GuestMem::new((32 << 20) + 1).unwrap_err(),
-            MemoryError::Unaligned { size: (32 << 20) + 1 }
+            MemoryError::Unaligned {
+                size: (32 << 20) + 1
+            }
         );
     }
 
@@ -202,7 +216,10 @@ mod tests {
         assert!(!m.contains(Gpa(0), (16 << 20) + 1));
         assert_eq!(
             m.read_u64(Gpa((16 << 20) - 4)).unwrap_err(),
-            MemoryError::OutOfRange { addr: Gpa((16 << 20) - 4), len: 8 }
+            MemoryError::OutOfRange {
+                addr: Gpa((16 << 20) - 4),
+                len: 8
+            }
         );
     }
 }

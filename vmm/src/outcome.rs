@@ -65,7 +65,10 @@ impl fmt::Display for Outcome {
             Outcome::GuestExit { code } => write!(f, "guest exited with code {code}"),
             Outcome::Reset => write!(f, "guest reset the machine"),
             Outcome::TripleFault { vcpu, rip } => {
-                write!(f, "guest crashed: triple fault on vCPU {vcpu} at rip {rip:#x}")
+                write!(
+                    f,
+                    "guest crashed: triple fault on vCPU {vcpu} at rip {rip:#x}"
+                )
             }
             Outcome::Crash { vcpu, rip, reason } => {
                 write!(f, "guest crashed on vCPU {vcpu} at rip {rip:#x}: {reason}")
@@ -83,8 +86,17 @@ mod tests {
     fn exit_codes_are_distinct_and_clamped() {
         assert_eq!(Outcome::GuestExit { code: 0 }.exit_code(), 0);
         assert_eq!(Outcome::GuestExit { code: 9 }.exit_code(), 9);
-        assert_eq!(Outcome::GuestExit { code: 1000 }.exit_code(), EXIT_GUEST_MAX);
-        let codes = [EXIT_BAD_INPUT, EXIT_GUEST_RESET, EXIT_GUEST_CRASH, EXIT_VMM_FAILURE, EXIT_TIMEOUT];
+        assert_eq!(
+            Outcome::GuestExit { code: 1000 }.exit_code(),
+            EXIT_GUEST_MAX
+        );
+        let codes = [
+            EXIT_BAD_INPUT,
+            EXIT_GUEST_RESET,
+            EXIT_GUEST_CRASH,
+            EXIT_VMM_FAILURE,
+            EXIT_TIMEOUT,
+        ];
         for (i, a) in codes.iter().enumerate() {
             assert!(*a > EXIT_GUEST_MAX);
             assert!(codes[i + 1..].iter().all(|b| b != a));

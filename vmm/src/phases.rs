@@ -13,7 +13,10 @@ pub struct Phases {
 impl Phases {
     /// Starts the clock now.
     pub fn new(quiet: bool) -> Self {
-        Phases { start: Instant::now(), quiet }
+        Phases {
+            start: Instant::now(),
+            quiet,
+        }
     }
 
     /// Time since the clock started.

@@ -17,7 +17,9 @@ pub fn is_software_kvm() -> bool {
 /// stderr at boot). Empty on hardware KVM.
 pub fn linux_cpuid_mask() -> Option<(CpuidMask, &'static str)> {
     is_software_kvm().then_some((
-        CpuidMask { leaf1_ecx: CPUID_1_ECX_CX16 | (1 << 26) | (1 << 27) | (1 << 28) },
+        CpuidMask {
+            leaf1_ecx: CPUID_1_ECX_CX16,
+        },
         "software KVM (kvm_pvm) detected: hiding CPUID cmpxchg16b from Linux, which this \
          emulator cannot run (SLUB would fail)",
     ))
@@ -43,7 +45,11 @@ pub const RING0_LOOP_ITERATIONS: u64 = 100_000;
 pub fn ring0_loop_time() -> Result<std::time::Duration, crate::vm::VmError> {
     use crate::config::{KernelSource, SerialOutput, VmConfig};
     let config = VmConfig {
-        kernel: KernelSource::Raw { image: RING0_LOOP.to_vec(), load_addr: 0x10_0000, entry: 0x10_0000 },
+        kernel: KernelSource::Raw {
+            image: RING0_LOOP.to_vec(),
+            load_addr: 0x10_0000,
+            entry: 0x10_0000,
+        },
         mem_size: 16 << 20,
         serial: SerialOutput::Sink,
         quiet: true,
@@ -56,7 +62,9 @@ pub fn ring0_loop_time() -> Result<std::time::Duration, crate::vm::VmError> {
     let elapsed = t.elapsed();
     match outcome {
         crate::outcome::Outcome::GuestExit { code: 0 } => Ok(elapsed),
-        other => Err(crate::vm::VmError::Config(format!("platform check guest did not finish: {other}"))),
+        other => Err(crate::vm::VmError::Config(format!(
+            "platform check guest did not finish: {other}"
+        ))),
     }
 }
 
@@ -72,9 +80,16 @@ mod tests {
     fn ring0_loop_runs_and_is_classified() {
         let t = super::ring0_loop_time().expect("the loop guest exits cleanly");
         let fast = t < std::time::Duration::from_millis(30);
-        eprintln!("ring-0 loop of {} iterations: {t:?} ({})", super::RING0_LOOP_ITERATIONS, if fast { "hardware speed" } else { "emulated" });
+        eprintln!(
+            "ring-0 loop of {} iterations: {t:?} ({})",
+            super::RING0_LOOP_ITERATIONS,
+            if fast { "hardware speed" } else { "emulated" }
+        );
         if super::is_software_kvm() {
-            assert!(!fast, "kvm_pvm emulates ring 0; a fast loop means the check is broken");
+            assert!(
+                !fast,
+                "kvm_pvm emulates ring 0; a fast loop means the check is broken"
+            );
         }
     }
 }

@@ -12,8 +12,10 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY, kvm_pit_config, kvm_userspace_memory_region};
+use crossbeam_channel::{Receiver, Sender};
+use kvm_bindings::{
+    KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY, kvm_pit_config, kvm_userspace_memory_region,
+};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -22,10 +24,12 @@ use crate::config::{DEFAULT_LINUX_CMDLINE, KernelSource, SerialOutput, VmConfig}
 use crate::devices::bus::Bus;
 use crate::devices::legacy::{I8042, NoPci};
 use crate::devices::serial::{COM1_IRQ, COM1_PORT, ConsoleCapture, ConsoleSink, SerialDevice};
-use crate::devices::test_device::{Point, TEST_DEVICE_MMIO_LEN, TEST_DEVICE_PORT, TEST_DEVICE_PORT_LEN, TestDevice};
+use crate::devices::test_device::{
+    Point, TEST_DEVICE_MMIO_LEN, TEST_DEVICE_PORT, TEST_DEVICE_PORT_LEN, TestDevice,
+};
 use crate::layout::TEST_DEVICE_MMIO_BASE;
 use crate::loader::{self, KernelFormat, LoadError, LoadedKernel};
-use crate::memory::{GuestMem, Gpa, MemoryError};
+use crate::memory::{Gpa, GuestMem, MemoryError};
 use crate::outcome::Outcome;
 use crate::phases::Phases;
 use crate::vcpu::exit::Unclaimed;
@@ -135,7 +139,9 @@ impl VmError {
             | VmError::Config(_) => true,
             VmError::Boot(b) => matches!(
                 b,
-                BootError::CmdlineTooLong { .. } | BootError::CmdlineNul | BootError::TooManyCpus(_)
+                BootError::CmdlineTooLong { .. }
+                    | BootError::CmdlineNul
+                    | BootError::TooManyCpus(_)
             ),
             _ => false,
         }
@@ -197,19 +203,32 @@ impl Vm {
     pub fn new(config: &VmConfig, hook: Option<Arc<dyn DebugHook>>) -> Result<Vm, VmError> {
         let phases = Phases::new(config.quiet);
         if config.cpus == 0 {
-            return Err(VmError::Config("The VM needs at least one vCPU (--cpus 1 or more)".into()));
+            return Err(VmError::Config(
+                "The VM needs at least one vCPU (--cpus 1 or more)".into(),
+            ));
         }
         let kvm = open_kvm()?;
         let vm_fd = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
         let mem = GuestMem::new(config.mem_size)?;
         register_memory(&vm_fd, &mem)?;
-        vm_fd.set_tss_address(TSS_ADDRESS).map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
-        vm_fd.create_irq_chip().map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
-        let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
+        vm_fd
+            .set_tss_address(TSS_ADDRESS)
+            .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
+        vm_fd
+            .create_irq_chip()
+            .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
         vm_fd.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
         // Bad input fails here, before any phase line, so the user sees exactly one line.
         let (kernel, is_linux, loaded) = load_kernel(&mem, config)?;
-        phases.log(format_args!("vm: created, {} MiB RAM, {} vCPU(s)", mem.size() >> 20, config.cpus));
+        phases.log(format_args!(
+            "vm: created, {} MiB RAM, {} vCPU(s)",
+            mem.size() >> 20,
+            config.cpus
+        ));
         phases.log(loaded);
         let cmdline = match (&config.cmdline, is_linux) {
             (Some(c), _) => c.clone(),
@@ -223,7 +242,11 @@ impl Vm {
         boot::gdt::write_gdt(&mem)?;
         let cr3 = boot::paging::write_identity_map(&mem)?;
         let cmdline_len = boot::params::write_cmdline(&mem, &cmdline)?;
-        let input = BootParamsInput { setup_header: kernel.setup_header, initrd, cmdline_len };
+        let input = BootParamsInput {
+            setup_header: kernel.setup_header,
+            initrd,
+            cmdline_len,
+        };
         let boot_params = boot::params::write_boot_params(&mem, &input)?;
         boot::mptable::write(&mem, config.cpus)?;
         if !cmdline.is_empty() {
@@ -233,16 +256,29 @@ impl Vm {
         let console = ConsoleCapture::default();
         let (io, serial, test_device) = make_devices(&vm_fd, config, &console, &phases)?;
 
-        let mask = if is_linux { crate::platform::linux_cpuid_mask() } else { None };
+        let mask = if is_linux {
+            crate::platform::linux_cpuid_mask()
+        } else {
+            None
+        };
         if let Some((_, why)) = &mask {
             phases.log(format_args!("note: {why}"));
         }
-        let cpuid = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+        let cpuid = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
         let mut vcpus = Vec::with_capacity(usize::from(config.cpus));
         for index in 0..config.cpus {
-            let fd = vm_fd.create_vcpu(u64::from(index)).map_err(kvm_err("KVM_CREATE_VCPU"))?;
+            let fd = vm_fd
+                .create_vcpu(u64::from(index))
+                .map_err(kvm_err("KVM_CREATE_VCPU"))?;
             let mut this = cpuid.clone();
-            boot::cpu::patch_cpuid(&mut this, index, config.cpus, mask.map(|m| m.0).unwrap_or(CpuidMask::default()));
+            boot::cpu::patch_cpuid(
+                &mut this,
+                index,
+                config.cpus,
+                mask.map(|m| m.0).unwrap_or(CpuidMask::default()),
+            );
             boot::cpu::setup_common(&fd, index, &this)?;
             if index == 0 {
                 boot::cpu::setup_boot_vcpu(&fd, kernel.entry, cr3, boot_params)?;
@@ -282,10 +318,15 @@ impl Vm {
 
     /// Spawns the vCPU threads; the guest runs.
     pub fn start(&mut self) -> Result<(), VmError> {
-        kick::install_handler().map_err(|e| VmError::Device { what: "the vCPU kick signal", reason: e.to_string() })?;
+        kick::install_handler().map_err(|e| VmError::Device {
+            what: "the vCPU kick signal",
+            reason: e.to_string(),
+        })?;
         for (i, slot) in self.vcpus.iter_mut().enumerate() {
             if let VcpuSlot::Ready(_) = slot {
-                let VcpuSlot::Ready(fd) = std::mem::replace(slot, VcpuSlot::Taken) else { continue };
+                let VcpuSlot::Ready(fd) = std::mem::replace(slot, VcpuSlot::Taken) else {
+                    continue;
+                };
                 let runner = VcpuRunner {
                     index: u8::try_from(i).unwrap_or(u8::MAX),
                     fd,
@@ -296,7 +337,8 @@ impl Vm {
                 *slot = VcpuSlot::Started(runner.spawn()?);
             }
         }
-        self.phases.log(format_args!("vcpus: {} started", self.vcpus.len()));
+        self.phases
+            .log(format_args!("vcpus: {} started", self.vcpus.len()));
         Ok(())
     }
 
@@ -307,7 +349,9 @@ impl Vm {
         self.stop();
         let outcome = match result {
             Some(VcpuEvent::Ended(o)) => o,
-            Some(VcpuEvent::Failed { vcpu, reason }) => return Err(VmError::VcpuFailed { vcpu, reason }),
+            Some(VcpuEvent::Failed { vcpu, reason }) => {
+                return Err(VmError::VcpuFailed { vcpu, reason });
+            }
             None => Outcome::Timeout,
         };
         self.phases.log(format_args!("vm: {outcome}"));
@@ -348,10 +392,8 @@ impl Vm {
     fn wait_event(&self, deadline: Option<Instant>) -> Option<VcpuEvent> {
         match deadline {
             None => self.events_rx.recv().ok(),
-            Some(d) => match self.events_rx.recv_deadline(d) {
-                Ok(e) => Some(e),
-                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => None,
-            },
+            // A timeout and a disconnect both mean no vCPU will report an end.
+            Some(d) => self.events_rx.recv_deadline(d).ok(),
         }
     }
 
@@ -400,7 +442,10 @@ impl Vm {
                 h.join();
             }
         }
-        self.serial.lock().unwrap_or_else(|p| p.into_inner()).flush();
+        self.serial
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .flush();
     }
 
     /// Everything the guest printed on the serial console (bounded).
@@ -410,12 +455,20 @@ impl Vm {
 
     /// Test device points reached so far.
     pub fn points(&self) -> Vec<Point> {
-        self.test_device.lock().unwrap_or_else(|p| p.into_inner()).points().to_vec()
+        self.test_device
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .points()
+            .to_vec()
     }
 
     /// Test device marker lines so far.
     pub fn marks(&self) -> Vec<String> {
-        self.test_device.lock().unwrap_or_else(|p| p.into_inner()).marks().to_vec()
+        self.test_device
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .marks()
+            .to_vec()
     }
 
     /// Guest memory.
@@ -466,13 +519,18 @@ fn register_memory(vm_fd: &VmFd, mem: &GuestMem) -> Result<(), VmError> {
         };
         // SAFETY: the region is a live host mapping owned by `mem`, which the Vm keeps alive
         // (and drops after the VM fd) for as long as KVM can access it.
-        unsafe { vm_fd.set_user_memory_region(region) }.map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
+        unsafe { vm_fd.set_user_memory_region(region) }
+            .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
     }
     Ok(())
 }
 
 fn read_file(what: &'static str, path: &Path) -> Result<Vec<u8>, VmError> {
-    fs::read(path).map_err(|e| VmError::ReadFile { what, path: path.display().to_string(), reason: e.to_string() })
+    fs::read(path).map_err(|e| VmError::ReadFile {
+        what,
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })
 }
 
 /// Loads the configured kernel; also tells whether it is Linux (vs. our test kernel or a raw
@@ -480,9 +538,16 @@ fn read_file(what: &'static str, path: &Path) -> Result<Vec<u8>, VmError> {
 fn load_kernel(mem: &GuestMem, config: &VmConfig) -> Result<(LoadedKernel, bool, String), VmError> {
     let t = Instant::now();
     let (name, image) = match &config.kernel {
-        KernelSource::Embedded => ("embedded test kernel".to_string(), crate::test_kernel::TEST_KERNEL.to_vec()),
+        KernelSource::Embedded => (
+            "embedded test kernel".to_string(),
+            crate::test_kernel::TEST_KERNEL.to_vec(),
+        ),
         KernelSource::File(p) => (p.display().to_string(), read_file("kernel", p)?),
-        KernelSource::Raw { image, load_addr, entry } => {
+        KernelSource::Raw {
+            image,
+            load_addr,
+            entry,
+        } => {
             mem.write(Gpa(*load_addr), image)?;
             let end = Gpa(load_addr + image.len() as u64);
             let k = LoadedKernel {
@@ -493,11 +558,18 @@ fn load_kernel(mem: &GuestMem, config: &VmConfig) -> Result<(LoadedKernel, bool,
                 setup_header: None,
                 version: None,
             };
-            let line = format!("kernel: raw program, {} bytes at {:#x}", image.len(), load_addr);
+            let line = format!(
+                "kernel: raw program, {} bytes at {:#x}",
+                image.len(),
+                load_addr
+            );
             return Ok((k, false, line));
         }
     };
-    let k = loader::load_kernel(mem, &image).map_err(|source| VmError::Kernel { path: name.clone(), source })?;
+    let k = loader::load_kernel(mem, &image).map_err(|source| VmError::Kernel {
+        path: name.clone(),
+        source,
+    })?;
     let is_linux = match &config.kernel {
         KernelSource::Embedded => false,
         _ => matches!(k.format, KernelFormat::BzImage { .. }) || k.entry.raw() >= 0x100_0000,
@@ -505,7 +577,10 @@ fn load_kernel(mem: &GuestMem, config: &VmConfig) -> Result<(LoadedKernel, bool,
     let line = format!(
         "kernel: {name}: {}{}, {} KiB loaded at {}..{}, entry {} ({} ms)",
         k.format,
-        k.version.as_deref().map(|v| format!(" \"{v}\"")).unwrap_or_default(),
+        k.version
+            .as_deref()
+            .map(|v| format!(" \"{v}\""))
+            .unwrap_or_default(),
         (k.load_end.raw() - k.load_start.raw()) >> 10,
         k.load_start,
         k.load_end,
@@ -515,23 +590,47 @@ fn load_kernel(mem: &GuestMem, config: &VmConfig) -> Result<(LoadedKernel, bool,
     Ok((k, is_linux, line))
 }
 
-fn load_initrd(mem: &GuestMem, path: &Path, kernel: &LoadedKernel, phases: &Phases) -> Result<(Gpa, u64), VmError> {
+fn load_initrd(
+    mem: &GuestMem,
+    path: &Path,
+    kernel: &LoadedKernel,
+    phases: &Phases,
+) -> Result<(Gpa, u64), VmError> {
     let bytes = read_file("initrd", path)?;
     let max = kernel
         .setup_header
         .map(|h| u64::from(h.initrd_addr_max))
         .filter(|&m| m != 0)
         .unwrap_or(0x37ff_ffff);
-    let (addr, size) = loader::load_initrd(mem, &bytes, kernel.load_end, max)
-        .map_err(|source| VmError::Initrd { path: path.display().to_string(), source })?;
+    let (addr, size) =
+        loader::load_initrd(mem, &bytes, kernel.load_end, max).map_err(|source| {
+            VmError::Initrd {
+                path: path.display().to_string(),
+                source,
+            }
+        })?;
     phases.log(format_args!("initrd: {} KiB at {addr}", size >> 10));
     Ok((addr, size))
 }
 
-type Devices = (Arc<IoDevices>, Arc<Mutex<SerialDevice>>, Arc<Mutex<TestDevice>>);
+type Devices = (
+    Arc<IoDevices>,
+    Arc<Mutex<SerialDevice>>,
+    Arc<Mutex<TestDevice>>,
+);
 
-fn make_devices(vm_fd: &VmFd, config: &VmConfig, console: &ConsoleCapture, phases: &Phases) -> Result<Devices, VmError> {
-    let dev_err = |what: &'static str| move |e: &dyn std::fmt::Display| VmError::Device { what, reason: e.to_string() };
+fn make_devices(
+    vm_fd: &VmFd,
+    config: &VmConfig,
+    console: &ConsoleCapture,
+    phases: &Phases,
+) -> Result<Devices, VmError> {
+    let dev_err = |what: &'static str| {
+        move |e: &dyn std::fmt::Display| VmError::Device {
+            what,
+            reason: e.to_string(),
+        }
+    };
     let out: Option<Box<dyn Write + Send>> = match &config.serial {
         SerialOutput::Stdout => Some(Box::new(std::io::stdout())),
         SerialOutput::File(p) => {
@@ -545,19 +644,43 @@ fn make_devices(vm_fd: &VmFd, config: &VmConfig, console: &ConsoleCapture, phase
         SerialOutput::Sink => None,
     };
     let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| dev_err("the serial port")(&e))?;
-    vm_fd.register_irqfd(&irq, COM1_IRQ).map_err(|e| dev_err("the serial port interrupt")(&e))?;
-    let serial = Arc::new(Mutex::new(SerialDevice::new(irq, ConsoleSink::new(out, console.clone()))));
+    vm_fd
+        .register_irqfd(&irq, COM1_IRQ)
+        .map_err(|e| dev_err("the serial port interrupt")(&e))?;
+    let serial = Arc::new(Mutex::new(SerialDevice::new(
+        irq,
+        ConsoleSink::new(out, console.clone()),
+    )));
     let test_device = Arc::new(Mutex::new(TestDevice::new(phases.clone())));
     let io = IoDevices::default();
-    let bus_err = |what: &'static str| move |e: crate::devices::bus::BusError| VmError::Device { what, reason: e.to_string() };
-    io.pio.insert(u64::from(COM1_PORT), 8, serial.clone()).map_err(bus_err("COM1"))?;
-    io.pio.insert(0x60, 5, Arc::new(Mutex::new(I8042))).map_err(bus_err("i8042"))?;
-    io.pio.insert(0xcf8, 8, Arc::new(Mutex::new(NoPci))).map_err(bus_err("PCI config ports"))?;
+    let bus_err = |what: &'static str| {
+        move |e: crate::devices::bus::BusError| VmError::Device {
+            what,
+            reason: e.to_string(),
+        }
+    };
     io.pio
-        .insert(u64::from(TEST_DEVICE_PORT), TEST_DEVICE_PORT_LEN, test_device.clone())
+        .insert(u64::from(COM1_PORT), 8, serial.clone())
+        .map_err(bus_err("COM1"))?;
+    io.pio
+        .insert(0x60, 5, Arc::new(Mutex::new(I8042)))
+        .map_err(bus_err("i8042"))?;
+    io.pio
+        .insert(0xcf8, 8, Arc::new(Mutex::new(NoPci)))
+        .map_err(bus_err("PCI config ports"))?;
+    io.pio
+        .insert(
+            u64::from(TEST_DEVICE_PORT),
+            TEST_DEVICE_PORT_LEN,
+            test_device.clone(),
+        )
         .map_err(bus_err("test device ports"))?;
     io.mmio
-        .insert(TEST_DEVICE_MMIO_BASE, TEST_DEVICE_MMIO_LEN, test_device.clone())
+        .insert(
+            TEST_DEVICE_MMIO_BASE,
+            TEST_DEVICE_MMIO_LEN,
+            test_device.clone(),
+        )
         .map_err(bus_err("test device MMIO"))?;
     Ok((Arc::new(io), serial, test_device))
 }
@@ -567,5 +690,9 @@ pub fn run(config: &VmConfig) -> Result<RunReport, VmError> {
     let mut vm = Vm::new(config, None)?;
     vm.start()?;
     let outcome = vm.wait(config.timeout)?;
-    Ok(RunReport { outcome, elapsed: vm.phases().elapsed(), points: vm.points() })
+    Ok(RunReport {
+        outcome,
+        elapsed: vm.phases().elapsed(),
+        points: vm.points(),
+    })
 }

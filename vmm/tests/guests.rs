@@ -18,7 +18,11 @@ use vmm::vm::Vm;
 
 fn config(p: &Program, cpus: u8) -> VmConfig {
     VmConfig {
-        kernel: KernelSource::Raw { image: p.code.clone(), load_addr: p.base, entry: p.base },
+        kernel: KernelSource::Raw {
+            image: p.code.clone(),
+            load_addr: p.base,
+            entry: p.base,
+        },
         cpus,
         mem_size: 64 << 20,
         serial: SerialOutput::Sink,
@@ -28,7 +32,11 @@ fn config(p: &Program, cpus: u8) -> VmConfig {
     }
 }
 
-fn run(p: &Program, hook: Option<Arc<dyn DebugHook>>, setup: impl FnOnce(&mut Vm)) -> (Outcome, Vm) {
+fn run(
+    p: &Program,
+    hook: Option<Arc<dyn DebugHook>>,
+    setup: impl FnOnce(&mut Vm),
+) -> (Outcome, Vm) {
     let mut vm = Vm::new(&config(p, 1), hook).expect("VM builds");
     setup(&mut vm);
     vm.start().expect("VM starts");
@@ -45,7 +53,10 @@ fn pio_point_and_exit_code() {
     });
     let (outcome, vm) = run(&p, None, |_| {});
     assert_eq!(outcome, Outcome::GuestExit { code: 17 });
-    assert_eq!(vm.points().iter().map(|p| p.n).collect::<Vec<_>>(), [41, 42]);
+    assert_eq!(
+        vm.points().iter().map(|p| p.n).collect::<Vec<_>>(),
+        [41, 42]
+    );
 }
 
 #[test]
@@ -104,7 +115,13 @@ fn triple_fault_ends_the_vm_as_a_crash() {
         a.ud2()
     });
     let (outcome, _) = run(&p, None, |_| {});
-    assert_eq!(outcome, Outcome::TripleFault { vcpu: 0, rip: p.label("ud2") });
+    assert_eq!(
+        outcome,
+        Outcome::TripleFault {
+            vcpu: 0,
+            rip: p.label("ud2")
+        }
+    );
     assert_eq!(outcome.exit_code(), vmm::outcome::EXIT_GUEST_CRASH);
 }
 
@@ -160,14 +177,20 @@ fn single_step_reports_every_instruction() {
     let rec = Arc::new(Recorder::default());
     let (outcome, _) = run(&p, Some(rec.clone()), |vm| {
         vm.with_vcpu(0, |v| {
-            let dbg = kvm_guest_debug { control: KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_SINGLESTEP, ..Default::default() };
+            let dbg = kvm_guest_debug {
+                control: KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_SINGLESTEP,
+                ..Default::default()
+            };
             v.set_guest_debug(&dbg).unwrap();
         })
         .unwrap();
     });
     assert_eq!(outcome, Outcome::GuestExit { code: 5 });
     let exits = rec.exits.lock().unwrap();
-    assert!(exits.iter().all(|e| e.exception == 1 && e.is_single_step()), "{exits:x?}");
+    assert!(
+        exits.iter().all(|e| e.exception == 1 && e.is_single_step()),
+        "{exits:x?}"
+    );
     // after each instruction the pc is the next one
     let pcs: Vec<u64> = exits.iter().map(|e| e.pc).collect();
     assert_eq!(&pcs[..3], &[p.label("i1"), p.label("i2"), p.label("i3")]);
@@ -177,7 +200,12 @@ fn single_step_reports_every_instruction() {
 fn hardware_execute_breakpoints_on_all_four_slots() {
     // a loop calls four functions 3 times; DR0-DR3 sit on the four
     let p = assemble(|a, l| {
-        let mut funcs = [a.create_label(), a.create_label(), a.create_label(), a.create_label()];
+        let mut funcs = [
+            a.create_label(),
+            a.create_label(),
+            a.create_label(),
+            a.create_label(),
+        ];
         let mut top = a.create_label();
         a.mov(ecx, 3u32)?;
         a.set_label(&mut top)?;
@@ -201,7 +229,10 @@ fn hardware_execute_breakpoints_on_all_four_slots() {
     let r = rec.clone();
     let (outcome, _) = run(&p, Some(rec.clone()), move |vm| {
         vm.with_vcpu(0, move |v| {
-            let mut dbg = kvm_guest_debug { control: KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_USE_HW_BP, ..Default::default() };
+            let mut dbg = kvm_guest_debug {
+                control: KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_USE_HW_BP,
+                ..Default::default()
+            };
             let mut ctl = 0u64;
             for (i, a) in dr.iter().enumerate() {
                 dbg.arch.debugreg[i] = *a;
@@ -213,7 +244,13 @@ fn hardware_execute_breakpoints_on_all_four_slots() {
         .unwrap();
     });
     let exits = rec.exits.lock().unwrap();
-    assert_eq!(outcome, Outcome::GuestExit { code: 0 }, "{} exits, first: {:x?}", exits.len(), &exits[..exits.len().min(6)]);
+    assert_eq!(
+        outcome,
+        Outcome::GuestExit { code: 0 },
+        "{} exits, first: {:x?}",
+        exits.len(),
+        &exits[..exits.len().min(6)]
+    );
     assert_eq!(exits.len(), 12, "{exits:x?}");
     for (n, e) in exits.iter().enumerate() {
         let slot = usize::from(e.breakpoint_slot().expect("a slot fired"));
@@ -231,13 +268,19 @@ fn unexpected_debug_exit_without_a_hook_is_a_crash_with_the_payload() {
     });
     let (outcome, _) = run(&p, None, |vm| {
         vm.with_vcpu(0, |v| {
-            let dbg = kvm_guest_debug { control: KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_SINGLESTEP, ..Default::default() };
+            let dbg = kvm_guest_debug {
+                control: KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_SINGLESTEP,
+                ..Default::default()
+            };
             v.set_guest_debug(&dbg).unwrap();
         })
         .unwrap();
     });
     match outcome {
-        Outcome::Crash { reason, .. } => assert!(reason.contains("unexpected debug exit (exception 1"), "{reason}"),
+        Outcome::Crash { reason, .. } => assert!(
+            reason.contains("unexpected debug exit (exception 1"),
+            "{reason}"
+        ),
         o => panic!("expected a crash, got {o:?}"),
     }
 }
@@ -263,7 +306,9 @@ fn pause_all_stops_every_vcpu_and_resume_all_restarts() {
     vm.start().unwrap();
     let read = |vm: &Vm| vm.memory().read_u64(vmm::memory::Gpa(counter)).unwrap();
     let progressed = AtomicU64::new(0);
-    let first = vm.wait_until(Duration::from_secs(10), |vm| read(vm) > 1000).unwrap();
+    let first = vm
+        .wait_until(Duration::from_secs(10), |vm| read(vm) > 1000)
+        .unwrap();
     assert!(first.is_none(), "guest counts");
     for _ in 0..3 {
         vm.pause_all().unwrap();
@@ -275,12 +320,17 @@ fn pause_all_stops_every_vcpu_and_resume_all_restarts() {
         let rip = vm.with_vcpu(0, |v| v.regs().unwrap().rip).unwrap();
         assert!(rip >= p.base && rip < p.base + p.code.len() as u64);
         vm.resume_all().unwrap();
-        let moved = vm.wait_until(Duration::from_secs(10), |vm| read(vm) > b + 1000).unwrap();
+        let moved = vm
+            .wait_until(Duration::from_secs(10), |vm| read(vm) > b + 1000)
+            .unwrap();
         assert!(moved.is_none(), "guest counts again after resume");
         progressed.fetch_add(1, Ordering::Relaxed);
     }
     assert_eq!(progressed.load(Ordering::Relaxed), 3);
-    assert_eq!(vm.wait(Some(Duration::from_millis(50))).unwrap(), Outcome::Timeout);
+    assert_eq!(
+        vm.wait(Some(Duration::from_millis(50))).unwrap(),
+        Outcome::Timeout
+    );
 }
 
 #[test]
@@ -294,7 +344,10 @@ fn hook_can_stop_the_vm() {
     let (p, _) = counter_guest();
     let (outcome, _) = run(&p, Some(Arc::new(StopAtFirst)), |vm| {
         vm.with_vcpu(0, |v| {
-            let dbg = kvm_guest_debug { control: KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_SINGLESTEP, ..Default::default() };
+            let dbg = kvm_guest_debug {
+                control: KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_SINGLESTEP,
+                ..Default::default()
+            };
             v.set_guest_debug(&dbg).unwrap();
         })
         .unwrap();

@@ -64,7 +64,11 @@ fn translates_every_page_size_at_both_depths() {
                 map(&mem, &ctx, gva, frame, size, P | RW, P | RW);
                 let t = translate(&mem, &ctx, Gva(gva)).unwrap();
                 let mask = size.bytes() - 1;
-                assert_eq!(t.gpa, Gpa(frame | (gva & mask)), "la57={la57} {size:?} {gva:#x}");
+                assert_eq!(
+                    t.gpa,
+                    Gpa(frame | (gva & mask)),
+                    "la57={la57} {size:?} {gva:#x}"
+                );
                 assert_eq!(t.page_size, size);
                 assert!(t.writable && t.kernel_writable && t.executable && !t.user);
             }
@@ -96,7 +100,15 @@ fn not_present_at_each_level() {
         let levels = if la57 { 5 } else { 4 };
         for level in 1..=levels {
             let (mem, ctx) = setup(la57);
-            let e = map(&mem, &ctx, KERNEL_GVA, FRAME_4K, PageSize::Size4K, P | RW, P | RW);
+            let e = map(
+                &mem,
+                &ctx,
+                KERNEL_GVA,
+                FRAME_4K,
+                PageSize::Size4K,
+                P | RW,
+                P | RW,
+            );
             let entry_gpa = e[usize::from(level)];
             let entry = mem.read_u64(entry_gpa) & !P;
             mem.write_u64(entry_gpa, entry);
@@ -239,10 +251,7 @@ fn mode_errors() {
         translate(&mem, &off, Gva(0x1000)),
         Err(WalkError::PagingDisabled)
     );
-    let legacy = PagingContext {
-        efer: 0,
-        ..ctx
-    };
+    let legacy = PagingContext { efer: 0, ..ctx };
     assert_eq!(
         translate(&mem, &legacy, Gva(0x1000)),
         Err(WalkError::NotLongMode)
@@ -256,7 +265,10 @@ fn mode_errors() {
         Err(WalkError::NotLongMode)
     );
     let bad = Gva(0x8000_0000_0000);
-    assert_eq!(translate(&mem, &ctx, bad), Err(WalkError::NonCanonical(bad)));
+    assert_eq!(
+        translate(&mem, &ctx, bad),
+        Err(WalkError::NonCanonical(bad))
+    );
 }
 
 #[test]
@@ -296,8 +308,24 @@ fn permissions_combine_across_levels() {
 fn two_pages(la57: bool) -> (MockMem, PagingContext, u64) {
     let (mem, ctx) = setup(la57);
     let base = 0xffff_ffff_8200_0000;
-    map(&mem, &ctx, base, 0x90_5000, PageSize::Size4K, P | RW, P | RW);
-    map(&mem, &ctx, base + 0x1000, 0x90_1000, PageSize::Size4K, P | RW, P | RW);
+    map(
+        &mem,
+        &ctx,
+        base,
+        0x90_5000,
+        PageSize::Size4K,
+        P | RW,
+        P | RW,
+    );
+    map(
+        &mem,
+        &ctx,
+        base + 0x1000,
+        0x90_1000,
+        PageSize::Size4K,
+        P | RW,
+        P | RW,
+    );
     (mem, ctx, base)
 }
 
@@ -309,10 +337,12 @@ fn reads_and_writes_cross_pages() {
         mem.write_phys(Gpa(0x90_1000), b"efgh").unwrap();
         let mut w = PageWalker::new();
         let mut buf = [0; 8];
-        w.read_virt(&mem, &ctx, Gva(base + 0xffc), &mut buf).unwrap();
+        w.read_virt(&mem, &ctx, Gva(base + 0xffc), &mut buf)
+            .unwrap();
         assert_eq!(&buf, b"abcdefgh");
 
-        w.write_virt(&mem, &ctx, Gva(base + 0xffe), b"WXYZ").unwrap();
+        w.write_virt(&mem, &ctx, Gva(base + 0xffe), b"WXYZ")
+            .unwrap();
         let mut check = [0; 4];
         mem.read_phys(Gpa(0x90_5ffe), &mut check[..2]).unwrap();
         mem.read_phys(Gpa(0x90_1000), &mut check[2..]).unwrap();
@@ -341,7 +371,10 @@ fn a_hole_in_the_range_is_reported_where_it_is() {
     ));
     // A write over the hole writes nothing at all.
     mem.write_phys(Gpa(0x90_1ff8), &[0x11; 8]).unwrap();
-    assert!(w.write_virt(&mem, &ctx, Gva(base + 0x1ff8), &[0x22; 16]).is_err());
+    assert!(
+        w.write_virt(&mem, &ctx, Gva(base + 0x1ff8), &[0x22; 16])
+            .is_err()
+    );
     let mut after = [0; 8];
     mem.read_phys(Gpa(0x90_1ff8), &mut after).unwrap();
     assert_eq!(after, [0x11; 8]);
@@ -415,7 +448,15 @@ fn cache_serves_repeat_lookups_and_drops_on_cr3_change() {
 #[test]
 fn our_writes_drop_the_cache() {
     let (mem, ctx) = setup(false);
-    let e = map(&mem, &ctx, KERNEL_GVA, FRAME_4K, PageSize::Size4K, P | RW, P | RW);
+    let e = map(
+        &mem,
+        &ctx,
+        KERNEL_GVA,
+        FRAME_4K,
+        PageSize::Size4K,
+        P | RW,
+        P | RW,
+    );
     let mut w = PageWalker::new();
     assert_eq!(
         w.translate(&mem, &ctx, Gva(KERNEL_GVA)).unwrap().gpa,

@@ -1,8 +1,6 @@
 //! One uncached page-table walk, as the CPU does it (Intel SDM vol. 3A, 4.5).
 
-use super::{
-    CR0_PG, CR4_PAE, EFER_LMA, PageSize, PagingContext, PhysMem, Translation, WalkError,
-};
+use super::{CR0_PG, CR4_PAE, EFER_LMA, PageSize, PagingContext, PhysMem, Translation, WalkError};
 use crate::addr::{Gpa, Gva};
 
 const P: u64 = 1;
@@ -39,7 +37,11 @@ pub fn translate<M: PhysMem + ?Sized>(
     }
     let phys_bits = u32::from(ctx.max_phys_bits.clamp(32, 52));
     // Bits 51:MAXPHYADDR of every entry must be zero.
-    let above_phys = if phys_bits < 52 { bits(51, phys_bits) } else { 0 };
+    let above_phys = if phys_bits < 52 {
+        bits(51, phys_bits)
+    } else {
+        0
+    };
     let addr_mask = ADDR_BITS_51_12 & !above_phys;
     let xd_reserved = if ctx.nxe() { 0 } else { XD };
 

@@ -19,7 +19,9 @@ pub enum SymtabError {
     #[error(transparent)]
     Elf(#[from] ElfError),
     /// There is no `.symtab`.
-    #[error("The ELF file has no symbol table (stripped): use the kernel's embedded kallsyms instead")]
+    #[error(
+        "The ELF file has no symbol table (stripped): use the kernel's embedded kallsyms instead"
+    )]
     NoSymtab,
     /// The symbol table's string table link is not a valid section.
     #[error("Corrupt ELF symbol table: its string table is section {0}, which does not exist")]
@@ -123,14 +125,62 @@ mod tests {
 
     fn syms() -> Vec<TestSym<'static>> {
         vec![
-            TestSym { name: "_text", value: BASE, size: 0, info: 0x10, shndx: 1 },
-            TestSym { name: "start_kernel", value: BASE + 0x10, size: 0x20, info: 0x12, shndx: 1 },
-            TestSym { name: "helper", value: BASE + 0x30, size: 8, info: 0x02, shndx: 1 },
-            TestSym { name: "counter", value: BASE + 0x100, size: 8, info: 0x11, shndx: 2 },
-            TestSym { name: "weakfn", value: BASE + 0x40, size: 4, info: 0x22, shndx: 1 },
-            TestSym { name: "undefined", value: 0, size: 0, info: 0x10, shndx: 0 },
-            TestSym { name: "file.c", value: 0, size: 0, info: 0x04, shndx: 0xfff1 },
-            TestSym { name: "abs_sym", value: 0x42, size: 0, info: 0x10, shndx: 0xfff1 },
+            TestSym {
+                name: "_text",
+                value: BASE,
+                size: 0,
+                info: 0x10,
+                shndx: 1,
+            },
+            TestSym {
+                name: "start_kernel",
+                value: BASE + 0x10,
+                size: 0x20,
+                info: 0x12,
+                shndx: 1,
+            },
+            TestSym {
+                name: "helper",
+                value: BASE + 0x30,
+                size: 8,
+                info: 0x02,
+                shndx: 1,
+            },
+            TestSym {
+                name: "counter",
+                value: BASE + 0x100,
+                size: 8,
+                info: 0x11,
+                shndx: 2,
+            },
+            TestSym {
+                name: "weakfn",
+                value: BASE + 0x40,
+                size: 4,
+                info: 0x22,
+                shndx: 1,
+            },
+            TestSym {
+                name: "undefined",
+                value: 0,
+                size: 0,
+                info: 0x10,
+                shndx: 0,
+            },
+            TestSym {
+                name: "file.c",
+                value: 0,
+                size: 0,
+                info: 0x04,
+                shndx: 0xfff1,
+            },
+            TestSym {
+                name: "abs_sym",
+                value: 0x42,
+                size: 0,
+                info: 0x10,
+                shndx: 0xfff1,
+            },
         ]
     }
 
@@ -146,7 +196,10 @@ mod tests {
         assert_eq!(t.get("weakfn").unwrap().kind, 'W');
         assert_eq!(t.get("abs_sym").unwrap().kind, 'A');
         assert_eq!(t.get("_text").unwrap().size, None);
-        assert_eq!(t.lookup(BASE + 0x14).unwrap().to_string(), "start_kernel+0x4/0x20");
+        assert_eq!(
+            t.lookup(BASE + 0x14).unwrap().to_string(),
+            "start_kernel+0x4/0x20"
+        );
         assert!(t.get("undefined").is_none());
     }
 
@@ -155,16 +208,23 @@ mod tests {
         let data = build(BASE, &[0; 16], &syms());
         // Make the .symtab section a PROGBITS one: the file is then "stripped".
         let elf = ElfFile::parse(&data).unwrap();
-        let shoff = usize::try_from(u64::from_le_bytes(data[0x28..0x30].try_into().unwrap())).unwrap();
+        let shoff =
+            usize::try_from(u64::from_le_bytes(data[0x28..0x30].try_into().unwrap())).unwrap();
         let symtab_hdr = shoff + 3 * 64;
         assert_eq!(elf.sections()[3].sh_type, SHT_SYMTAB);
         let mut stripped = data.clone();
         stripped[symtab_hdr + 4..symtab_hdr + 8].copy_from_slice(&1u32.to_le_bytes());
-        assert_eq!(SymbolTable::from_elf(&stripped).unwrap_err(), SymtabError::NoSymtab);
+        assert_eq!(
+            SymbolTable::from_elf(&stripped).unwrap_err(),
+            SymtabError::NoSymtab
+        );
         // A string table link to nowhere.
         let mut bad_link = data.clone();
         bad_link[symtab_hdr + 40..symtab_hdr + 44].copy_from_slice(&99u32.to_le_bytes());
-        assert_eq!(SymbolTable::from_elf(&bad_link).unwrap_err(), SymtabError::BadStrtab(99));
+        assert_eq!(
+            SymbolTable::from_elf(&bad_link).unwrap_err(),
+            SymtabError::BadStrtab(99)
+        );
         // Every truncation fails cleanly.
         for len in (0..data.len()).step_by(7) {
             let _ = SymbolTable::from_elf(&data[..len]);

@@ -132,7 +132,14 @@ mod tests {
             t.resolve("nope+4"),
             Err(ResolveError::UnknownSymbol("nope".into()))
         );
-        for bad in ["start_kernel+", "start_kernel+0x", "start_kernel+zz", "start_kernel+1+2", "start_kernel+-1", "start_kernel+0x+1"] {
+        for bad in [
+            "start_kernel+",
+            "start_kernel+0x",
+            "start_kernel+zz",
+            "start_kernel+1+2",
+            "start_kernel+-1",
+            "start_kernel+0x+1",
+        ] {
             assert!(
                 matches!(t.resolve(bad), Err(ResolveError::BadOffset { .. })),
                 "{bad}: {:?}",
@@ -148,9 +155,21 @@ mod tests {
             t.resolve("0x10000000000000000"),
             Err(ResolveError::BadAddress("0x10000000000000000".into()))
         );
-        assert!(matches!(t.resolve("+0x10"), Err(ResolveError::BadSyntax { .. })));
-        assert!(matches!(t.resolve("a b"), Err(ResolveError::BadSyntax { .. })));
-        assert!(matches!(t.resolve("start_kernel-4"), Err(ResolveError::BadSyntax { .. })));
-        assert_eq!(t.resolve("top+2"), Err(ResolveError::Overflow("top+2".into())));
+        assert!(matches!(
+            t.resolve("+0x10"),
+            Err(ResolveError::BadSyntax { .. })
+        ));
+        assert!(matches!(
+            t.resolve("a b"),
+            Err(ResolveError::BadSyntax { .. })
+        ));
+        assert!(matches!(
+            t.resolve("start_kernel-4"),
+            Err(ResolveError::BadSyntax { .. })
+        ));
+        assert_eq!(
+            t.resolve("top+2"),
+            Err(ResolveError::Overflow("top+2".into()))
+        );
     }
 }

@@ -93,7 +93,9 @@ pub enum KaslrError {
     #[error("The symbol table has no _text: cannot tell where the kernel was loaded")]
     NoText,
     /// `_text` is below the link address: not a KASLR slide.
-    #[error("_text is at {text:#x}, below the link address {link:#x}: these tables do not belong to that kernel")]
+    #[error(
+        "_text is at {text:#x}, below the link address {link:#x}: these tables do not belong to that kernel"
+    )]
     BelowLink {
         /// `_text` in the table.
         text: u64,
@@ -279,7 +281,10 @@ mod tests {
         // Two symbols at one address: the global one names it.
         assert_eq!(t.lookup(0x2004).unwrap().symbol.name, "b_global");
         // Linker-style underscore names lose to real ones.
-        assert_eq!(t.lookup(X86_64_LINK_TEXT).unwrap().symbol.name, "startup_64");
+        assert_eq!(
+            t.lookup(X86_64_LINK_TEXT).unwrap().symbol.name,
+            "startup_64"
+        );
         assert_eq!(t.lookup(0x3008).unwrap().to_string(), "sized+0x8/0x40");
         assert_eq!(t.lookup(0).unwrap().symbol.name, "fixed_percpu_data");
         assert!(SymbolTable::default().lookup(5).is_none());

@@ -53,25 +53,35 @@ pub fn patch_cpuid(cpuid: &mut CpuId, index: u8, count: u8, mask: CpuidMask) {
 
 /// MSR values every vCPU starts with (as a real firmware would leave them).
 pub fn boot_msrs() -> Vec<kvm_msr_entry> {
-    let msr = |index: u32, data: u64| kvm_msr_entry { index, data, ..Default::default() };
+    let msr = |index: u32, data: u64| kvm_msr_entry {
+        index,
+        data,
+        ..Default::default()
+    };
     vec![
-        msr(0x174, 0),                // IA32_SYSENTER_CS
-        msr(0x175, 0),                // IA32_SYSENTER_ESP
-        msr(0x176, 0),                // IA32_SYSENTER_EIP
-        msr(0xc000_0081, 0),          // STAR
-        msr(0xc000_0083, 0),          // CSTAR
-        msr(0xc000_0102, 0),          // KERNEL_GS_BASE
-        msr(0xc000_0084, 0),          // SYSCALL_MASK
-        msr(0xc000_0082, 0),          // LSTAR
-        msr(0x10, 0),                 // IA32_TSC
-        msr(0x1a0, 1),                // IA32_MISC_ENABLE: fast strings
-        msr(0x2ff, (1 << 11) | 6),    // MTRRdefType: enabled, write-back
+        msr(0x174, 0),             // IA32_SYSENTER_CS
+        msr(0x175, 0),             // IA32_SYSENTER_ESP
+        msr(0x176, 0),             // IA32_SYSENTER_EIP
+        msr(0xc000_0081, 0),       // STAR
+        msr(0xc000_0083, 0),       // CSTAR
+        msr(0xc000_0102, 0),       // KERNEL_GS_BASE
+        msr(0xc000_0084, 0),       // SYSCALL_MASK
+        msr(0xc000_0082, 0),       // LSTAR
+        msr(0x10, 0),              // IA32_TSC
+        msr(0x1a0, 1),             // IA32_MISC_ENABLE: fast strings
+        msr(0x2ff, (1 << 11) | 6), // MTRRdefType: enabled, write-back
     ]
 }
 
 /// Sets CPUID, MSRs, FPU and LAPIC LINT pins on any vCPU.
 pub fn setup_common(vcpu: &VcpuFd, index: u8, cpuid: &CpuId) -> Result<(), BootError> {
-    let err = |what: &'static str| move |source| BootError::Vcpu { vcpu: index, what, source };
+    let err = |what: &'static str| {
+        move |source| BootError::Vcpu {
+            vcpu: index,
+            what,
+            source,
+        }
+    };
     vcpu.set_cpuid2(cpuid).map_err(err("KVM_SET_CPUID2"))?;
     let entries = boot_msrs();
     let msrs = Msrs::from_entries(&entries).map_err(|_| BootError::Vcpu {
@@ -87,7 +97,11 @@ pub fn setup_common(vcpu: &VcpuFd, index: u8, cpuid: &CpuId) -> Result<(), BootE
             source: kvm_ioctls::Error::new(libc::EINVAL),
         });
     }
-    let fpu = kvm_fpu { fcw: 0x37f, mxcsr: 0x1f80, ..Default::default() };
+    let fpu = kvm_fpu {
+        fcw: 0x37f,
+        mxcsr: 0x1f80,
+        ..Default::default()
+    };
     vcpu.set_fpu(&fpu).map_err(err("KVM_SET_FPU"))?;
     let mut lapic = vcpu.get_lapic().map_err(err("KVM_GET_LAPIC"))?;
     set_lvt_mode(&mut lapic.regs, 0x350, 7); // LINT0: ExtINT
@@ -109,8 +123,19 @@ fn set_lvt_mode(regs: &mut [std::os::raw::c_char; 1024], offset: usize, mode: u3
 
 /// Puts the boot vCPU at `entry` in 64-bit mode with the boot page tables at `cr3`,
 /// `rsi` = boot_params.
-pub fn setup_boot_vcpu(vcpu: &VcpuFd, entry: Gpa, cr3: u64, boot_params: Gpa) -> Result<(), BootError> {
-    let err = |what: &'static str| move |source| BootError::Vcpu { vcpu: 0, what, source };
+pub fn setup_boot_vcpu(
+    vcpu: &VcpuFd,
+    entry: Gpa,
+    cr3: u64,
+    boot_params: Gpa,
+) -> Result<(), BootError> {
+    let err = |what: &'static str| {
+        move |source| BootError::Vcpu {
+            vcpu: 0,
+            what,
+            source,
+        }
+    };
     let mut sregs = vcpu.get_sregs().map_err(err("KVM_GET_SREGS"))?;
     let code = segment_from_entry(GDT[usize::from(BOOT_CS / 8)], BOOT_CS);
     let data = segment_from_entry(GDT[usize::from(BOOT_DS / 8)], BOOT_DS);
@@ -150,11 +175,27 @@ mod tests {
     #[test]
     fn cpuid_patch_sets_apic_ids_and_masks() {
         let entries = [
-            kvm_cpuid_entry2 { function: 1, ebx: 0xffff_0800, ecx: CPUID_1_ECX_CX16 | 1, ..Default::default() },
-            kvm_cpuid_entry2 { function: 0xb, edx: 0, ..Default::default() },
+            kvm_cpuid_entry2 {
+                function: 1,
+                ebx: 0xffff_0800,
+                ecx: CPUID_1_ECX_CX16 | 1,
+                ..Default::default()
+            },
+            kvm_cpuid_entry2 {
+                function: 0xb,
+                edx: 0,
+                ..Default::default()
+            },
         ];
         let mut c = CpuId::from_entries(&entries).unwrap();
-        patch_cpuid(&mut c, 3, 4, CpuidMask { leaf1_ecx: CPUID_1_ECX_CX16 });
+        patch_cpuid(
+            &mut c,
+            3,
+            4,
+            CpuidMask {
+                leaf1_ecx: CPUID_1_ECX_CX16,
+            },
+        );
         let s = c.as_slice();
         assert_eq!(s[0].ebx, 0x0304_0800);
         assert_eq!(s[0].ecx & CPUID_1_ECX_CX16, 0);
@@ -166,9 +207,9 @@ mod tests {
     #[test]
     fn lvt_mode_is_set_without_touching_other_bits() {
         let mut regs = [0 as std::os::raw::c_char; 1024];
-        regs[0x350] = 0x10u8 as std::os::raw::c_char;
+        regs[0x350] = 0x10;
         set_lvt_mode(&mut regs, 0x350, 7);
-        assert_eq!(regs[0x350] as u8, 0x10);
-        assert_eq!(regs[0x351] as u8, 0x07);
+        assert_eq!(regs[0x350], 0x10);
+        assert_eq!(regs[0x351], 0x07);
     }
 }

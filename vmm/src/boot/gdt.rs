@@ -4,7 +4,7 @@ use kvm_bindings::kvm_segment;
 
 use super::BootError;
 use crate::layout::{GDT_START, IDT_START};
-use crate::memory::{GuestMem, Gpa};
+use crate::memory::{Gpa, GuestMem};
 
 /// Code segment selector the guest starts with (Linux's `__BOOT_CS`).
 pub const BOOT_CS: u16 = 0x10;
@@ -37,7 +37,11 @@ pub fn segment_from_entry(entry: u64, selector: u16) -> kvm_segment {
     let base = ((entry >> 16) & 0xff_ffff) | ((entry >> 32) & 0xff00_0000);
     let raw_limit = (entry & 0xffff) | ((entry >> 32) & 0xf_0000);
     let g = (entry >> 55) & 1;
-    let limit = if g == 1 { (raw_limit << 12) | 0xfff } else { raw_limit };
+    let limit = if g == 1 {
+        (raw_limit << 12) | 0xfff
+    } else {
+        raw_limit
+    };
     let bit = |n: u32| u8::from((entry >> n) & 1 == 1);
     kvm_segment {
         base,
@@ -62,7 +66,8 @@ pub fn write_gdt(mem: &GuestMem) -> Result<(), BootError> {
         mem.write_u64(Gpa(GDT_START + 8 * i as u64), *e)
             .map_err(BootError::mem("GDT"))?;
     }
-    mem.write_u64(Gpa(IDT_START), 0).map_err(BootError::mem("IDT"))?;
+    mem.write_u64(Gpa(IDT_START), 0)
+        .map_err(BootError::mem("IDT"))?;
     Ok(())
 }
 
@@ -73,7 +78,10 @@ mod tests {
     #[test]
     fn code_segment_is_64_bit_flat() {
         let cs = segment_from_entry(GDT[2], BOOT_CS);
-        assert_eq!((cs.l, cs.db, cs.g, cs.present, cs.s, cs.type_), (1, 0, 1, 1, 1, 0xb));
+        assert_eq!(
+            (cs.l, cs.db, cs.g, cs.present, cs.s, cs.type_),
+            (1, 0, 1, 1, 1, 0xb)
+        );
         assert_eq!(cs.limit, 0xffff_ffff);
         let ds = segment_from_entry(GDT[3], BOOT_DS);
         assert_eq!((ds.l, ds.db, ds.type_), (0, 1, 3));

@@ -6,7 +6,7 @@
 
 use super::BootError;
 use crate::layout::{APIC_START, EBDA_START, IOAPIC_START, MP_TABLE_START};
-use crate::memory::{GuestMem, Gpa};
+use crate::memory::{Gpa, GuestMem};
 
 const APIC_VERSION: u8 = 0x14;
 const IOAPIC_VERSION: u8 = 0x11;
@@ -74,8 +74,10 @@ pub fn build(table_addr: u64, cpus: u8) -> Result<([u8; 16], Vec<u8>), BootError
 /// [`MP_TABLE_START`].
 pub fn write(mem: &GuestMem, cpus: u8) -> Result<(), BootError> {
     let (mpf, table) = build(MP_TABLE_START, cpus)?;
-    mem.write(Gpa(EBDA_START), &mpf).map_err(BootError::mem("MP floating pointer"))?;
-    mem.write(Gpa(MP_TABLE_START), &table).map_err(BootError::mem("MP table"))
+    mem.write(Gpa(EBDA_START), &mpf)
+        .map_err(BootError::mem("MP floating pointer"))?;
+    mem.write(Gpa(MP_TABLE_START), &table)
+        .map_err(BootError::mem("MP table"))
 }
 
 fn checksum(bytes: &[u8]) -> u8 {
@@ -96,7 +98,10 @@ mod tests {
             let (mpf, t) = build(MP_TABLE_START, cpus).unwrap();
             assert_eq!(&mpf[..4], b"_MP_");
             assert_eq!(sum(&mpf), 0, "floating pointer checksum");
-            assert_eq!(u32::from_le_bytes(mpf[4..8].try_into().unwrap()), MP_TABLE_START as u32);
+            assert_eq!(
+                u32::from_le_bytes(mpf[4..8].try_into().unwrap()),
+                u32::try_from(MP_TABLE_START).unwrap()
+            );
             let len = usize::from(u16::from_le_bytes([t[4], t[5]]));
             assert_eq!(&t[..4], b"PCMP");
             assert_eq!(len, t.len());

@@ -2,8 +2,8 @@
 //! boot_params, the command line and the MMIO hole (test device, APICs) are all reachable.
 
 use super::BootError;
-use crate::layout::{PDPT_START, PD_START, PML4_START};
-use crate::memory::{GuestMem, Gpa};
+use crate::layout::{PD_START, PDPT_START, PML4_START};
+use crate::memory::{Gpa, GuestMem};
 
 const PRESENT_RW: u64 = 0x3;
 const PAGE_SIZE_2M: u64 = 0x80;
@@ -33,8 +33,12 @@ mod tests {
     /// Walks the tables the way the MMU does, for an address below 4 GiB.
     fn walk(mem: &GuestMem, cr3: u64, va: u64) -> u64 {
         let pml4e = mem.read_u64(Gpa(cr3 + ((va >> 39) & 511) * 8)).unwrap();
-        let pdpte = mem.read_u64(Gpa((pml4e & !0xfff) + ((va >> 30) & 511) * 8)).unwrap();
-        let pde = mem.read_u64(Gpa((pdpte & !0xfff) + ((va >> 21) & 511) * 8)).unwrap();
+        let pdpte = mem
+            .read_u64(Gpa((pml4e & !0xfff) + ((va >> 30) & 511) * 8))
+            .unwrap();
+        let pde = mem
+            .read_u64(Gpa((pdpte & !0xfff) + ((va >> 21) & 511) * 8))
+            .unwrap();
         assert_eq!(pde & 0x81, 0x81, "2 MiB page, present");
         (pde & !0x1f_ffff & 0x000f_ffff_ffff_ffff) | (va & 0x1f_ffff)
     }
@@ -43,7 +47,15 @@ mod tests {
     fn identity_maps_four_gib() {
         let mem = GuestMem::new(16 << 20).unwrap();
         let cr3 = write_identity_map(&mem).unwrap();
-        for va in [0u64, 0x7000, 0x10_0000, 0x3fff_ffff, 0xd000_0000, 0xfee0_0000, 0xffff_ffff] {
+        for va in [
+            0u64,
+            0x7000,
+            0x10_0000,
+            0x3fff_ffff,
+            0xd000_0000,
+            0xfee0_0000,
+            0xffff_ffff,
+        ] {
             assert_eq!(walk(&mem, cr3, va), va);
         }
     }

@@ -8,7 +8,7 @@ use crate::layout::{
     BOOT_PARAMS_START, CMDLINE_MAX_SIZE, CMDLINE_START, EBDA_START, HIMEM_START, MMIO_HOLE_END,
     MMIO_HOLE_START,
 };
-use crate::memory::{GuestMem, Gpa};
+use crate::memory::{Gpa, GuestMem};
 
 /// e820 entry type: usable RAM.
 pub const E820_RAM: u32 = 1;
@@ -55,7 +55,10 @@ pub fn write_cmdline(mem: &GuestMem, cmdline: &str) -> Result<usize, BootError> 
     }
     let len = cmdline.len() + 1;
     if len > CMDLINE_MAX_SIZE {
-        return Err(BootError::CmdlineTooLong { len, max: CMDLINE_MAX_SIZE });
+        return Err(BootError::CmdlineTooLong {
+            len,
+            max: CMDLINE_MAX_SIZE,
+        });
     }
     let mut bytes = Vec::with_capacity(len);
     bytes.extend_from_slice(cmdline.as_bytes());
@@ -88,7 +91,11 @@ pub fn write_boot_params(mem: &GuestMem, input: &BootParamsInput) -> Result<Gpa,
     }
     let map = e820_map(mem.size());
     for (i, (addr, size, kind)) in map.iter().enumerate() {
-        params.e820_table[i] = boot_e820_entry { addr: *addr, size: *size, r#type: *kind };
+        params.e820_table[i] = boot_e820_entry {
+            addr: *addr,
+            size: *size,
+            r#type: *kind,
+        };
     }
     params.e820_entries = u8::try_from(map.len()).unwrap_or(0);
     mem.inner()
@@ -110,7 +117,10 @@ mod tests {
     #[test]
     fn e820_covers_ram_and_skips_the_hole() {
         let m = e820_map(256 << 20);
-        assert_eq!(m.last(), Some(&(HIMEM_START, (256 << 20) - HIMEM_START, E820_RAM)));
+        assert_eq!(
+            m.last(),
+            Some(&(HIMEM_START, (256 << 20) - HIMEM_START, E820_RAM))
+        );
         let big = e820_map(5 << 30);
         assert_eq!(big.last(), Some(&(MMIO_HOLE_END, 2 << 30, E820_RAM)));
         let ram: u64 = big.iter().filter(|e| e.2 == E820_RAM).map(|e| e.1).sum();
@@ -122,13 +132,17 @@ mod tests {
         let mem = GuestMem::new(64 << 20).unwrap();
         let len = write_cmdline(&mem, "console=ttyS0").unwrap();
         assert_eq!(len, 14);
-        let input = BootParamsInput { cmdline_len: len, initrd: Some((Gpa(0x300_0000), 0x1234)), ..Default::default() };
+        let input = BootParamsInput {
+            cmdline_len: len,
+            initrd: Some((Gpa(0x300_0000), 0x1234)),
+            ..Default::default()
+        };
         let bp = write_boot_params(&mem, &input).unwrap();
         let mut page = [0u8; 4096];
         mem.read(bp, &mut page).unwrap();
         let u32_at = |o: usize| u32::from_le_bytes(page[o..o + 4].try_into().unwrap());
         assert_eq!(u32_at(0x202), KERNEL_HDR_MAGIC);
-        assert_eq!(u32_at(0x228), CMDLINE_START as u32);
+        assert_eq!(u64::from(u32_at(0x228)), CMDLINE_START);
         assert_eq!(u32_at(0x218), 0x300_0000);
         assert_eq!(u32_at(0x21c), 0x1234);
         assert_eq!(page[0x1e8], 3);
@@ -142,8 +156,17 @@ mod tests {
     fn cmdline_limits() {
         let mem = GuestMem::new(16 << 20).unwrap();
         let long = "x".repeat(CMDLINE_MAX_SIZE);
-        assert!(matches!(write_cmdline(&mem, &long), Err(BootError::CmdlineTooLong { len: 2049, max: 2048 })));
-        assert!(matches!(write_cmdline(&mem, "a\0b"), Err(BootError::CmdlineNul)));
+        assert!(matches!(
+            write_cmdline(&mem, &long),
+            Err(BootError::CmdlineTooLong {
+                len: 2049,
+                max: 2048
+            })
+        ));
+        assert!(matches!(
+            write_cmdline(&mem, "a\0b"),
+            Err(BootError::CmdlineNul)
+        ));
         assert!(write_cmdline(&mem, &"x".repeat(CMDLINE_MAX_SIZE - 1)).is_ok());
     }
 }

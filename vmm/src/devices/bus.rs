@@ -60,7 +60,11 @@ impl Bus {
         let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
         if let Some((&start, e)) = map.range(..base + len).next_back() {
             if start + e.len > base {
-                return Err(BusError::Overlap { base, len, other: start });
+                return Err(BusError::Overlap {
+                    base,
+                    len,
+                    other: start,
+                });
             }
         }
         map.insert(base, Entry { len, dev });
@@ -84,7 +88,9 @@ impl Bus {
     pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
         match self.find(addr, data.len()) {
             Some((off, dev)) => {
-                dev.lock().unwrap_or_else(|p| p.into_inner()).read(off, data);
+                dev.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .read(off, data);
                 true
             }
             None => false,
@@ -94,7 +100,10 @@ impl Bus {
     /// Routes a write; `None` when no device is there.
     pub fn write(&self, addr: u64, data: &[u8]) -> Option<DeviceAction> {
         let (off, dev) = self.find(addr, data.len())?;
-        let action = dev.lock().unwrap_or_else(|p| p.into_inner()).write(off, data);
+        let action = dev
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .write(off, data);
         Some(action)
     }
 }
@@ -117,20 +126,32 @@ mod tests {
     #[test]
     fn routes_by_range_and_refuses_overlap() {
         let bus = Bus::new();
-        bus.insert(0x100, 0x10, Arc::new(Mutex::new(Reg(0)))).unwrap();
-        bus.insert(0x110, 0x10, Arc::new(Mutex::new(Reg(0x1000)))).unwrap();
+        bus.insert(0x100, 0x10, Arc::new(Mutex::new(Reg(0))))
+            .unwrap();
+        bus.insert(0x110, 0x10, Arc::new(Mutex::new(Reg(0x1000))))
+            .unwrap();
         assert_eq!(
             bus.insert(0x10f, 2, Arc::new(Mutex::new(Reg(0)))),
-            Err(BusError::Overlap { base: 0x10f, len: 2, other: 0x110 })
+            Err(BusError::Overlap {
+                base: 0x10f,
+                len: 2,
+                other: 0x110
+            })
         );
-        assert_eq!(bus.insert(5, 0, Arc::new(Mutex::new(Reg(0)))), Err(BusError::BadRange { base: 5, len: 0 }));
+        assert_eq!(
+            bus.insert(5, 0, Arc::new(Mutex::new(Reg(0)))),
+            Err(BusError::BadRange { base: 5, len: 0 })
+        );
         let mut d = [0u8; 2];
         assert!(bus.read(0x104, &mut d));
         assert_eq!(d, [4, 0]);
         assert!(bus.read(0x112, &mut d));
         assert_eq!(u16::from_le_bytes(d), 0x1002);
         assert!(!bus.read(0x120, &mut d));
-        assert!(!bus.read(0x11f, &mut d), "access crossing the end is not routed");
+        assert!(
+            !bus.read(0x11f, &mut d),
+            "access crossing the end is not routed"
+        );
         assert_eq!(bus.write(0x100, &[7]), Some(DeviceAction::None));
         assert_eq!(bus.write(0x200, &[7]), None);
         assert!(bus.remove(0x110).is_some());

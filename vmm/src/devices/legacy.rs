@@ -22,7 +22,9 @@ impl BusDevice for I8042 {
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) -> DeviceAction {
-        if offset == u64::from(I8042_COMMAND_PORT - I8042_DATA_PORT) && data.first() == Some(&I8042_RESET) {
+        if offset == u64::from(I8042_COMMAND_PORT - I8042_DATA_PORT)
+            && data.first() == Some(&I8042_RESET)
+        {
             DeviceAction::Reset
         } else {
             DeviceAction::None

@@ -40,7 +40,8 @@ impl ConsoleCapture {
     /// Whether the captured text contains `needle`.
     pub fn contains(&self, needle: &str) -> bool {
         let buf = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        buf.windows(needle.len().max(1)).any(|w| w == needle.as_bytes())
+        buf.windows(needle.len().max(1))
+            .any(|w| w == needle.as_bytes())
     }
 
     fn push(&self, bytes: &[u8]) {
@@ -140,7 +141,10 @@ mod tests {
     #[test]
     fn uart_transmits_to_the_sink() {
         let c = ConsoleCapture::default();
-        let mut s = SerialDevice::new(EventFd::new(libc::EFD_NONBLOCK).unwrap(), ConsoleSink::new(None, c.clone()));
+        let mut s = SerialDevice::new(
+            EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+            ConsoleSink::new(None, c.clone()),
+        );
         for b in b"ok\n" {
             s.write(0, &[*b]);
         }

@@ -58,7 +58,13 @@ pub struct TestDevice {
 impl TestDevice {
     /// A new device logging through `phases`.
     pub fn new(phases: Phases) -> Self {
-        TestDevice { phases, points: Vec::new(), marks: Vec::new(), mark_line: Vec::new(), scratch: 0 }
+        TestDevice {
+            phases,
+            points: Vec::new(),
+            marks: Vec::new(),
+            mark_line: Vec::new(),
+            scratch: 0,
+        }
     }
 
     /// Points reached so far, in order.
@@ -127,7 +133,10 @@ mod tests {
         assert_eq!(&b, b"HVPT");
         assert_eq!(d.write(REG_POINT, &7u32.to_le_bytes()), DeviceAction::None);
         assert_eq!(d.points()[0].n, 7);
-        assert_eq!(d.write(REG_EXIT, &3u32.to_le_bytes()), DeviceAction::Exit(3));
+        assert_eq!(
+            d.write(REG_EXIT, &3u32.to_le_bytes()),
+            DeviceAction::Exit(3)
+        );
         d.write(REG_SCRATCH, &0x1122_3344_5566_7788u64.to_le_bytes());
         let mut q = [0u8; 8];
         d.read(REG_SCRATCH, &mut q);

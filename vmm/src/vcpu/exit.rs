@@ -185,7 +185,9 @@ pub fn dispatch(exit: Exit<'_>, io: &IoBuses<'_>) -> ExitAction {
             }
             ExitAction::Continue
         }
-        Exit::IoOut { port, data } => device_action(io.pio.write(u64::from(port), data), &io.unclaimed.pio),
+        Exit::IoOut { port, data } => {
+            device_action(io.pio.write(u64::from(port), data), &io.unclaimed.pio)
+        }
         Exit::MmioRead { addr, data } => {
             if !io.mmio.read(addr, data) {
                 data.fill(0xff);
@@ -193,21 +195,25 @@ pub fn dispatch(exit: Exit<'_>, io: &IoBuses<'_>) -> ExitAction {
             }
             ExitAction::Continue
         }
-        Exit::MmioWrite { addr, data } => device_action(io.mmio.write(addr, data), &io.unclaimed.mmio),
+        Exit::MmioWrite { addr, data } => {
+            device_action(io.mmio.write(addr, data), &io.unclaimed.mmio)
+        }
         Exit::Debug(d) => ExitAction::Debug(d),
         Exit::InternalError(e) => ExitAction::InternalError(e),
         Exit::Shutdown => ExitAction::Stop(StopReason::TripleFault),
         Exit::Hlt => ExitAction::Continue,
-        Exit::FailEntry { reason } => {
-            ExitAction::Stop(StopReason::Crash(format!("VM entry failed (hardware reason {reason:#x})")))
-        }
+        Exit::FailEntry { reason } => ExitAction::Stop(StopReason::Crash(format!(
+            "VM entry failed (hardware reason {reason:#x})"
+        ))),
         Exit::SystemEvent { kind } => match kind {
             kvm_bindings::KVM_SYSTEM_EVENT_RESET => ExitAction::Stop(StopReason::Reset),
             kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => ExitAction::Stop(StopReason::GuestExit(0)),
             k => ExitAction::Stop(StopReason::Crash(format!("system event {k}"))),
         },
         Exit::Interrupted => ExitAction::Kicked,
-        Exit::Other(what) => ExitAction::Stop(StopReason::Crash(format!("unexpected VM exit: {what}"))),
+        Exit::Other(what) => {
+            ExitAction::Stop(StopReason::Crash(format!("unexpected VM exit: {what}")))
+        }
     }
 }
 
@@ -221,8 +227,12 @@ mod tests {
 
     fn buses() -> (Bus, Bus, Unclaimed) {
         let pio = Bus::new();
-        pio.insert(u64::from(TEST_DEVICE_PORT), 0x10, Arc::new(Mutex::new(TestDevice::new(Phases::new(true)))))
-            .unwrap();
+        pio.insert(
+            u64::from(TEST_DEVICE_PORT),
+            0x10,
+            Arc::new(Mutex::new(TestDevice::new(Phases::new(true)))),
+        )
+        .unwrap();
         pio.insert(0x60, 5, Arc::new(Mutex::new(I8042))).unwrap();
         (pio, Bus::new(), Unclaimed::default())
     }
@@ -230,20 +240,63 @@ mod tests {
     #[test]
     fn synthetic_exits_route_to_devices() {
         let (pio, mmio, un) = buses();
-        let io = IoBuses { pio: &pio, mmio: &mmio, unclaimed: &un };
+        let io = IoBuses {
+            pio: &pio,
+            mmio: &mmio,
+            unclaimed: &un,
+        };
         let mut id = [0u8; 4];
-        assert_eq!(dispatch(Exit::IoIn { port: 0x600, data: &mut id }, &io), ExitAction::Continue);
+        assert_eq!(
+            dispatch(
+                Exit::IoIn {
+                    port: 0x600,
+                    data: &mut id
+                },
+                &io
+            ),
+            ExitAction::Continue
+        );
         assert_eq!(&id, b"HVPT");
         assert_eq!(
-            dispatch(Exit::IoOut { port: 0x604, data: &5u32.to_le_bytes() }, &io),
+            dispatch(
+                Exit::IoOut {
+                    port: 0x604,
+                    data: &5u32.to_le_bytes()
+                },
+                &io
+            ),
             ExitAction::Stop(StopReason::GuestExit(5))
         );
-        assert_eq!(dispatch(Exit::IoOut { port: 0x64, data: &[0xfe] }, &io), ExitAction::Stop(StopReason::Reset));
+        assert_eq!(
+            dispatch(
+                Exit::IoOut {
+                    port: 0x64,
+                    data: &[0xfe]
+                },
+                &io
+            ),
+            ExitAction::Stop(StopReason::Reset)
+        );
         let mut none = [0u8; 2];
-        assert_eq!(dispatch(Exit::IoIn { port: 0x2f8, data: &mut none }, &io), ExitAction::Continue);
+        assert_eq!(
+            dispatch(
+                Exit::IoIn {
+                    port: 0x2f8,
+                    data: &mut none
+                },
+                &io
+            ),
+            ExitAction::Continue
+        );
         assert_eq!(none, [0xff, 0xff]);
         let mut m = [0u8; 8];
-        dispatch(Exit::MmioRead { addr: 0x1234_0000, data: &mut m }, &io);
+        dispatch(
+            Exit::MmioRead {
+                addr: 0x1234_0000,
+                data: &mut m,
+            },
+            &io,
+        );
         assert_eq!(m, [0xff; 8]);
         assert_eq!(un.pio.load(std::sync::atomic::Ordering::Relaxed), 1);
         assert_eq!(un.mmio.load(std::sync::atomic::Ordering::Relaxed), 1);
@@ -252,14 +305,32 @@ mod tests {
     #[test]
     fn debug_and_internal_errors_keep_their_payload() {
         let (pio, mmio, un) = buses();
-        let io = IoBuses { pio: &pio, mmio: &mmio, unclaimed: &un };
-        let d = DebugExit { exception: 1, pc: 0x1000, dr6: 0xffff_0ff2, dr7: 0x400 };
+        let io = IoBuses {
+            pio: &pio,
+            mmio: &mmio,
+            unclaimed: &un,
+        };
+        let d = DebugExit {
+            exception: 1,
+            pc: 0x1000,
+            dr6: 0xffff_0ff2,
+            dr7: 0x400,
+        };
         assert_eq!(dispatch(Exit::Debug(d), &io), ExitAction::Debug(d));
         assert!(!d.is_single_step());
         assert_eq!(d.breakpoint_slot(), Some(1));
-        let e = InternalError { suberror: 1, data: vec![1, 2] };
-        assert_eq!(dispatch(Exit::InternalError(e.clone()), &io), ExitAction::InternalError(e));
-        assert_eq!(dispatch(Exit::Shutdown, &io), ExitAction::Stop(StopReason::TripleFault));
+        let e = InternalError {
+            suberror: 1,
+            data: vec![1, 2],
+        };
+        assert_eq!(
+            dispatch(Exit::InternalError(e.clone()), &io),
+            ExitAction::InternalError(e)
+        );
+        assert_eq!(
+            dispatch(Exit::Shutdown, &io),
+            ExitAction::Stop(StopReason::TripleFault)
+        );
         assert_eq!(dispatch(Exit::Interrupted, &io), ExitAction::Kicked);
     }
 }

@@ -36,7 +36,11 @@ pub trait DebugHook: Send + Sync {
     fn on_debug(&self, vcpu: &mut VcpuCtx<'_>, exit: &DebugExit) -> HookAction;
 
     /// An internal error. Return `None` if it is not yours: the VM then ends as crashed.
-    fn on_internal_error(&self, _vcpu: &mut VcpuCtx<'_>, _err: &InternalError) -> Option<HookAction> {
+    fn on_internal_error(
+        &self,
+        _vcpu: &mut VcpuCtx<'_>,
+        _err: &InternalError,
+    ) -> Option<HookAction> {
         None
     }
 }
@@ -215,7 +219,11 @@ impl VcpuRunner {
             .name(format!("vcpu{index}"))
             .spawn(move || self.run(rx))
             .map_err(|e| VcpuError::Spawn(index, e.to_string()))?;
-        Ok(VcpuHandle { index, tx, thread: Some(thread) })
+        Ok(VcpuHandle {
+            index,
+            tx,
+            thread: Some(thread),
+        })
     }
 
     fn run(mut self, rx: Receiver<VcpuMsg>) {
@@ -260,7 +268,10 @@ impl VcpuRunner {
             VcpuMsg::Resume => VcpuState::Running,
             VcpuMsg::Stop => VcpuState::Stopped,
             VcpuMsg::With(job) => {
-                job(&mut VcpuCtx { index: self.index, fd: &mut self.fd });
+                job(&mut VcpuCtx {
+                    index: self.index,
+                    fd: &mut self.fd,
+                });
                 state
             }
         }
@@ -277,7 +288,13 @@ impl VcpuRunner {
             ExitAction::Stop(reason) => self.end(reason),
             ExitAction::Debug(d) => {
                 let action = match &self.hook {
-                    Some(h) => h.on_debug(&mut VcpuCtx { index: self.index, fd: &mut self.fd }, &d),
+                    Some(h) => h.on_debug(
+                        &mut VcpuCtx {
+                            index: self.index,
+                            fd: &mut self.fd,
+                        },
+                        &d,
+                    ),
                     None => HookAction::Stop(StopReason::Crash(format!(
                         "unexpected debug exit (exception {}, pc {:#x}, dr6 {:#x}, dr7 {:#x}) with no debugger attached",
                         d.exception, d.pc, d.dr6, d.dr7
@@ -286,12 +303,21 @@ impl VcpuRunner {
                 self.after_hook(action)
             }
             ExitAction::InternalError(e) => {
-                let claimed = self
-                    .hook
-                    .as_ref()
-                    .and_then(|h| h.on_internal_error(&mut VcpuCtx { index: self.index, fd: &mut self.fd }, &e));
+                let claimed = self.hook.as_ref().and_then(|h| {
+                    h.on_internal_error(
+                        &mut VcpuCtx {
+                            index: self.index,
+                            fd: &mut self.fd,
+                        },
+                        &e,
+                    )
+                });
                 let action = claimed.unwrap_or_else(|| {
-                    HookAction::Stop(StopReason::Crash(format!("{} data {:x?}", e.describe(), e.data)))
+                    HookAction::Stop(StopReason::Crash(format!(
+                        "{} data {:x?}",
+                        e.describe(),
+                        e.data
+                    )))
                 });
                 self.after_hook(action)
             }
@@ -319,15 +345,22 @@ impl VcpuRunner {
     }
 
     fn run_once(&mut self) -> ExitAction {
-        let io = IoBuses { pio: &self.io.pio, mmio: &self.io.mmio, unclaimed: &self.io.unclaimed };
+        let io = IoBuses {
+            pio: &self.io.pio,
+            mmio: &self.io.mmio,
+            unclaimed: &self.io.unclaimed,
+        };
         let exit = match self.fd.run() {
             Ok(VcpuExit::IoIn(port, data)) => Exit::IoIn { port, data },
             Ok(VcpuExit::IoOut(port, data)) => Exit::IoOut { port, data },
             Ok(VcpuExit::MmioRead(addr, data)) => Exit::MmioRead { addr, data },
             Ok(VcpuExit::MmioWrite(addr, data)) => Exit::MmioWrite { addr, data },
-            Ok(VcpuExit::Debug(d)) => {
-                Exit::Debug(DebugExit { exception: d.exception, pc: d.pc, dr6: d.dr6, dr7: d.dr7 })
-            }
+            Ok(VcpuExit::Debug(d)) => Exit::Debug(DebugExit {
+                exception: d.exception,
+                pc: d.pc,
+                dr6: d.dr6,
+                dr7: d.dr7,
+            }),
             Ok(VcpuExit::Hlt) => Exit::Hlt,
             Ok(VcpuExit::Shutdown) => Exit::Shutdown,
             Ok(VcpuExit::FailEntry(reason, _cpu)) => Exit::FailEntry { reason },
@@ -346,7 +379,12 @@ impl VcpuRunner {
         // SAFETY: KVM_RUN just returned KVM_EXIT_INTERNAL_ERROR, so `internal` is the member
         // of the exit union KVM filled in.
         let internal = unsafe { run.__bindgen_anon_1.internal };
-        let n = usize::try_from(internal.ndata).unwrap_or(0).min(internal.data.len());
-        InternalError { suberror: internal.suberror, data: internal.data[..n].to_vec() }
+        let n = usize::try_from(internal.ndata)
+            .unwrap_or(0)
+            .min(internal.data.len());
+        InternalError {
+            suberror: internal.suberror,
+            data: internal.data[..n].to_vec(),
+        }
     }
 }

@@ -144,7 +144,7 @@ pub(super) fn encode(syms: &[Sym], base: u64, prefix: &[u8], layout: Layout) -> 
 
     let mut blob = prefix.to_vec();
     let mut o = Offsets::default();
-    let mut put = |blob: &mut Vec<u8>, at: &mut usize, bytes: &[u8]| {
+    let put = |blob: &mut Vec<u8>, at: &mut usize, bytes: &[u8]| {
         pad(blob, base, 8);
         *at = blob.len();
         blob.extend_from_slice(bytes);

@@ -37,16 +37,16 @@ fn step_ok(lower: u32, upper: u32) -> bool {
 }
 
 /// The markers arrays that could end right before `token_table` (plain layout), then those
-/// that fit with a seqs array in between.
-pub(super) fn candidates(r: &Region<'_>, token_table: usize) -> Vec<Markers> {
-    let mut out = Vec::new();
-    for end in [Some(token_table), token_table.checked_sub(4)] {
-        if let Some(m) = end.and_then(|e| walk_back(r, e)) {
-            out.push(m);
-        }
-    }
-    out.extend(with_seqs(r, token_table));
-    out
+/// that fit with a seqs array in between, smallest symbol count first. Lazy: the caller stops
+/// at the first one that checks out.
+pub(super) fn candidates<'a>(
+    r: &'a Region<'a>,
+    token_table: usize,
+) -> impl Iterator<Item = Markers> + 'a {
+    [Some(token_table), token_table.checked_sub(4)]
+        .into_iter()
+        .filter_map(move |end| walk_back(r, end?))
+        .chain(with_seqs(r, token_table))
 }
 
 /// Reads u32s backwards from `end` while they decrease in plausible steps, down to a 0.
@@ -83,36 +83,29 @@ fn walk_back(r: &Region<'_>, end: usize) -> Option<Markers> {
 
 /// Markers followed by `kallsyms_seqs_of_names` (3 bytes per symbol) and then the token
 /// table, each 8-aligned: for every symbol count N the positions are fixed, so try them all.
-fn with_seqs(r: &Region<'_>, token_table: usize) -> Vec<Markers> {
-    let mut out = Vec::new();
+fn with_seqs<'a>(r: &'a Region<'a>, token_table: usize) -> impl Iterator<Item = Markers> + 'a {
     // Each symbol needs 3 bytes of seqs and at least 2 of names.
     let max = (token_table / 5).min(MAX_SYMBOLS - 1);
-    for n in 1..=max {
-        let Some(seqs) = token_table.checked_sub(3 * n).and_then(|p| r.align_down(p, 8)) else {
-            break;
-        };
+    // How far the buffer's start is past an 8-aligned address.
+    let skew = usize::try_from(r.base % 8).unwrap_or(0);
+    let down = move |p: usize| p.checked_sub((skew + p) % 8);
+    // This runs for millions of counts: keep the first test to plain arithmetic on the bytes.
+    (1..=max).filter_map(move |n| {
+        let seqs = token_table.checked_sub(3 * n).and_then(down)?;
         let m = n.div_ceil(256);
-        let Some(pos) = seqs.checked_sub(4 * m).and_then(|p| r.align_down(p, 8)) else {
-            break;
-        };
-        if r.u32(pos) != Some(0) {
-            continue;
+        let pos = seqs.checked_sub(4 * m).and_then(down)?;
+        if r.bytes.get(pos..pos + 4) != Some(&[0; 4]) {
+            return None;
         }
-        let Some(values) = read_markers(r, pos, m) else {
-            continue;
-        };
-        let Ok(count) = u32::try_from(n) else { break };
-        if !seqs_ok(r, seqs, count) {
-            continue;
-        }
-        out.push(Markers {
+        let values = read_markers(r, pos, m)?;
+        let count = u32::try_from(n).ok()?;
+        seqs_ok(r, seqs, count).then_some(Markers {
             pos,
             values,
             num_syms: Some(count),
             seqs: Some(seqs),
-        });
-    }
-    out
+        })
+    })
 }
 
 fn read_markers(r: &Region<'_>, pos: usize, m: usize) -> Option<Vec<u32>> {

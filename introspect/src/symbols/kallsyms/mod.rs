@@ -18,9 +18,9 @@
 //! (6.4+ moves offsets, relative base and seqs after the token index; both orders are read.)
 //!
 //! The search, as vmlinux-to-elf does it: find the token table by the digit tokens it always
-//! holds and check it against the index after it ([`tokens`]); find the markers before it
-//! ([`markers`]); find `num_syms` and the names that end at the markers and agree with every
-//! marker ([`names`]); then the offsets, whose addresses must come out sorted ([`offsets`]).
+//! holds and check it against the index after it (`tokens.rs`); find the markers before it
+//! (`markers.rs`); find `num_syms` and the names that end at the markers and agree with every
+//! marker (`names.rs`); then the offsets, whose addresses must come out sorted (`offsets.rs`).
 //! Any inconsistency rejects a candidate; bad input gives a [`KallsymsError`], never a panic.
 
 mod markers;
@@ -42,7 +42,9 @@ use region::Region;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KallsymsError {
     /// No token table: no run of the tokens "0" to "9".
-    #[error("No kallsyms token table found: the kernel was built without CONFIG_KALLSYMS, or this is not a decompressed kernel image")]
+    #[error(
+        "No kallsyms token table found: the kernel was built without CONFIG_KALLSYMS, or this is not a decompressed kernel image"
+    )]
     TokenTableNotFound,
     /// Digit tokens were found, but no token index agrees with them.
     #[error("No kallsyms_token_index agrees with the token table candidate at {near:#x}")]
@@ -73,7 +75,9 @@ pub enum KallsymsError {
         reason: &'static str,
     },
     /// No offsets table gives sorted addresses.
-    #[error("No kallsyms_offsets / kallsyms_relative_base found for the {num_syms} symbols at {num_syms_at:#x}")]
+    #[error(
+        "No kallsyms_offsets / kallsyms_relative_base found for the {num_syms} symbols at {num_syms_at:#x}"
+    )]
     OffsetsNotFound {
         /// The symbol count.
         num_syms: u32,
@@ -186,19 +190,18 @@ impl SymbolTable {
     }
 }
 
-fn from_token_table(r: &Region<'_>, table: &tokens::TokenTable<'_>) -> Result<Kallsyms, KallsymsError> {
-    let candidates = markers::candidates(r, table.start);
-    if candidates.is_empty() {
-        return Err(KallsymsError::MarkersNotFound {
-            token_table: r.va(table.start),
-        });
-    }
+fn from_token_table(
+    r: &Region<'_>,
+    table: &tokens::TokenTable<'_>,
+) -> Result<Kallsyms, KallsymsError> {
     let mut best = KallsymsError::MarkersNotFound {
         token_table: r.va(table.start),
     };
-    for m in &candidates {
-        let Some(found) = names::find(r, m) else {
-            best = best.most_advanced(KallsymsError::NamesNotFound { markers: r.va(m.pos) });
+    for m in markers::candidates(r, table.start) {
+        let Some(found) = names::find(r, &m) else {
+            best = best.most_advanced(KallsymsError::NamesNotFound {
+                markers: r.va(m.pos),
+            });
             continue;
         };
         let Some(addrs) = offsets::find(r, found.num_syms_pos, found.count, table.index_end())

@@ -28,7 +28,10 @@ fn entry(r: &Region<'_>, pos: usize) -> Option<(usize, usize, usize)> {
         if second & 0x80 != 0 {
             return None;
         }
-        (usize::from(first & 0x7f) | usize::from(second) << 7, pos + 2)
+        (
+            usize::from(first & 0x7f) | usize::from(second) << 7,
+            pos + 2,
+        )
     } else {
         (usize::from(first), pos + 1)
     };
@@ -123,7 +126,9 @@ pub(super) fn decode(
     let mut buf = Vec::new();
     for index in 0..names.count {
         let (data, len, next) = entry(r, pos).ok_or(bad(index, "the entry's length is bad"))?;
-        let compressed = r.get(data, len).ok_or(bad(index, "the entry runs past the end"))?;
+        let compressed = r
+            .get(data, len)
+            .ok_or(bad(index, "the entry runs past the end"))?;
         buf.clear();
         for &t in compressed {
             buf.extend_from_slice(tokens.get(usize::from(t)).copied().unwrap_or_default());

@@ -40,10 +40,18 @@ pub(super) fn find(
     })
 }
 
-fn decode(r: &Region<'_>, offsets_pos: usize, relative_base_pos: usize, n: usize) -> Option<Addresses> {
+fn decode(
+    r: &Region<'_>,
+    offsets_pos: usize,
+    relative_base_pos: usize,
+    n: usize,
+) -> Option<Addresses> {
     let relative_base = r.u64(relative_base_pos)?;
     let raw = r.get(offsets_pos, 4 * n)?;
-    let offsets = || raw.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]));
+    let offsets = || {
+        raw.chunks_exact(4)
+            .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+    };
     // A negative offset only exists with absolute per-CPU symbols: relative offsets of a
     // kernel image (well under 2 GiB) never set the top bit.
     let absolute_percpu = offsets().any(|o| o < 0);

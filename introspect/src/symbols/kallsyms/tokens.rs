@@ -82,7 +82,12 @@ pub(super) fn token_table_at<'a>(r: &Region<'a>, digits: usize) -> Option<TokenT
     None
 }
 
-fn check_index<'a>(r: &Region<'a>, digits: usize, end: usize, index: usize) -> Option<TokenTable<'a>> {
+fn check_index<'a>(
+    r: &Region<'a>,
+    digits: usize,
+    end: usize,
+    index: usize,
+) -> Option<TokenTable<'a>> {
     let offset = |i: usize| r.u16(index + 2 * i).map(usize::from);
     if offset(0)? != 0 {
         return None;

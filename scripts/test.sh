@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The whole test suite from a fresh machine: installs what it needs (rustup target, apt
+# packages, Debian's kernel package, busybox), then checks formatting and lints, runs every
+# test, and build-checks the fuzz target. Run from anywhere: bash scripts/test.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+step() { printf '\n==> %s\n' "$*"; }
+
+step "toolchain: rustup target x86_64-unknown-none (the test kernel), rustfmt, clippy"
+rustup target add x86_64-unknown-none
+rustup component add rustfmt clippy
+
+step "apt packages"
+need=()
+for pkg in build-essential pkg-config xz-utils dpkg; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need[@]}"
+fi
+[ -r /dev/kvm ] || { echo "test.sh: /dev/kvm is missing or not readable: hvprobe's tests run real VMs" >&2; exit 1; }
+
+step "guest images: Debian's stock kernel package and busybox-static"
+scripts/fetch-debian-kernel.sh
+scripts/fetch-busybox.sh
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "tests"
+cargo test --workspace
+
+step "fuzz target build check"
+cargo check --manifest-path fuzz/Cargo.toml
+
+step "done"
