@@ -8,6 +8,16 @@ use std::path::Path;
 
 use crate::boot::cpu::{CPUID_1_ECX_CX16, CpuidMask};
 
+/// Kernel command-line words a Linux guest needs on this platform, with the reason (printed on
+/// stderr at boot). Empty on hardware KVM.
+pub fn linux_cmdline_extra() -> Option<(&'static str, &'static str)> {
+    is_software_kvm().then_some((
+        "noxsave",
+        "software KVM (kvm_pvm) detected: adding `noxsave` to the Linux command line, since \
+         this emulator cannot run xrstor (boot would stop in fpu__init_system_xstate)",
+    ))
+}
+
 /// Whether `/dev/kvm` is the `kvm_pvm` software hypervisor.
 pub fn is_software_kvm() -> bool {
     Path::new("/sys/module/kvm_pvm").exists()

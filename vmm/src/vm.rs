@@ -230,11 +230,17 @@ impl Vm {
             config.cpus
         ));
         phases.log(loaded);
-        let cmdline = match (&config.cmdline, is_linux) {
+        let mut cmdline = match (&config.cmdline, is_linux) {
             (Some(c), _) => c.clone(),
             (None, true) => DEFAULT_LINUX_CMDLINE.to_string(),
             (None, false) => String::new(),
         };
+        if let (true, Some((word, why))) = (is_linux, crate::platform::linux_cmdline_extra()) {
+            if !cmdline.split_whitespace().any(|w| w == word) {
+                cmdline = format!("{} {word}", cmdline.trim_end());
+                phases.log(format_args!("note: {why}"));
+            }
+        }
         let initrd = match &config.initrd {
             Some(path) => Some(load_initrd(&mem, path, &kernel, &phases)?),
             None => None,
