@@ -7,6 +7,7 @@
 //! - [`symbols`]: a [`SymbolTable`] loaded from an ELF `.symtab`, System.map or
 //!   `/proc/kallsyms` text, or the kernel's own embedded kallsyms tables found in a kernel
 //!   image or in guest memory.
+//! - [`target`]: the narrow seam to a VM ([`target::Target`], [`target::VcpuAccess`]).
 //! - [`elf`]: the few ELF64 structures the above need (program headers, symbol table).
 //!
 //! This crate does not depend on the VMM: the VMM implements [`PhysMem`] for guest memory.
@@ -15,6 +16,7 @@ pub mod addr;
 pub mod elf;
 pub mod paging;
 pub mod symbols;
+pub mod target;
 
 pub use addr::{Gpa, Gva, PAGE_SIZE};
 pub use paging::{

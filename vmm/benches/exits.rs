@@ -135,12 +135,12 @@ fn raw_vm(p: &Program) -> RawVm {
     vm.create_pit2(kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() }).expect("KVM_CREATE_PIT2");
     mem.write(Gpa(p.base), &p.code).expect("program fits");
     boot::gdt::write_gdt(&mem).expect("GDT");
-    let cr3 = boot::paging::write_identity_map(&mem).expect("page tables");
+    let page_tables = boot::paging::write_identity_map(&mem).expect("page tables");
     let mut cpuid = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).expect("KVM_GET_SUPPORTED_CPUID");
     let vcpu = vm.create_vcpu(0).expect("KVM_CREATE_VCPU");
     boot::cpu::patch_cpuid(&mut cpuid, 0, 1, CpuidMask::default());
     boot::cpu::setup_common(&vcpu, 0, &cpuid).expect("vCPU setup");
-    boot::cpu::setup_boot_vcpu(&vcpu, Gpa(p.base), cr3, Gpa(vmm::layout::BOOT_PARAMS_START)).expect("boot vCPU");
+    boot::cpu::setup_boot_vcpu(&vcpu, Gpa(p.base), page_tables, Gpa(vmm::layout::BOOT_PARAMS_START)).expect("boot vCPU");
     RawVm { vcpu, _vm: vm, _mem: mem, _kvm: kvm }
 }
 
