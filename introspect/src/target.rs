@@ -97,6 +97,13 @@ pub trait Target: PhysMemMut + Send + Sync {
     fn pause_all(&self) -> Result<(), TargetError>;
     /// Lets every vCPU run again.
     fn resume_all(&self) -> Result<(), TargetError>;
+    /// From vCPU `me`'s own thread (inside an exit): takes every *other* vCPU out of guest
+    /// mode; returns when all are out. A vCPU that is itself inside an exit handler waiting
+    /// for something counts as out only once it returns to its loop, so callers must never
+    /// hold a lock another vCPU's handler can wait for (see the probe engine's step lock).
+    fn pause_others(&self, me: usize) -> Result<(), TargetError>;
+    /// Undoes [`Target::pause_others`].
+    fn resume_others(&self, me: usize) -> Result<(), TargetError>;
     /// Runs `f` with vCPU `index` (on its thread, or directly if it has not started).
     fn with_vcpu(
         &self,
