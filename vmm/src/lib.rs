@@ -15,6 +15,7 @@ pub mod memory;
 pub mod outcome;
 pub mod phases;
 pub mod platform;
+pub mod target;
 pub mod test_kernel;
 pub mod vcpu;
 pub mod vm;

@@ -4,37 +4,14 @@
 //! addresses with [`Gpa`], so a guest-virtual address can never be passed where a physical
 //! one is meant.
 
-use std::fmt;
-
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use crate::layout::{MIN_MEM_SIZE, MMIO_HOLE_END, MMIO_HOLE_START};
 
-/// A guest-physical address.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct Gpa(pub u64);
+pub use introspect::Gpa;
 
-impl Gpa {
-    /// The address as a plain integer.
-    pub const fn raw(self) -> u64 {
-        self.0
-    }
-    /// This address plus `off`, or `None` on overflow.
-    pub fn checked_add(self, off: u64) -> Option<Gpa> {
-        self.0.checked_add(off).map(Gpa)
-    }
-}
-
-impl fmt::Display for Gpa {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:#x}", self.0)
-    }
-}
-
-impl From<Gpa> for GuestAddress {
-    fn from(g: Gpa) -> Self {
-        GuestAddress(g.0)
-    }
+fn ga(g: Gpa) -> GuestAddress {
+    GuestAddress(g.0)
 }
 
 /// Errors of guest memory creation and access.
@@ -135,7 +112,7 @@ impl GuestMem {
     /// Reads `buf.len()` bytes at `addr`.
     pub fn read(&self, addr: Gpa, buf: &mut [u8]) -> Result<(), MemoryError> {
         self.inner
-            .read_slice(buf, addr.into())
+            .read_slice(buf, ga(addr))
             .map_err(|_| MemoryError::OutOfRange {
                 addr,
                 len: buf.len(),
@@ -145,7 +122,7 @@ impl GuestMem {
     /// Writes `buf` at `addr`.
     pub fn write(&self, addr: Gpa, buf: &[u8]) -> Result<(), MemoryError> {
         self.inner
-            .write_slice(buf, addr.into())
+            .write_slice(buf, ga(addr))
             .map_err(|_| MemoryError::OutOfRange {
                 addr,
                 len: buf.len(),
@@ -167,7 +144,7 @@ impl GuestMem {
     /// Whether `[addr, addr+len)` is entirely guest RAM.
     pub fn contains(&self, addr: Gpa, len: u64) -> bool {
         if len == 0 {
-            return self.inner.address_in_range(addr.into());
+            return self.inner.address_in_range(ga(addr));
         }
         let Some(last) = addr.0.checked_add(len - 1) else {
             return false;
@@ -175,6 +152,18 @@ impl GuestMem {
         self.inner
             .iter()
             .any(|r| addr.0 >= r.start_addr().0 && last < r.start_addr().0 + r.len())
+    }
+}
+
+impl introspect::PhysMem for GuestMem {
+    fn read_phys(&self, gpa: Gpa, buf: &mut [u8]) -> Result<(), introspect::PhysMemError> {
+        self.read(gpa, buf).map_err(|_| introspect::PhysMemError::OutOfRange { gpa, len: buf.len() })
+    }
+}
+
+impl introspect::PhysMemMut for GuestMem {
+    fn write_phys(&self, gpa: Gpa, buf: &[u8]) -> Result<(), introspect::PhysMemError> {
+        self.write(gpa, buf).map_err(|_| introspect::PhysMemError::OutOfRange { gpa, len: buf.len() })
     }
 }
 

@@ -324,6 +324,16 @@ impl Vm {
 
     /// Spawns the vCPU threads; the guest runs.
     pub fn start(&mut self) -> Result<(), VmError> {
+        self.spawn_vcpus(false)
+    }
+
+    /// Spawns the vCPU threads paused: introspection can set up (through [`Vm::target`])
+    /// before the guest's first instruction; [`Vm::resume_all`] lets it run.
+    pub fn start_paused(&mut self) -> Result<(), VmError> {
+        self.spawn_vcpus(true)
+    }
+
+    fn spawn_vcpus(&mut self, paused: bool) -> Result<(), VmError> {
         kick::install_handler().map_err(|e| VmError::Device {
             what: "the vCPU kick signal",
             reason: e.to_string(),
@@ -340,11 +350,11 @@ impl Vm {
                     hook: self.hook.clone(),
                     events: self.events_tx.clone(),
                 };
-                *slot = VcpuSlot::Started(runner.spawn()?);
+                *slot = VcpuSlot::Started(runner.spawn(paused)?);
             }
         }
-        self.phases
-            .log(format_args!("vcpus: {} started", self.vcpus.len()));
+        let how = if paused { " (paused)" } else { "" };
+        self.phases.log(format_args!("vcpus: {} started{how}", self.vcpus.len()));
         Ok(())
     }
 
@@ -405,35 +415,14 @@ impl Vm {
 
     /// Takes every vCPU out of KVM_RUN; returns when all are paused.
     pub fn pause_all(&self) -> Result<(), VmError> {
-        let (tx, rx) = crossbeam_channel::unbounded();
-        let mut waiting = Vec::new();
-        for slot in &self.vcpus {
-            if let VcpuSlot::Started(h) = slot {
-                if !h.is_finished() && h.send(VcpuMsg::Pause(tx.clone())).is_ok() {
-                    waiting.push(h.index());
-                }
-            }
-        }
-        let deadline = Instant::now() + PAUSE_TIMEOUT;
-        while !waiting.is_empty() {
-            match rx.recv_deadline(deadline) {
-                Ok(i) => waiting.retain(|&w| w != i),
-                Err(_) => return Err(VmError::Vcpu(VcpuError::Timeout(waiting[0], PAUSE_TIMEOUT))),
-            }
-        }
-        Ok(())
+        use introspect::target::Target;
+        self.target().pause_all().map_err(|e| VmError::Device { what: "vCPU control", reason: e.to_string() })
     }
 
     /// Lets every paused vCPU run again.
     pub fn resume_all(&self) -> Result<(), VmError> {
-        for slot in &self.vcpus {
-            if let VcpuSlot::Started(h) = slot {
-                if !h.is_finished() {
-                    h.send(VcpuMsg::Resume)?;
-                }
-            }
-        }
-        Ok(())
+        use introspect::target::Target;
+        self.target().resume_all().map_err(|e| VmError::Device { what: "vCPU control", reason: e.to_string() })
     }
 
     /// Stops and joins every vCPU thread, and flushes the console.
@@ -452,6 +441,20 @@ impl Vm {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .flush();
+    }
+
+    /// The VM as introspection sees it (guest memory, pause, per-vCPU access). Take it after
+    /// [`Vm::start`] or [`Vm::start_paused`]: vCPUs not started yet are not in it.
+    pub fn target(&self) -> crate::target::VmTarget {
+        let controls = self
+            .vcpus
+            .iter()
+            .filter_map(|s| match s {
+                VcpuSlot::Started(h) => Some(h.control().clone()),
+                _ => None,
+            })
+            .collect();
+        crate::target::VmTarget::new(self.mem.clone(), controls)
     }
 
     /// Everything the guest printed on the serial console (bounded).

@@ -16,7 +16,6 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use kvm_bindings::{kvm_guest_debug, kvm_regs, kvm_sregs};
 use kvm_ioctls::{VcpuExit, VcpuFd};
-use vmm_sys_util::signal::Killable;
 
 use crate::outcome::Outcome;
 use exit::{DebugExit, Exit, ExitAction, InternalError, IoBuses, StopReason};
@@ -137,14 +136,18 @@ pub enum VcpuError {
     Spawn(u8, String),
 }
 
-/// Owner side of a vCPU thread.
-pub struct VcpuHandle {
+/// A cloneable, thread-safe way to talk to one vCPU thread: send messages and kick it. Held by
+/// the VM's handle and by introspection targets (which may act from other vCPU threads).
+#[derive(Clone)]
+pub struct VcpuControl {
     index: u8,
     tx: Sender<VcpuMsg>,
-    thread: Option<JoinHandle<()>>,
+    /// The thread to signal; `None` once the thread is being joined (no signal may target a
+    /// thread id after the join, when the id can be reused).
+    thread: Arc<std::sync::RwLock<Option<libc::pthread_t>>>,
 }
 
-impl VcpuHandle {
+impl VcpuControl {
     /// vCPU index.
     pub fn index(&self) -> u8 {
         self.index
@@ -159,11 +162,12 @@ impl VcpuHandle {
 
     /// Interrupts KVM_RUN on the vCPU thread.
     pub fn kick(&self) {
-        if let Some(t) = &self.thread {
-            if !t.is_finished() {
-                // A thread that ended between the check and the kill is fine to miss.
-                let _ = t.kill(kick::kick_signal());
-            }
+        let guard = self.thread.read().unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = *guard {
+            // SAFETY: the id belongs to a thread that has not been joined yet (the write lock
+            // is taken before the join), so it is a valid target for pthread_kill; the signal's
+            // handler only stores a byte.
+            let _ = unsafe { libc::pthread_kill(t, kick::kick_signal()) };
         }
     }
 
@@ -182,9 +186,47 @@ impl VcpuHandle {
             RecvTimeoutError::Disconnected => VcpuError::Gone(self.index),
         })
     }
+}
 
-    /// Waits for the thread to end.
+/// Owner side of a vCPU thread.
+pub struct VcpuHandle {
+    control: VcpuControl,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl VcpuHandle {
+    /// vCPU index.
+    pub fn index(&self) -> u8 {
+        self.control.index
+    }
+
+    /// The shareable control side.
+    pub fn control(&self) -> &VcpuControl {
+        &self.control
+    }
+
+    /// Sends a message and kicks the vCPU out of KVM_RUN so it reads it.
+    pub fn send(&self, msg: VcpuMsg) -> Result<(), VcpuError> {
+        self.control.send(msg)
+    }
+
+    /// Interrupts KVM_RUN on the vCPU thread.
+    pub fn kick(&self) {
+        self.control.kick();
+    }
+
+    /// Runs `f` on the vCPU thread and returns its result.
+    pub fn with<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut VcpuCtx<'_>) -> R + Send + 'static,
+        timeout: Duration,
+    ) -> Result<R, VcpuError> {
+        self.control.with(f, timeout)
+    }
+
+    /// Waits for the thread to end (no kick can reach it afterwards).
     pub fn join(&mut self) {
+        *self.control.thread.write().unwrap_or_else(|p| p.into_inner()) = None;
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -211,24 +253,25 @@ pub struct VcpuRunner {
 }
 
 impl VcpuRunner {
-    /// Starts the vCPU thread, running.
-    pub fn spawn(self) -> Result<VcpuHandle, VcpuError> {
+    /// Starts the vCPU thread, running (or paused, waiting for [`VcpuMsg::Resume`]).
+    pub fn spawn(self, paused: bool) -> Result<VcpuHandle, VcpuError> {
+        use std::os::unix::thread::JoinHandleExt;
         let index = self.index;
         let (tx, rx) = crossbeam_channel::unbounded();
         let thread = std::thread::Builder::new()
             .name(format!("vcpu{index}"))
-            .spawn(move || self.run(rx))
+            .spawn(move || self.run(rx, paused))
             .map_err(|e| VcpuError::Spawn(index, e.to_string()))?;
+        let pthread = Arc::new(std::sync::RwLock::new(Some(thread.as_pthread_t())));
         Ok(VcpuHandle {
-            index,
-            tx,
+            control: VcpuControl { index, tx, thread: pthread },
             thread: Some(thread),
         })
     }
 
-    fn run(mut self, rx: Receiver<VcpuMsg>) {
+    fn run(mut self, rx: Receiver<VcpuMsg>, paused: bool) {
         kick::publish(std::ptr::from_mut(self.fd.get_kvm_run()));
-        let mut state = VcpuState::Running;
+        let mut state = if paused { VcpuState::Paused } else { VcpuState::Running };
         while state != VcpuState::Stopped {
             state = match state {
                 VcpuState::Running => {
