@@ -63,6 +63,21 @@ pub enum Command {
     /// crashes or times out.
     #[command(after_help = RUN_HELP, after_long_help = format!("{RUN_HELP}\n\n{EXIT_STATUS_HELP}"))]
     Run(RunArgs),
+    /// List a kernel's symbols (ELF symbol table, or the kernel's own kallsyms tables for
+    /// stripped images such as Debian's bzImage) in System.map format.
+    Symbols(SymbolsArgs),
+}
+
+/// The flags of `hvprobe symbols`.
+#[derive(Clone, Debug, Default, Args)]
+pub struct SymbolsArgs {
+    /// Kernel image: ELF vmlinux, bzImage, or an ELF test kernel [default: the bundled test
+    /// kernel]
+    #[arg(long, value_name = "PATH")]
+    pub kernel: Option<PathBuf>,
+    /// Only symbols whose name contains PATTERN
+    #[arg(value_name = "PATTERN")]
+    pub pattern: Option<String>,
 }
 
 /// The flags of `hvprobe run`, as typed (checked by [`resolve_run`]).
@@ -106,6 +121,13 @@ pub enum Request {
     Run(VmConfig),
     /// Print this text on stdout and exit with status 0 (`--help`, `--version`).
     Print(String),
+    /// List symbols of a kernel (`None`: the bundled test kernel) matching a pattern.
+    Symbols {
+        /// The kernel file.
+        kernel: Option<PathBuf>,
+        /// Substring filter.
+        pattern: Option<String>,
+    },
 }
 
 /// Where a setting came from, for messages.
@@ -261,6 +283,14 @@ where
         Ok(Cli {
             command: Command::Run(args),
         }) => resolve_run(&args).map(Request::Run),
+        Ok(Cli {
+            command: Command::Symbols(args),
+        }) => {
+            if let Some(k) = &args.kernel {
+                check_input_file(k, "kernel", Origin::Flag("--kernel"))?;
+            }
+            Ok(Request::Symbols { kernel: args.kernel, pattern: args.pattern })
+        }
         Err(Ok(text)) => Ok(Request::Print(text)),
         Err(Err(err)) => Err(err),
     }
