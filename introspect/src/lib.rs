@@ -8,12 +8,16 @@
 //!   `/proc/kallsyms` text, or the kernel's own embedded kallsyms tables found in a kernel
 //!   image or in guest memory.
 //! - [`target`]: the narrow seam to a VM ([`target::Target`], [`target::VcpuAccess`]).
+//! - [`events`]: the event pipeline: a registry of probe / breakpoint / watchpoint sources
+//!   with hit, nmissed and lost counters, a never-blocking bounded sink for vCPU threads, a
+//!   writer thread (text or JSON lines), and the per-source summary table.
 //! - [`elf`]: the few ELF64 structures the above need (program headers, symbol table).
 //!
 //! This crate does not depend on the VMM: the VMM implements [`PhysMem`] for guest memory.
 
 pub mod addr;
 pub mod elf;
+pub mod events;
 pub mod paging;
 pub mod symbols;
 pub mod target;

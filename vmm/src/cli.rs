@@ -506,7 +506,22 @@ mod tests {
         match parse_from(argv)? {
             Request::Run(config) => Ok(config),
             Request::Print(text) => panic!("unexpected print: {text}"),
+            Request::Symbols { .. } => panic!("unexpected symbols request"),
         }
+    }
+
+    #[test]
+    fn symbols_subcommand() {
+        match parse_from(["hvprobe", "symbols", "start_"]).unwrap() {
+            Request::Symbols { kernel: None, pattern } => assert_eq!(pattern.as_deref(), Some("start_")),
+            _ => panic!("symbols request expected"),
+        }
+        let missing = parse_from(["hvprobe", "symbols", "--kernel", "/no/such/file"]).unwrap_err();
+        assert!(cli_line(&missing).contains("/no/such/file"), "{}", cli_line(&missing));
+    }
+
+    fn cli_line(e: &CliError) -> String {
+        error_line(e)
     }
 
     fn run_args(f: impl FnOnce(&mut RunArgs)) -> RunArgs {
