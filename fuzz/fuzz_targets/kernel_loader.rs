@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use vmm::loader::{decompress_bzimage, load_initrd, load_kernel};
-use vmm::memory::{GuestMem, Gpa};
+use vmm::memory::{Gpa, GuestMem};
 
 /// Guest RAM shared by every run (32 MiB: enough for small synthetic kernels at 16 MiB).
 fn mem() -> &'static GuestMem {

@@ -11,6 +11,8 @@
 //! - [`events`]: the event pipeline: a registry of probe / breakpoint / watchpoint sources
 //!   with hit, nmissed and lost counters, a never-blocking bounded sink for vCPU threads, a
 //!   writer thread (text or JSON lines), and the per-source summary table.
+//! - [`hwbp`]: hardware breakpoints and watchpoints: a pinned / flexible slot manager over
+//!   DR0-DR3, DR7 encoding, DR6 decoding, and stepping past execute breakpoints.
 //! - [`elf`]: the few ELF64 structures the above need (program headers, symbol table).
 //!
 //! This crate does not depend on the VMM: the VMM implements [`PhysMem`] for guest memory.
@@ -18,6 +20,7 @@
 pub mod addr;
 pub mod elf;
 pub mod events;
+pub mod hwbp;
 pub mod paging;
 pub mod symbols;
 pub mod target;

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use introspect::paging::PagingContext;
-use introspect::target::{GuestDebug, Regs, Target, TargetError, VcpuAccess};
+use introspect::target::{GuestDebug, Regs, Target, TargetError, VcpuAccess, VcpuJob};
 use introspect::{Gpa, PhysMem, PhysMemError, PhysMemMut};
 use kvm_bindings::{
     KVM_GUESTDBG_BLOCKIRQ, KVM_GUESTDBG_ENABLE, KVM_GUESTDBG_SINGLESTEP, KVM_GUESTDBG_USE_HW_BP,
@@ -100,11 +100,7 @@ impl Target for VmTarget {
         self.resume_where(Some(me))
     }
 
-    fn with_vcpu(
-        &self,
-        index: usize,
-        f: Box<dyn FnOnce(&mut dyn VcpuAccess) + Send>,
-    ) -> Result<(), TargetError> {
+    fn with_vcpu(&self, index: usize, f: VcpuJob) -> Result<(), TargetError> {
         let c = self.vcpus.get(index).ok_or(TargetError::NoVcpu(index))?;
         c.with(move |ctx| f(ctx), Duration::from_secs(5))
             .map_err(vm_err("running a job on a vCPU"))

@@ -73,7 +73,8 @@ pub use writer::{EventWriter, WriterError, WriterReport};
 pub struct Event {
     /// Nanoseconds since the VM started (see [`EventSink::now_ns`]).
     pub time_ns: u64,
-    /// The vCPU that hit (for [`EventKind::Lost`]: the vCPU whose emit wrote the record).
+    /// The vCPU that hit (for [`EventKind::Lost`]: the vCPU whose emit queued the record, 0
+    /// for the trailing record written at the end; neither format prints it).
     pub vcpu: u32,
     /// What happened.
     pub kind: EventKind,

@@ -27,7 +27,11 @@ pub fn summary_table(sources: &Sources) -> String {
         })
         .collect();
     let total = |column: fn(&super::Source) -> u64| -> String {
-        sources.iter().map(|(_, s)| column(s)).sum::<u64>().to_string()
+        sources
+            .iter()
+            .map(|(_, s)| column(s))
+            .sum::<u64>()
+            .to_string()
     };
     let header = ["source", "how", "hits", "nmissed", "lost"].map(str::to_owned);
     let totals = [

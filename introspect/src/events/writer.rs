@@ -13,7 +13,7 @@ pub enum WriterError {
     /// Writing or flushing the output failed.
     #[error("Cannot write the event output (after {written} events)")]
     Io {
-        /// Events written before the failure.
+        /// Events written and flushed before the failure.
         written: u64,
         /// The failure.
         #[source]
@@ -27,13 +27,14 @@ pub enum WriterError {
 /// What an [`EventWriter`] did, from [`EventWriter::finish`].
 #[derive(Debug, Default)]
 pub struct WriterReport {
-    /// Hit events written (lost records not included).
+    /// Hit events written and flushed (lost records not included).
     pub written: u64,
-    /// Lost records written.
+    /// Lost records written and flushed.
     pub lost_records: u64,
     /// Events the written lost records say were dropped.
     pub lost: u64,
-    /// Records drained but not written because the output had failed.
+    /// Records (of either kind) drained but not written because the output failed: those
+    /// after the error, and those buffered when it happened.
     pub discarded: u64,
     /// The first output error, if any.
     pub error: Option<WriterError>,
@@ -92,10 +93,21 @@ impl Drop for EventWriter {
     }
 }
 
-/// The output side of the thread.
+/// Records formatted into the buffer but not yet flushed to the output.
+#[derive(Default)]
+struct Unflushed {
+    records: u64,
+    written: u64,
+    lost_records: u64,
+    lost: u64,
+}
+
+/// The output side of the thread. Records count as written once a flush succeeds; those in
+/// a failed write or flush count as discarded (part of them may have reached the output).
 struct Output<W: Write> {
     out: BufWriter<W>,
     format: Format,
+    unflushed: Unflushed,
     report: WriterReport,
 }
 
@@ -106,27 +118,38 @@ impl<W: Write> Output<W> {
             return;
         }
         let sources = &receiver.shared.sources;
-        match self.format.write_event(&mut self.out, event, sources) {
-            Ok(()) => match event.kind {
-                EventKind::Lost { count } => {
-                    self.report.lost_records += 1;
-                    self.report.lost += count;
-                }
-                _ => self.report.written += 1,
-            },
-            Err(e) => self.fail(e),
+        if let Err(e) = self.format.write_event(&mut self.out, event, sources) {
+            self.report.discarded += 1;
+            return self.fail(e);
+        }
+        let unflushed = &mut self.unflushed;
+        unflushed.records += 1;
+        match event.kind {
+            EventKind::Lost { count } => {
+                unflushed.lost_records += 1;
+                unflushed.lost += count;
+            }
+            _ => unflushed.written += 1,
         }
     }
 
     fn flush(&mut self) {
-        if self.report.error.is_none() {
-            if let Err(e) = self.out.flush() {
-                self.fail(e);
+        if self.report.error.is_some() {
+            return;
+        }
+        match self.out.flush() {
+            Ok(()) => {
+                let done = std::mem::take(&mut self.unflushed);
+                self.report.written += done.written;
+                self.report.lost_records += done.lost_records;
+                self.report.lost += done.lost;
             }
+            Err(e) => self.fail(e),
         }
     }
 
     fn fail(&mut self, source: io::Error) {
+        self.report.discarded += std::mem::take(&mut self.unflushed).records;
         self.report.error = Some(WriterError::Io {
             written: self.report.written,
             source,
@@ -146,6 +169,7 @@ fn run<W: Write>(
     let mut output = Output {
         out,
         format,
+        unflushed: Unflushed::default(),
         report: WriterReport::default(),
     };
     loop {

@@ -107,9 +107,7 @@ impl SlotManager {
             self.waiting.retain(|&w| w != id);
             self.slots[slot] = Some(id);
         }
-        self.entries
-            .insert(id, new)
-            .ok_or(HwbpError::UnknownId(id))
+        self.entries.insert(id, new).ok_or(HwbpError::UnknownId(id))
     }
 
     /// Gives the next group of waiting flexible breakpoints their turn, round-robin over the

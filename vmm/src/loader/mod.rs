@@ -6,8 +6,9 @@
 //! - `7f 45 4c 46` at offset 0: an ELF vmlinux, loaded segment by segment at `p_paddr`;
 //! - `HdrS` at 0x202 with boot protocol 2.08 or later: a bzImage. Its payload
 //!   (`payload_offset`/`payload_length`, relative to the protected-mode code at
-//!   `(setup_sects + 1) * 512`) is decompressed ([`decompress`]) into the vmlinux ELF, which is
-//!   then loaded like any ELF. The image's setup header is returned for `boot_params.hdr`.
+//!   `(setup_sects + 1) * 512`) is decompressed on the host ([`decompress_bzimage`]) into the
+//!   vmlinux ELF, which is then loaded like any ELF. The image's setup header is returned for
+//!   `boot_params.hdr`.
 //!
 //! Every malformed input gives a [`LoadError`]; nothing here panics on bad bytes (see the fuzz
 //! target in `fuzz/` and its regression corpus, replayed by the unit tests).

@@ -73,6 +73,9 @@ pub enum TargetError {
     },
 }
 
+/// A job run with one vCPU ([`Target::with_vcpu`]).
+pub type VcpuJob = Box<dyn FnOnce(&mut dyn VcpuAccess) + Send>;
+
 /// One vCPU, lent to introspection.
 pub trait VcpuAccess {
     /// vCPU index (0 is the boot vCPU).
@@ -104,10 +107,10 @@ pub trait Target: PhysMemMut + Send + Sync {
     fn pause_others(&self, me: usize) -> Result<(), TargetError>;
     /// Undoes [`Target::pause_others`].
     fn resume_others(&self, me: usize) -> Result<(), TargetError>;
-    /// Runs `f` with vCPU `index` (on its thread, or directly if it has not started).
-    fn with_vcpu(
-        &self,
-        index: usize,
-        f: Box<dyn FnOnce(&mut dyn VcpuAccess) + Send>,
-    ) -> Result<(), TargetError>;
+    /// Runs `f` with vCPU `index` on its thread. Never call it from vCPU `index`'s own
+    /// thread (the job would wait for itself).
+    fn with_vcpu(&self, index: usize, f: VcpuJob) -> Result<(), TargetError>;
 }
+
+#[cfg(any(test, feature = "mock"))]
+pub mod mock;
