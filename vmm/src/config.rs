@@ -1,7 +1,9 @@
 //! What a VM is made of: [`VmConfig`], built from the command line and an optional TOML file
 //! (flags win over the file; see `cli` for the merge).
 
+use std::fmt;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::time::Duration;
 
 /// Where the kernel comes from.
@@ -53,6 +55,8 @@ pub struct VmConfig {
     pub serial: SerialOutput,
     /// Silence boot phases and timings on stderr.
     pub quiet: bool,
+    /// Probes, hardware breakpoints and watchpoints to arm, and where their events go.
+    pub instrument: Instrumentation,
 }
 
 /// Default guest RAM: 256 MiB.
@@ -74,6 +78,7 @@ impl Default for VmConfig {
             timeout: None,
             serial: SerialOutput::Stdout,
             quiet: false,
+            instrument: Instrumentation::default(),
         }
     }
 }
@@ -209,6 +214,368 @@ pub fn fmt_size(bytes: u64) -> String {
     format!("{bytes} bytes")
 }
 
+/// What to instrument in the guest and where the events go (`--probe`, `--hbreak`, `--watch`,
+/// `--events`, `--format`, or the same keys in the config file). Only syntax is checked here:
+/// symbols are resolved, and addresses checked against the guest, when the VM is set up.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Instrumentation {
+    /// Software probes (`--probe SYM[+OFF]|ADDR[:int3|:jump|:auto]`), file entries first.
+    pub probes: Vec<ProbeSpec>,
+    /// Hardware execute breakpoints (`--hbreak SYM[+OFF]|ADDR`), file entries first.
+    pub hbreaks: Vec<Location>,
+    /// Hardware data watchpoints (`--watch SYM[+OFF]|ADDR:LEN:w|rw`), file entries first.
+    pub watches: Vec<WatchSpec>,
+    /// Where events are written (`--events FILE`, created or truncated). `None`: stderr.
+    pub events: Option<PathBuf>,
+    /// How events are written (`--format`).
+    pub format: EventFormat,
+}
+
+impl Instrumentation {
+    /// No probes, hardware breakpoints or watchpoints (`events` and `format` alone arm
+    /// nothing, so they do not count).
+    pub fn is_empty(&self) -> bool {
+        self.probes.is_empty() && self.hbreaks.is_empty() && self.watches.is_empty()
+    }
+}
+
+/// A code or data location as the user wrote it: `SYM[+OFF]` or `ADDR`.
+///
+/// ```
+/// use vmm::config::Location;
+/// let at: Location = "foo.isra.0+0x10".parse().unwrap();
+/// assert_eq!(at, Location::Symbol { name: "foo.isra.0".into(), offset: 16 });
+/// assert_eq!(at.to_string(), "foo.isra.0+0x10");
+/// assert_eq!("0xffffffff81000000".parse(), Ok(Location::Address(0xffff_ffff_8100_0000)));
+/// assert_eq!("4096".parse::<Location>().unwrap().to_string(), "0x1000");
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Location {
+    /// A symbol of the guest kernel and a byte offset from its start (`SYM+OFF`; 0 if none).
+    Symbol {
+        /// The symbol's name (`[A-Za-z_.$][A-Za-z0-9_.$]*`).
+        name: String,
+        /// Bytes past the symbol's address.
+        offset: u64,
+    },
+    /// A guest-virtual address.
+    Address(u64),
+}
+
+/// How a software probe is armed (`:int3`, `:jump`, `:auto`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum ProbeMode {
+    /// A jump where the probed instructions allow one, else int3 (the default).
+    #[default]
+    Auto,
+    /// Always an int3 breakpoint.
+    Int3,
+    /// A jump to a trampoline; refused where one cannot be placed.
+    Jump,
+}
+
+/// One `--probe`: where, and how it is armed.
+///
+/// ```
+/// use vmm::config::{Location, ProbeMode, ProbeSpec};
+/// let spec: ProbeSpec = "start_kernel:int3".parse().unwrap();
+/// assert_eq!(spec.mode, ProbeMode::Int3);
+/// assert_eq!("start_kernel".parse::<ProbeSpec>().unwrap().mode, ProbeMode::Auto);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ProbeSpec {
+    /// The probed instruction.
+    pub at: Location,
+    /// How it is armed.
+    pub mode: ProbeMode,
+}
+
+/// One `--watch`: a naturally aligned range of 1, 2, 4 or 8 bytes.
+///
+/// ```
+/// use vmm::config::WatchSpec;
+/// let spec: WatchSpec = "jiffies:8:rw".parse().unwrap();
+/// assert_eq!((spec.len, spec.write_only), (8, false));
+/// assert_eq!(spec.to_string(), "jiffies:8:rw");
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct WatchSpec {
+    /// The first byte watched.
+    pub at: Location,
+    /// How many bytes: 1, 2, 4 or 8.
+    pub len: u8,
+    /// `w`: only writes hit; `rw`: reads and writes hit (x86 cannot watch reads alone).
+    pub write_only: bool,
+}
+
+/// How events are written (`--format`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum EventFormat {
+    /// One human-readable line per event (the default).
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Jsonl,
+}
+
+/// Why a `--probe`, `--hbreak`, `--watch` or `--format` value was rejected. Messages name the
+/// bad part and what is expected; the caller adds the flag (or file, line and field) and the
+/// whole value.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    /// Nothing where a location should be.
+    #[error("empty location: expected SYM[+OFF] or ADDR")]
+    Empty,
+    /// Starts with a digit but is not a number.
+    #[error(
+        "`{0}` is not an address: expected hex with 0x (0xffffffff81000000) or decimal digits"
+    )]
+    BadAddress(String),
+    /// An address or offset of more than 64 bits.
+    #[error("`{0}` does not fit in 64 bits")]
+    TooLarge(String),
+    /// A symbol name with a character symbols cannot have.
+    #[error(
+        "`{name}` is not a symbol name: `{bad}` is not allowed (symbols are letters, digits, \
+         `_`, `.` and `$`, not starting with a digit)"
+    )]
+    BadSymbol {
+        /// The name as written.
+        name: String,
+        /// Its first bad character.
+        bad: char,
+    },
+    /// `+OFF` with nothing before it.
+    #[error("no symbol before `+`: expected SYM+OFF")]
+    MissingSymbol,
+    /// The text after `+` is not a number.
+    #[error("`+{0}` is not an offset: expected hex with 0x (+0x10) or decimal digits (+16)")]
+    BadOffset(String),
+    /// `ADDR+OFF`: offsets are for symbols.
+    #[error("an offset goes after a symbol (SYM+OFF): give the address itself")]
+    OffsetOnAddress,
+    /// The suffix of a probe is not a mode.
+    #[error("probe mode must be int3, jump or auto, not {0:?}")]
+    BadProbeMode(String),
+    /// A watch without both `:LEN` and `:MODE`.
+    #[error("expected SYM[+OFF]|ADDR:LEN:w|rw (e.g. jiffies:8:w)")]
+    WatchSyntax,
+    /// A watch length other than 1, 2, 4 or 8.
+    #[error("length must be 1, 2, 4 or 8")]
+    BadWatchLen(String),
+    /// A watch access other than `w` or `rw`.
+    #[error("access must be w (writes) or rw (reads and writes), not {0:?}")]
+    BadWatchAccess(String),
+    /// `:r`: the debug registers cannot watch reads alone.
+    #[error("x86 debug registers cannot watch reads alone: use rw (reads and writes) or w (writes)")]
+    ReadOnlyWatch,
+    /// A watched address that is not a multiple of the length.
+    #[error(
+        "address {addr:#x} is not aligned to the length {len}: debug registers watch naturally \
+         aligned ranges (use {:#x})", addr & !(u64::from(*len) - 1)
+    )]
+    MisalignedWatch {
+        /// The address.
+        addr: u64,
+        /// The length.
+        len: u8,
+    },
+    /// An event format other than `text` or `jsonl`.
+    #[error("event format must be text or jsonl")]
+    BadFormat(String),
+}
+
+/// `0x` hex (`0X` too) or decimal digits, nothing else (no sign, no spaces).
+fn parse_number(text: &str) -> Option<Result<u64, SpecError>> {
+    let (digits, radix) = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => (hex, 16),
+        None => (text, 10),
+    };
+    if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
+        return None;
+    }
+    // Only digits remain, so the only way parsing fails is overflow.
+    Some(u64::from_str_radix(digits, radix).map_err(|_| SpecError::TooLarge(text.to_owned())))
+}
+
+fn is_symbol_start(c: char) -> bool {
+    c.is_ascii_alphabetic() || matches!(c, '_' | '.' | '$')
+}
+
+fn is_symbol_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '$')
+}
+
+impl FromStr for Location {
+    type Err = SpecError;
+
+    /// `SYM[+OFF]` or `ADDR`: ADDR and OFF are `0x` hex or decimal; SYM is
+    /// `[A-Za-z_.$][A-Za-z0-9_.$]*`.
+    fn from_str(text: &str) -> Result<Location, SpecError> {
+        let Some(first) = text.chars().next() else {
+            return Err(SpecError::Empty);
+        };
+        if first.is_ascii_digit() {
+            if text.contains('+') {
+                return Err(SpecError::OffsetOnAddress);
+            }
+            return parse_number(text)
+                .unwrap_or_else(|| Err(SpecError::BadAddress(text.to_owned())))
+                .map(Location::Address);
+        }
+        let (name, offset) = match text.split_once('+') {
+            Some((name, offset)) => (name, Some(offset)),
+            None => (text, None),
+        };
+        if name.is_empty() {
+            return Err(SpecError::MissingSymbol);
+        }
+        let bad = name
+            .chars()
+            .enumerate()
+            .find(|&(i, c)| if i == 0 { !is_symbol_start(c) } else { !is_symbol_char(c) });
+        if let Some((_, bad)) = bad {
+            return Err(SpecError::BadSymbol {
+                name: name.to_owned(),
+                bad,
+            });
+        }
+        let offset = match offset {
+            None => 0,
+            Some(offset) => parse_number(offset)
+                .unwrap_or_else(|| Err(SpecError::BadOffset(offset.to_owned())))?,
+        };
+        Ok(Location::Symbol {
+            name: name.to_owned(),
+            offset,
+        })
+    }
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Location::Symbol { name, offset: 0 } => f.write_str(name),
+            Location::Symbol { name, offset } => write!(f, "{name}+{offset:#x}"),
+            Location::Address(addr) => write!(f, "{addr:#x}"),
+        }
+    }
+}
+
+impl FromStr for ProbeMode {
+    type Err = SpecError;
+
+    fn from_str(text: &str) -> Result<ProbeMode, SpecError> {
+        match text {
+            "auto" => Ok(ProbeMode::Auto),
+            "int3" => Ok(ProbeMode::Int3),
+            "jump" => Ok(ProbeMode::Jump),
+            other => Err(SpecError::BadProbeMode(other.to_owned())),
+        }
+    }
+}
+
+impl fmt::Display for ProbeMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ProbeMode::Auto => "auto",
+            ProbeMode::Int3 => "int3",
+            ProbeMode::Jump => "jump",
+        })
+    }
+}
+
+impl FromStr for ProbeSpec {
+    type Err = SpecError;
+
+    /// `LOCATION[:MODE]`: the text after the last `:` is the mode (symbols have no `:`).
+    fn from_str(text: &str) -> Result<ProbeSpec, SpecError> {
+        let (at, mode) = match text.rsplit_once(':') {
+            Some((at, mode)) => (at, mode.parse()?),
+            None => (text, ProbeMode::Auto),
+        };
+        Ok(ProbeSpec {
+            at: at.parse()?,
+            mode,
+        })
+    }
+}
+
+impl fmt::Display for ProbeSpec {
+    /// The location, then `:int3` or `:jump` (nothing for the default, auto).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.mode {
+            ProbeMode::Auto => write!(f, "{}", self.at),
+            mode => write!(f, "{}:{mode}", self.at),
+        }
+    }
+}
+
+impl FromStr for WatchSpec {
+    type Err = SpecError;
+
+    /// `LOCATION:LEN:w|rw`; a literal address must be a multiple of LEN.
+    fn from_str(text: &str) -> Result<WatchSpec, SpecError> {
+        let mut parts = text.rsplitn(3, ':');
+        let (Some(access), Some(len), Some(at)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(SpecError::WatchSyntax);
+        };
+        let at: Location = at.parse()?;
+        let len = match len {
+            "1" => 1,
+            "2" => 2,
+            "4" => 4,
+            "8" => 8,
+            other => return Err(SpecError::BadWatchLen(other.to_owned())),
+        };
+        let write_only = match access {
+            "w" => true,
+            "rw" => false,
+            "r" => return Err(SpecError::ReadOnlyWatch),
+            other => return Err(SpecError::BadWatchAccess(other.to_owned())),
+        };
+        if let Location::Address(addr) = at {
+            if addr % u64::from(len) != 0 {
+                return Err(SpecError::MisalignedWatch { addr, len });
+            }
+        }
+        Ok(WatchSpec {
+            at,
+            len,
+            write_only,
+        })
+    }
+}
+
+impl fmt::Display for WatchSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let access = if self.write_only { "w" } else { "rw" };
+        write!(f, "{}:{}:{access}", self.at, self.len)
+    }
+}
+
+impl FromStr for EventFormat {
+    type Err = SpecError;
+
+    fn from_str(text: &str) -> Result<EventFormat, SpecError> {
+        match text {
+            "text" => Ok(EventFormat::Text),
+            "jsonl" => Ok(EventFormat::Jsonl),
+            other => Err(SpecError::BadFormat(other.to_owned())),
+        }
+    }
+}
+
+impl fmt::Display for EventFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            EventFormat::Text => "text",
+            EventFormat::Jsonl => "jsonl",
+        })
+    }
+}
+
 /// One setting read from a config file, with the line it was on (1-based), for messages.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Setting<T> {
@@ -219,8 +586,8 @@ pub struct Setting<T> {
 }
 
 /// A TOML config file for `hvprobe run`, as written: the same settings as the flags
-/// (`kernel`, `initrd`, `cmdline`, `mem`, `cpus`, `timeout`, `serial_log`, `quiet`), every one
-/// optional. Values are checked when merged with the flags (`cli`), so errors can name the
+/// (`kernel`, `initrd`, `cmdline`, `mem`, `cpus`, `timeout`, `serial_log`, `quiet`, `probe`,
+/// `hbreak`, `watch`, `events`, `format`), every one optional. Values are checked when merged with the flags (`cli`), so errors can name the
 /// file, the line and the field; unknown keys and type errors are rejected here.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ConfigFile {
@@ -242,6 +609,17 @@ pub struct ConfigFile {
     pub serial_log: Option<Setting<PathBuf>>,
     /// `quiet`: silence boot phases on stderr.
     pub quiet: Option<Setting<bool>>,
+    /// `probe`: software probes as written (`"SYM[+OFF]|ADDR[:MODE]"`), each with its line;
+    /// empty if absent.
+    pub probe: Vec<Setting<String>>,
+    /// `hbreak`: hardware execute breakpoints as written, each with its line.
+    pub hbreak: Vec<Setting<String>>,
+    /// `watch`: hardware watchpoints as written (`"SYM|ADDR:LEN:w|rw"`), each with its line.
+    pub watch: Vec<Setting<String>>,
+    /// `events`: file for the events, resolved against the file's directory.
+    pub events: Option<Setting<PathBuf>>,
+    /// `format`: event format as written (`text` or `jsonl`), unchecked.
+    pub format: Option<Setting<String>>,
 }
 
 /// Why a config file could not be read.
@@ -305,6 +683,14 @@ struct RawConfigFile {
     timeout: Option<toml::Spanned<f64>>,
     serial_log: Option<toml::Spanned<PathBuf>>,
     quiet: Option<toml::Spanned<bool>>,
+    #[serde(default)]
+    probe: Vec<toml::Spanned<String>>,
+    #[serde(default)]
+    hbreak: Vec<toml::Spanned<String>>,
+    #[serde(default)]
+    watch: Vec<toml::Spanned<String>>,
+    events: Option<toml::Spanned<PathBuf>>,
+    format: Option<toml::Spanned<String>>,
 }
 
 impl ConfigFile {
@@ -361,6 +747,11 @@ impl ConfigFile {
             timeout: raw.timeout.map(|s| setting(text, s)),
             serial_log: raw.serial_log.map(path_setting),
             quiet: raw.quiet.map(|s| setting(text, s)),
+            probe: raw.probe.into_iter().map(|s| setting(text, s)).collect(),
+            hbreak: raw.hbreak.into_iter().map(|s| setting(text, s)).collect(),
+            watch: raw.watch.into_iter().map(|s| setting(text, s)).collect(),
+            events: raw.events.map(path_setting),
+            format: raw.format.map(|s| setting(text, s)),
         })
     }
 }
@@ -443,5 +834,193 @@ mod tests {
             mem("mem = 1.5"),
             Err(ConfigFileError::Parse { line: Some(1), .. })
         ));
+    }
+
+    fn sym(name: &str, offset: u64) -> Location {
+        Location::Symbol {
+            name: name.into(),
+            offset,
+        }
+    }
+
+    #[test]
+    fn locations() {
+        for (text, at, shown) in [
+            ("start_kernel", sym("start_kernel", 0), "start_kernel"),
+            ("foo.cold", sym("foo.cold", 0), "foo.cold"),
+            ("foo.isra.0+0x1f", sym("foo.isra.0", 0x1f), "foo.isra.0+0x1f"),
+            ("_text+16", sym("_text", 16), "_text+0x10"),
+            ("$x", sym("$x", 0), "$x"),
+            (".LC0+0", sym(".LC0", 0), ".LC0"),
+            ("__x64_sys_read+0X8", sym("__x64_sys_read", 8), "__x64_sys_read+0x8"),
+            ("0xffffffff81000000", Location::Address(0xffff_ffff_8100_0000), "0xffffffff81000000"),
+            ("0XABCdef", Location::Address(0xabcdef), "0xabcdef"),
+            ("4096", Location::Address(4096), "0x1000"),
+            ("0", Location::Address(0), "0x0"),
+            ("0xffffffffffffffff", Location::Address(u64::MAX), "0xffffffffffffffff"),
+        ] {
+            assert_eq!(text.parse::<Location>(), Ok(at.clone()), "{text}");
+            assert_eq!(at.to_string(), shown, "{text}");
+            assert_eq!(shown.parse::<Location>(), Ok(at), "{text} round trip");
+        }
+        for (text, err) in [
+            ("", SpecError::Empty),
+            ("0x", SpecError::BadAddress("0x".into())),
+            ("0xfg", SpecError::BadAddress("0xfg".into())),
+            ("12ab", SpecError::BadAddress("12ab".into())),
+            ("1foo", SpecError::BadAddress("1foo".into())),
+            ("0x 10", SpecError::BadAddress("0x 10".into())),
+            ("0x1_000", SpecError::BadAddress("0x1_000".into())),
+            ("0x10000000000000000", SpecError::TooLarge("0x10000000000000000".into())),
+            ("99999999999999999999", SpecError::TooLarge("99999999999999999999".into())),
+            ("0x1000+8", SpecError::OffsetOnAddress),
+            ("+8", SpecError::MissingSymbol),
+            ("foo+", SpecError::BadOffset("".into())),
+            ("foo+x", SpecError::BadOffset("x".into())),
+            ("foo+-1", SpecError::BadOffset("-1".into())),
+            ("foo++1", SpecError::BadOffset("+1".into())),
+            ("foo+1+2", SpecError::BadOffset("1+2".into())),
+            ("foo+0x10000000000000000", SpecError::TooLarge("0x10000000000000000".into())),
+            ("foo-bar", SpecError::BadSymbol { name: "foo-bar".into(), bad: '-' }),
+            ("foo:int3", SpecError::BadSymbol { name: "foo:int3".into(), bad: ':' }),
+            (" foo", SpecError::BadSymbol { name: " foo".into(), bad: ' ' }),
+            ("-1", SpecError::BadSymbol { name: "-1".into(), bad: '-' }),
+            ("füß", SpecError::BadSymbol { name: "füß".into(), bad: 'ü' }),
+        ] {
+            assert_eq!(text.parse::<Location>(), Err(err), "{text:?}");
+        }
+        let message = "foo-bar".parse::<Location>().unwrap_err().to_string();
+        assert!(message.contains("`-` is not allowed"), "{message}");
+    }
+
+    #[test]
+    fn probes() {
+        for (text, at, mode, shown) in [
+            ("start_kernel", sym("start_kernel", 0), ProbeMode::Auto, "start_kernel"),
+            ("start_kernel:auto", sym("start_kernel", 0), ProbeMode::Auto, "start_kernel"),
+            ("f+4:int3", sym("f", 4), ProbeMode::Int3, "f+0x4:int3"),
+            ("0xffffffff81000000:jump", Location::Address(0xffff_ffff_8100_0000), ProbeMode::Jump, "0xffffffff81000000:jump"),
+        ] {
+            let spec = ProbeSpec { at, mode };
+            assert_eq!(text.parse::<ProbeSpec>(), Ok(spec.clone()), "{text}");
+            assert_eq!(spec.to_string(), shown);
+            assert_eq!(shown.parse::<ProbeSpec>(), Ok(spec));
+        }
+        for (text, err) in [
+            ("f:", SpecError::BadProbeMode("".into())),
+            ("f:INT3", SpecError::BadProbeMode("INT3".into())),
+            ("f:kprobe", SpecError::BadProbeMode("kprobe".into())),
+            ("f:int3:jump", SpecError::BadSymbol { name: "f:int3".into(), bad: ':' }),
+            (":int3", SpecError::Empty),
+            ("", SpecError::Empty),
+        ] {
+            assert_eq!(text.parse::<ProbeSpec>(), Err(err), "{text:?}");
+        }
+        let message = "f:kprobe".parse::<ProbeSpec>().unwrap_err().to_string();
+        assert!(message.contains("int3, jump or auto"), "{message}");
+    }
+
+    #[test]
+    fn watches() {
+        for (text, at, len, write_only) in [
+            ("jiffies:8:rw", sym("jiffies", 0), 8, false),
+            ("jiffies+4:4:w", sym("jiffies", 4), 4, true),
+            ("x.y+1:2:w", sym("x.y", 1), 2, true),
+            ("0x1001:1:w", Location::Address(0x1001), 1, true),
+            ("0x1002:2:rw", Location::Address(0x1002), 2, false),
+            ("4096:8:w", Location::Address(4096), 8, true),
+        ] {
+            let spec = WatchSpec { at, len, write_only };
+            assert_eq!(text.parse::<WatchSpec>(), Ok(spec.clone()), "{text}");
+            assert_eq!(spec.to_string().parse::<WatchSpec>(), Ok(spec));
+        }
+        for (text, err) in [
+            ("jiffies", SpecError::WatchSyntax),
+            ("jiffies:8", SpecError::WatchSyntax),
+            ("", SpecError::WatchSyntax),
+            ("::", SpecError::Empty),
+            ("jiffies:3:w", SpecError::BadWatchLen("3".into())),
+            ("jiffies:16:w", SpecError::BadWatchLen("16".into())),
+            ("jiffies:0x8:w", SpecError::BadWatchLen("0x8".into())),
+            ("jiffies::w", SpecError::BadWatchLen("".into())),
+            ("jiffies:8:", SpecError::BadWatchAccess("".into())),
+            ("jiffies:8:x", SpecError::BadWatchAccess("x".into())),
+            ("jiffies:8:W", SpecError::BadWatchAccess("W".into())),
+            ("jiffies:8:r", SpecError::ReadOnlyWatch),
+            ("a:b:8:w", SpecError::BadSymbol { name: "a:b".into(), bad: ':' }),
+            ("0x1004:8:w", SpecError::MisalignedWatch { addr: 0x1004, len: 8 }),
+            ("0x1001:2:rw", SpecError::MisalignedWatch { addr: 0x1001, len: 2 }),
+        ] {
+            assert_eq!(text.parse::<WatchSpec>(), Err(err), "{text:?}");
+        }
+        assert_eq!(
+            SpecError::BadWatchLen("3".into()).to_string(),
+            "length must be 1, 2, 4 or 8"
+        );
+        let message = SpecError::MisalignedWatch { addr: 0x1006, len: 4 }.to_string();
+        assert!(message.contains("0x1006") && message.contains("use 0x1004"), "{message}");
+    }
+
+    #[test]
+    fn event_formats() {
+        assert_eq!("text".parse(), Ok(EventFormat::Text));
+        assert_eq!("jsonl".parse(), Ok(EventFormat::Jsonl));
+        assert_eq!(EventFormat::default(), EventFormat::Text);
+        for f in [EventFormat::Text, EventFormat::Jsonl] {
+            assert_eq!(f.to_string().parse(), Ok(f));
+        }
+        for bad in ["json", "JSONL", "", "xml"] {
+            assert_eq!(bad.parse::<EventFormat>(), Err(SpecError::BadFormat(bad.into())));
+        }
+    }
+
+    #[test]
+    fn instrumentation_is_empty() {
+        let mut i = Instrumentation::default();
+        assert!(i.is_empty());
+        assert_eq!(i.format, EventFormat::Text);
+        assert_eq!(i.events, None);
+        i.events = Some("e.jsonl".into());
+        assert!(i.is_empty(), "an events file alone arms nothing");
+        i.hbreaks.push(sym("start_kernel", 0));
+        assert!(!i.is_empty());
+    }
+
+    #[test]
+    fn instrumentation_keys() {
+        let file = ConfigFile::parse(
+            "probe = [\"a\",\n  \"0x1000:int3\"]\nhbreak = []\nwatch = [\"j:8:w\"]\n\
+             events = \"ev/e.jsonl\"\nformat = \"xml\"\n",
+            Path::new("/etc/hv/vm.toml"),
+        )
+        .unwrap();
+        let lines = |v: &[Setting<String>]| {
+            v.iter()
+                .map(|s| (s.value.clone(), s.line))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            lines(&file.probe),
+            [("a".to_owned(), 1), ("0x1000:int3".to_owned(), 2)]
+        );
+        assert!(file.hbreak.is_empty());
+        assert_eq!(lines(&file.watch), [("j:8:w".to_owned(), 3)]);
+        assert_eq!(
+            file.events,
+            Some(Setting {
+                value: PathBuf::from("/etc/hv/ev/e.jsonl"),
+                line: 4
+            })
+        );
+        assert_eq!(file.format.map(|f| f.value), Some("xml".into()), "checked later");
+        for bad in ["probe = \"start_kernel\"", "watch = [1]", "format = 1", "probes = []"] {
+            assert!(
+                matches!(
+                    ConfigFile::parse(bad, Path::new("x.toml")),
+                    Err(ConfigFileError::Parse { line: Some(1), .. })
+                ),
+                "{bad}"
+            );
+        }
     }
 }

@@ -54,14 +54,16 @@ pub struct IoDevices {
 /// Errors of building and running a VM.
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
-    /// `/dev/kvm` cannot be opened.
-    #[error("Cannot open /dev/kvm: {reason}")]
+    /// The KVM device cannot be opened.
+    #[error("Cannot open {path}: {reason}")]
     KvmUnavailable {
+        /// The device path.
+        path: String,
         /// Why, with what to do.
         reason: String,
     },
     /// A KVM ioctl failed.
-    #[error("KVM refused {what}: {source}")]
+    #[error("KVM refused {what}")]
     Kvm {
         /// The operation.
         what: &'static str,
@@ -83,7 +85,7 @@ pub enum VmError {
         reason: String,
     },
     /// The kernel could not be loaded.
-    #[error("Cannot load kernel {path}: {source}")]
+    #[error("Cannot load kernel {path}")]
     Kernel {
         /// The path (or "embedded test kernel").
         path: String,
@@ -92,7 +94,7 @@ pub enum VmError {
         source: LoadError,
     },
     /// The initrd could not be loaded.
-    #[error("Cannot load initrd {path}: {source}")]
+    #[error("Cannot load initrd {path}")]
     Initrd {
         /// The path.
         path: String,
@@ -187,11 +189,26 @@ pub struct Vm {
     _kvm: Kvm,
 }
 
-/// Opens `/dev/kvm` with an error that says what to do.
+/// The KVM device hvprobe opens: `/dev/kvm`, or `$HVPROBE_KVM_DEVICE` (tests use it to check
+/// the error for a missing or inaccessible device).
+pub fn kvm_device() -> std::path::PathBuf {
+    std::env::var_os("HVPROBE_KVM_DEVICE").map_or_else(|| "/dev/kvm".into(), Into::into)
+}
+
+/// Opens the KVM device with an error that says what to do.
 pub fn open_kvm() -> Result<Kvm, VmError> {
-    Kvm::new().map_err(|e| VmError::KvmUnavailable {
+    let path = kvm_device();
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| VmError::KvmUnavailable {
+        path: path.display().to_string(),
+        reason: "the path contains a NUL byte".into(),
+    })?;
+    Kvm::new_with_path(&c_path).map_err(|e| VmError::KvmUnavailable {
+        path: path.display().to_string(),
         reason: match e.errno() {
-            libc::ENOENT => "no such device: load the kvm module (kvm_intel or kvm_amd) or run on a host with virtualization".into(),
+            libc::ENOENT => {
+                "no such device: load the kvm module (kvm_intel or kvm_amd) or run on a host with virtualization enabled"
+                    .into()
+            }
             libc::EACCES | libc::EPERM => "permission denied: run as root or add your user to the kvm group".into(),
             _ => e.to_string(),
         },

@@ -188,6 +188,19 @@ fn cli_config_file_and_flags_override() {
 }
 
 #[test]
+fn missing_kvm_device_is_a_vmm_failure_with_advice() {
+    let out = Command::new(env!("CARGO_BIN_EXE_hvprobe"))
+        .args(["run", "--quiet"])
+        .env("HVPROBE_KVM_DEVICE", "/nonexistent/kvm")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(i32::from(vmm::outcome::EXIT_VMM_FAILURE)), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("Cannot open /nonexistent/kvm: no such device: load the kvm module"), "{stderr}");
+}
+
+#[test]
 fn a_file_that_is_no_kernel_gives_one_line() {
     let f = std::env::temp_dir().join(format!("hvprobe-notakernel-{}", std::process::id()));
     std::fs::write(&f, b"#!/bin/sh\necho this is not a kernel\n").unwrap();
@@ -197,7 +210,7 @@ fn a_file_that_is_no_kernel_gives_one_line() {
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines.len(), 1, "exactly one line: {stderr}");
     assert!(lines[0].starts_with("hvprobe: "), "{stderr}");
-    assert!(lines[0].contains("Not a kernel image"), "{stderr}");
+    assert_eq!(lines[0].matches("Not a kernel image").count(), 1, "said once: {stderr}");
     assert!(!stderr.contains("panicked"));
     let _ = std::fs::remove_file(f);
 }
