@@ -13,6 +13,9 @@
 //!   writer thread (text or JSON lines), and the per-source summary table.
 //! - [`hwbp`]: hardware breakpoints and watchpoints: a pinned / flexible slot manager over
 //!   DR0-DR3, DR7 encoding, DR6 decoding, and stepping past execute breakpoints.
+//! - [`probes`]: int3 probes in the kprobes model: a registry with aggregation, arming
+//!   through guest-physical memory, recovery of the original bytes, refusals, and hit handling
+//!   with in-place single-stepping under a step lock.
 //! - [`elf`]: the few ELF64 structures the above need (program headers, symbol table).
 //!
 //! This crate does not depend on the VMM: the VMM implements [`PhysMem`] for guest memory.
@@ -22,6 +25,7 @@ pub mod elf;
 pub mod events;
 pub mod hwbp;
 pub mod paging;
+pub mod probes;
 pub mod symbols;
 pub mod target;
 

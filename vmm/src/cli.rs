@@ -19,7 +19,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::{
     ConfigFile, ConfigFileError, KernelSource, MAX_CPUS, SerialOutput, Setting, SizeError,
-    VmConfig, check_host_mem, host_mem_total, parse_mem_size,
+    SpecError, VmConfig, check_host_mem, host_mem_total, parse_mem_size,
 };
 use crate::layout::CMDLINE_MAX_SIZE;
 
@@ -38,9 +38,18 @@ Exit status:
 const RUN_HELP: &str = "\
 SIZE is bytes (268435456) or a number with a binary unit: 4096K, 256M, 512MiB, 1G, 1GiB.
 
+LOCATION is SYM[+OFF] or ADDR: a kernel symbol (letters, digits, _ . $; e.g. start_kernel,
+foo.isra.0) with an optional byte offset (+0x10 or +16), or a guest-virtual address (0x hex
+or decimal). Symbols come from the kernel's symbol table or, for bzImage, its kallsyms.
+  --probe start_kernel --probe memblock_add_range:int3 --probe 0xffffffff81000000:jump
+  --hbreak start_kernel+0x4 --watch jiffies:8:w --events events.jsonl --format jsonl
+
 A config file (--config) takes the same settings as the flags, as TOML keys: kernel, initrd,
-cmdline, mem, cpus, timeout, serial_log, quiet. Relative paths in it are relative to the
-file's directory. Flags win over the file. See configs/*.toml for commented examples.";
+cmdline, mem, cpus, timeout, serial_log, quiet, probe, hbreak, watch, events, format (probe,
+hbreak and watch are arrays of strings: probe = [\"start_kernel\", \"0x1000:int3\"]).
+Relative paths in it are relative to the file's directory. Flags win over the file, except
+--probe, --hbreak and --watch, which add to the file's lists. See configs/*.toml for
+commented examples.";
 
 /// `hvprobe`: runs guest kernels on KVM and instruments them from outside.
 #[derive(Debug, Parser)]
@@ -112,6 +121,27 @@ pub struct RunArgs {
     /// Print nothing on stderr but errors (no boot phases, no outcome line)
     #[arg(long, short)]
     pub quiet: bool,
+    /// Software probe at LOCATION, armed as MODE: int3, jump (a jump to a trampoline), or auto
+    /// (a jump where possible, else int3) [default: auto]. Repeatable; adds to the config
+    /// file's `probe` list
+    #[arg(long, value_name = "LOCATION[:MODE]")]
+    pub probe: Vec<String>,
+    /// Hardware execute breakpoint (debug register) at LOCATION. Repeatable; adds to the
+    /// config file's `hbreak` list
+    #[arg(long, value_name = "LOCATION")]
+    pub hbreak: Vec<String>,
+    /// Hardware watchpoint on LEN bytes (1, 2, 4 or 8, naturally aligned) at LOCATION, hit by
+    /// writes (w) or by reads and writes (rw). Repeatable; adds to the config file's `watch`
+    /// list
+    #[arg(long, value_name = "LOCATION:LEN:w|rw")]
+    pub watch: Vec<String>,
+    /// Write events to FILE (created or truncated) [default: stderr]
+    #[arg(long, value_name = "FILE")]
+    pub events: Option<PathBuf>,
+    /// Event format: text (one line per event) or jsonl (one JSON object per line)
+    /// [default: text]
+    #[arg(long, value_name = "text|jsonl")]
+    pub format: Option<String>,
 }
 
 /// What the command line asks for.
@@ -228,17 +258,20 @@ pub enum CliError {
     IsDirectory {
         /// Where it came from.
         origin: Origin,
-        /// `kernel`, `initrd` or `serial log`.
+        /// `kernel`, `initrd`, `serial log` or `events file`.
         what: &'static str,
         /// The path, as resolved.
         path: PathBuf,
     },
-    /// The directory the serial log would be created in is missing or not a directory.
-    #[error("{origin}: cannot create serial log {}: bad directory {}", .path.display(), .dir.display())]
-    SerialLogDir {
+    /// The directory an output file (serial log, events file) would be created in is missing
+    /// or not a directory.
+    #[error("{origin}: cannot create {what} {}: bad directory {}", .path.display(), .dir.display())]
+    OutputDir {
         /// Where it came from.
         origin: Origin,
-        /// The serial log path, as resolved.
+        /// `serial log` or `events file`.
+        what: &'static str,
+        /// The output file's path, as resolved.
         path: PathBuf,
         /// Its parent directory.
         dir: PathBuf,
@@ -246,6 +279,27 @@ pub enum CliError {
         #[source]
         source: io::Error,
     },
+    /// A `--probe`, `--hbreak`, `--watch` or `--format` value is malformed, e.g.
+    /// `--watch jiffies:3:w: length must be 1, 2, 4 or 8`.
+    #[error("{origin} {}", shown(.value))]
+    BadSpec {
+        /// Where it came from.
+        origin: Origin,
+        /// The value as written.
+        value: String,
+        /// What is wrong with it.
+        #[source]
+        source: SpecError,
+    },
+}
+
+/// A value for a message: as is, or quoted if it is empty or has spaces or control characters.
+fn shown(value: &str) -> String {
+    if value.is_empty() || value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        format!("{value:?}")
+    } else {
+        value.to_owned()
+    }
 }
 
 /// An error and its `source()` chain on one line, joined with `: `.
@@ -289,7 +343,10 @@ where
             if let Some(k) = &args.kernel {
                 check_input_file(k, "kernel", Origin::Flag("--kernel"))?;
             }
-            Ok(Request::Symbols { kernel: args.kernel, pattern: args.pattern })
+            Ok(Request::Symbols {
+                kernel: args.kernel,
+                pattern: args.pattern,
+            })
         }
         Err(Ok(text)) => Ok(Request::Print(text)),
         Err(Err(err)) => Err(err),
@@ -333,6 +390,42 @@ fn pick<T: Clone>(
             field,
         };
         (setting.value.clone(), origin)
+    })
+}
+
+/// The file's entries of a list setting, then the flags' (flags add to the file's list).
+fn listed<'a>(
+    flags: &'a [String],
+    flag_name: &'static str,
+    file: Option<&'a ConfigFile>,
+    field: &'static str,
+    get: impl Fn(&ConfigFile) -> &Vec<Setting<String>>,
+) -> impl Iterator<Item = (&'a str, Origin)> {
+    let from_file = file.into_iter().flat_map(move |file| {
+        get(file).iter().map(move |setting| {
+            let origin = Origin::File {
+                path: file.path.clone(),
+                line: setting.line,
+                field,
+            };
+            (setting.value.as_str(), origin)
+        })
+    });
+    let from_flags = flags
+        .iter()
+        .map(move |v| (v.as_str(), Origin::Flag(flag_name)));
+    from_file.chain(from_flags)
+}
+
+/// Parses one instrumentation value, naming where it came from if it is bad.
+fn parse_spec<T: std::str::FromStr<Err = SpecError>>(
+    value: &str,
+    origin: Origin,
+) -> Result<T, CliError> {
+    value.parse().map_err(|source| CliError::BadSpec {
+        origin,
+        value: value.to_owned(),
+        source,
     })
 }
 
@@ -395,10 +488,32 @@ pub fn merge(
         "serial_log",
         |f| f.serial_log.as_ref(),
     ) {
-        check_serial_log(&path, origin)?;
+        check_output_file(&path, "serial log", origin)?;
         config.serial = SerialOutput::File(path);
     }
     config.quiet = args.quiet || file.and_then(|f| f.quiet.as_ref()).is_some_and(|q| q.value);
+
+    let instrument = &mut config.instrument;
+    for (value, origin) in listed(&args.probe, "--probe", file, "probe", |f| &f.probe) {
+        instrument.probes.push(parse_spec(value, origin)?);
+    }
+    for (value, origin) in listed(&args.hbreak, "--hbreak", file, "hbreak", |f| &f.hbreak) {
+        instrument.hbreaks.push(parse_spec(value, origin)?);
+    }
+    for (value, origin) in listed(&args.watch, "--watch", file, "watch", |f| &f.watch) {
+        instrument.watches.push(parse_spec(value, origin)?);
+    }
+    if let Some((path, origin)) = pick(args.events.as_ref(), "--events", file, "events", |f| {
+        f.events.as_ref()
+    }) {
+        check_output_file(&path, "events file", origin)?;
+        instrument.events = Some(path);
+    }
+    if let Some((format, origin)) = pick(args.format.as_ref(), "--format", file, "format", |f| {
+        f.format.as_ref()
+    }) {
+        instrument.format = parse_spec(&format, origin)?;
+    }
     Ok(config)
 }
 
@@ -436,12 +551,13 @@ fn check_input_file(path: &Path, what: &'static str, origin: Origin) -> Result<(
     Ok(())
 }
 
-/// The serial log is not a directory and its parent directory exists.
-fn check_serial_log(path: &Path, origin: Origin) -> Result<(), CliError> {
+/// An output file (`what`: serial log, events file) is not a directory and its parent
+/// directory exists.
+fn check_output_file(path: &Path, what: &'static str, origin: Origin) -> Result<(), CliError> {
     if path.is_dir() {
         return Err(CliError::IsDirectory {
             origin,
-            what: "serial log",
+            what,
             path: path.to_owned(),
         });
     }
@@ -449,8 +565,9 @@ fn check_serial_log(path: &Path, origin: Origin) -> Result<(), CliError> {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
     };
-    let bad_dir = |source| CliError::SerialLogDir {
+    let bad_dir = |source| CliError::OutputDir {
         origin: origin.clone(),
+        what,
         path: path.to_owned(),
         dir: dir.to_owned(),
         source,
@@ -468,7 +585,10 @@ fn check_serial_log(path: &Path, origin: Origin) -> Result<(), CliError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{DEFAULT_MEM_SIZE, fmt_size};
+    use crate::config::{
+        DEFAULT_MEM_SIZE, EventFormat, Instrumentation, Location, ProbeMode, ProbeSpec, WatchSpec,
+        fmt_size,
+    };
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// A unique scratch directory under the system temp dir, removed on drop.
@@ -513,11 +633,18 @@ mod tests {
     #[test]
     fn symbols_subcommand() {
         match parse_from(["hvprobe", "symbols", "start_"]).unwrap() {
-            Request::Symbols { kernel: None, pattern } => assert_eq!(pattern.as_deref(), Some("start_")),
+            Request::Symbols {
+                kernel: None,
+                pattern,
+            } => assert_eq!(pattern.as_deref(), Some("start_")),
             _ => panic!("symbols request expected"),
         }
         let missing = parse_from(["hvprobe", "symbols", "--kernel", "/no/such/file"]).unwrap_err();
-        assert!(cli_line(&missing).contains("/no/such/file"), "{}", cli_line(&missing));
+        assert!(
+            cli_line(&missing).contains("/no/such/file"),
+            "{}",
+            cli_line(&missing)
+        );
     }
 
     fn cli_line(e: &CliError) -> String {
@@ -577,6 +704,7 @@ mod tests {
                 timeout: Some(Duration::from_millis(500)),
                 serial: SerialOutput::File(log),
                 quiet: true,
+                instrument: Instrumentation::default(),
             }
         );
     }
@@ -752,7 +880,9 @@ mod tests {
         let scratch = Scratch::new("serial");
         let log = scratch.0.join("missing-dir").join("serial.log");
         let err = run(&["--serial-log", log.to_str().unwrap()]).unwrap_err();
-        assert!(matches!(&err, CliError::SerialLogDir { path, .. } if *path == log));
+        assert!(
+            matches!(&err, CliError::OutputDir { what: "serial log", path, .. } if *path == log)
+        );
         let err = run(&["--serial-log", scratch.0.to_str().unwrap()]).unwrap_err();
         assert!(matches!(
             err,
@@ -763,7 +893,7 @@ mod tests {
         ));
         let not_dir = scratch.file("plain", "");
         let err = run(&["--serial-log", not_dir.join("x.log").to_str().unwrap()]).unwrap_err();
-        assert!(matches!(err, CliError::SerialLogDir { .. }));
+        assert!(matches!(err, CliError::OutputDir { .. }));
         // A bare file name is created in the current directory.
         assert_eq!(
             run(&["--serial-log", "serial.log"]).unwrap().serial,
@@ -812,6 +942,13 @@ mod tests {
             "--config",
             "512MiB",
             "serial_log",
+            "--probe <LOCATION[:MODE]>",
+            "--hbreak <LOCATION>",
+            "--watch <LOCATION:LEN:w|rw>",
+            "--events <FILE>",
+            "--format <text|jsonl>",
+            "int3",
+            "add to the file's lists",
             default_cmdline,
         ] {
             assert!(help.contains(word), "{word}: {help}");
@@ -865,6 +1002,7 @@ quiet = true
                 timeout: Some(Duration::from_millis(1500)),
                 serial: SerialOutput::File(scratch.0.join("serial.log")),
                 quiet: true,
+                instrument: Instrumentation::default(),
             }
         );
     }
@@ -1048,6 +1186,239 @@ quiet = true
         let config = merge(&args, Some(&debian), None).unwrap();
         assert_eq!(config.mem_size, 256 << 20);
         assert!(config.cmdline.as_deref().unwrap().contains("console=ttyS0"));
+    }
+
+    fn sym(name: &str, offset: u64) -> Location {
+        Location::Symbol {
+            name: name.into(),
+            offset,
+        }
+    }
+
+    #[test]
+    fn instrumentation_flags() {
+        let scratch = Scratch::new("instrument-flags");
+        let events = scratch.0.join("events.jsonl");
+        let config = run(&[
+            "--probe",
+            "start_kernel",
+            "--probe",
+            "foo.isra.0+0x10:int3",
+            "--probe",
+            "0xffffffff81000000:jump",
+            "--hbreak",
+            "start_kernel+4",
+            "--watch",
+            "jiffies:8:w",
+            "--watch",
+            "0x1000:4:rw",
+            "--events",
+            events.to_str().unwrap(),
+            "--format",
+            "jsonl",
+        ])
+        .unwrap();
+        assert_eq!(
+            config.instrument,
+            Instrumentation {
+                probes: vec![
+                    ProbeSpec {
+                        at: sym("start_kernel", 0),
+                        mode: ProbeMode::Auto
+                    },
+                    ProbeSpec {
+                        at: sym("foo.isra.0", 16),
+                        mode: ProbeMode::Int3
+                    },
+                    ProbeSpec {
+                        at: Location::Address(0xffff_ffff_8100_0000),
+                        mode: ProbeMode::Jump
+                    },
+                ],
+                hbreaks: vec![sym("start_kernel", 4)],
+                watches: vec![
+                    WatchSpec {
+                        at: sym("jiffies", 0),
+                        len: 8,
+                        write_only: true
+                    },
+                    WatchSpec {
+                        at: Location::Address(0x1000),
+                        len: 4,
+                        write_only: false
+                    },
+                ],
+                events: Some(events),
+                format: EventFormat::Jsonl,
+            }
+        );
+        assert!(run(&[]).unwrap().instrument.is_empty());
+        // A bare file name is created in the current directory.
+        assert_eq!(
+            run(&["--events", "ev.txt"]).unwrap().instrument.events,
+            Some("ev.txt".into())
+        );
+    }
+
+    #[test]
+    fn instrumentation_errors_name_the_flag_and_value() {
+        for (argv, expected) in [
+            (
+                &["--watch", "jiffies:3:w"][..],
+                "--watch jiffies:3:w: length must be 1, 2, 4 or 8",
+            ),
+            (
+                &["--probe", "start_kernel:kprobe"],
+                "--probe start_kernel:kprobe: probe mode must be int3, jump or auto, not \"kprobe\"",
+            ),
+            (
+                &["--hbreak", "start_kernel:int3"],
+                "--hbreak start_kernel:int3: `start_kernel:int3` is not a symbol name: `:` is not allowed",
+            ),
+            (&["--probe", ""], "--probe \"\": empty location"),
+            (
+                &["--hbreak", "0xzz"],
+                "--hbreak 0xzz: `0xzz` is not an address",
+            ),
+            (
+                &["--watch", "jiffies"],
+                "--watch jiffies: expected SYM[+OFF]|ADDR:LEN:w|rw",
+            ),
+            (
+                &["--watch", "jiffies:4:r"],
+                "--watch jiffies:4:r: x86 debug registers cannot watch reads alone",
+            ),
+            (
+                &["--format", "json"],
+                "--format json: event format must be text or jsonl",
+            ),
+        ] {
+            let err = run(argv).unwrap_err();
+            assert!(
+                matches!(&err, CliError::BadSpec { origin: Origin::Flag(f), value, .. }
+                    if *f == argv[0] && value == argv[1]),
+                "{argv:?}: {err:?}"
+            );
+            let line = error_line(&err);
+            assert!(line.starts_with(expected), "{argv:?}: {line}");
+        }
+        // The first bad value is reported, after any good ones.
+        let err = run(&["--probe", "a", "--probe", "b c"]).unwrap_err();
+        assert!(error_line(&err).starts_with("--probe \"b c\": "), "{err:?}");
+    }
+
+    #[test]
+    fn events_file() {
+        let scratch = Scratch::new("events");
+        let events = scratch.0.join("missing-dir").join("ev.jsonl");
+        let err = run(&["--events", events.to_str().unwrap()]).unwrap_err();
+        assert!(
+            matches!(&err, CliError::OutputDir { what: "events file", path, origin, .. }
+                if *path == events && *origin == flag("--events")),
+            "{err:?}"
+        );
+        assert!(error_line(&err).starts_with("--events: cannot create events file"));
+        let err = run(&["--events", scratch.0.to_str().unwrap()]).unwrap_err();
+        assert!(matches!(
+            err,
+            CliError::IsDirectory {
+                what: "events file",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn instrumentation_in_the_config_file() {
+        let scratch = Scratch::new("instrument-file");
+        std::fs::create_dir(scratch.0.join("out")).unwrap();
+        let path = scratch.file(
+            "vm.toml",
+            "probe = [\"start_kernel\", \"0xffffffff81000000:int3\"]\nhbreak = [\"tk_leaf\"]\n\
+             watch = [\"jiffies:8:rw\"]\nevents = \"out/events.jsonl\"\nformat = \"jsonl\"\n",
+        );
+        let path = path.to_str().unwrap();
+        let config = run(&["--config", path]).unwrap();
+        let i = &config.instrument;
+        assert_eq!(
+            i.probes.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            ["start_kernel", "0xffffffff81000000:int3"]
+        );
+        assert_eq!(i.hbreaks, [sym("tk_leaf", 0)]);
+        assert_eq!(i.watches.len(), 1);
+        assert_eq!(i.events, Some(scratch.0.join("out/events.jsonl")));
+        assert_eq!(i.format, EventFormat::Jsonl);
+
+        // Flags add to the lists and win for events and format.
+        let config = run(&[
+            "--probe",
+            "tk_main:jump",
+            "--config",
+            path,
+            "--hbreak",
+            "tk_main",
+            "--format",
+            "text",
+            "--events",
+            "other.txt",
+        ])
+        .unwrap();
+        let i = &config.instrument;
+        assert_eq!(
+            i.probes.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            ["start_kernel", "0xffffffff81000000:int3", "tk_main:jump"]
+        );
+        assert_eq!(i.hbreaks, [sym("tk_leaf", 0), sym("tk_main", 0)]);
+        assert_eq!(i.watches.len(), 1);
+        assert_eq!(i.events, Some("other.txt".into()));
+        assert_eq!(i.format, EventFormat::Text);
+
+        // Errors name the file, the line of the entry and the field.
+        let bad = scratch.file(
+            "bad.toml",
+            "watch = [\n  \"jiffies:8:w\",\n  \"jiffies:3:w\",\n]\n",
+        );
+        let err = run(&["--config", bad.to_str().unwrap()]).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                CliError::BadSpec {
+                    origin: Origin::File {
+                        line: 3,
+                        field: "watch",
+                        ..
+                    },
+                    source: SpecError::BadWatchLen(_),
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(
+            error_line(&err)
+                .ends_with("bad.toml:3: watch jiffies:3:w: length must be 1, 2, 4 or 8"),
+            "{}",
+            error_line(&err)
+        );
+        let bad = scratch.file("format.toml", "\nformat = \"yaml\"\n");
+        let err = run(&["--config", bad.to_str().unwrap()]).unwrap_err();
+        assert!(error_line(&err).contains("format.toml:2: format yaml: event format must be"));
+        // ... unless a flag replaces it.
+        let bad = bad.to_str().unwrap();
+        assert!(run(&["--config", bad, "--format", "jsonl"]).is_ok());
+        let bad = scratch.file("events.toml", "events = \"nodir/e.txt\"\n");
+        let err = run(&["--config", bad.to_str().unwrap()]).unwrap_err();
+        assert!(matches!(
+            err,
+            CliError::OutputDir {
+                origin: Origin::File {
+                    field: "events",
+                    line: 1,
+                    ..
+                },
+                ..
+            }
+        ));
     }
 
     #[test]

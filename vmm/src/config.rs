@@ -327,9 +327,7 @@ pub enum SpecError {
     #[error("empty location: expected SYM[+OFF] or ADDR")]
     Empty,
     /// Starts with a digit but is not a number.
-    #[error(
-        "`{0}` is not an address: expected hex with 0x (0xffffffff81000000) or decimal digits"
-    )]
+    #[error("`{0}` is not an address: expected hex with 0x (0xffffffff81000000) or decimal digits")]
     BadAddress(String),
     /// An address or offset of more than 64 bits.
     #[error("`{0}` does not fit in 64 bits")]
@@ -367,7 +365,9 @@ pub enum SpecError {
     #[error("access must be w (writes) or rw (reads and writes), not {0:?}")]
     BadWatchAccess(String),
     /// `:r`: the debug registers cannot watch reads alone.
-    #[error("x86 debug registers cannot watch reads alone: use rw (reads and writes) or w (writes)")]
+    #[error(
+        "x86 debug registers cannot watch reads alone: use rw (reads and writes) or w (writes)"
+    )]
     ReadOnlyWatch,
     /// A watched address that is not a multiple of the length.
     #[error(
@@ -430,10 +430,13 @@ impl FromStr for Location {
         if name.is_empty() {
             return Err(SpecError::MissingSymbol);
         }
-        let bad = name
-            .chars()
-            .enumerate()
-            .find(|&(i, c)| if i == 0 { !is_symbol_start(c) } else { !is_symbol_char(c) });
+        let bad = name.chars().enumerate().find(|&(i, c)| {
+            if i == 0 {
+                !is_symbol_start(c)
+            } else {
+                !is_symbol_char(c)
+            }
+        });
         if let Some((_, bad)) = bad {
             return Err(SpecError::BadSymbol {
                 name: name.to_owned(),
@@ -517,8 +520,7 @@ impl FromStr for WatchSpec {
     /// `LOCATION:LEN:w|rw`; a literal address must be a multiple of LEN.
     fn from_str(text: &str) -> Result<WatchSpec, SpecError> {
         let mut parts = text.rsplitn(3, ':');
-        let (Some(access), Some(len), Some(at)) = (parts.next(), parts.next(), parts.next())
-        else {
+        let (Some(access), Some(len), Some(at)) = (parts.next(), parts.next(), parts.next()) else {
             return Err(SpecError::WatchSyntax);
         };
         let at: Location = at.parse()?;
@@ -848,16 +850,32 @@ mod tests {
         for (text, at, shown) in [
             ("start_kernel", sym("start_kernel", 0), "start_kernel"),
             ("foo.cold", sym("foo.cold", 0), "foo.cold"),
-            ("foo.isra.0+0x1f", sym("foo.isra.0", 0x1f), "foo.isra.0+0x1f"),
+            (
+                "foo.isra.0+0x1f",
+                sym("foo.isra.0", 0x1f),
+                "foo.isra.0+0x1f",
+            ),
             ("_text+16", sym("_text", 16), "_text+0x10"),
             ("$x", sym("$x", 0), "$x"),
             (".LC0+0", sym(".LC0", 0), ".LC0"),
-            ("__x64_sys_read+0X8", sym("__x64_sys_read", 8), "__x64_sys_read+0x8"),
-            ("0xffffffff81000000", Location::Address(0xffff_ffff_8100_0000), "0xffffffff81000000"),
+            (
+                "__x64_sys_read+0X8",
+                sym("__x64_sys_read", 8),
+                "__x64_sys_read+0x8",
+            ),
+            (
+                "0xffffffff81000000",
+                Location::Address(0xffff_ffff_8100_0000),
+                "0xffffffff81000000",
+            ),
             ("0XABCdef", Location::Address(0xabcdef), "0xabcdef"),
             ("4096", Location::Address(4096), "0x1000"),
             ("0", Location::Address(0), "0x0"),
-            ("0xffffffffffffffff", Location::Address(u64::MAX), "0xffffffffffffffff"),
+            (
+                "0xffffffffffffffff",
+                Location::Address(u64::MAX),
+                "0xffffffffffffffff",
+            ),
         ] {
             assert_eq!(text.parse::<Location>(), Ok(at.clone()), "{text}");
             assert_eq!(at.to_string(), shown, "{text}");
@@ -871,8 +889,14 @@ mod tests {
             ("1foo", SpecError::BadAddress("1foo".into())),
             ("0x 10", SpecError::BadAddress("0x 10".into())),
             ("0x1_000", SpecError::BadAddress("0x1_000".into())),
-            ("0x10000000000000000", SpecError::TooLarge("0x10000000000000000".into())),
-            ("99999999999999999999", SpecError::TooLarge("99999999999999999999".into())),
+            (
+                "0x10000000000000000",
+                SpecError::TooLarge("0x10000000000000000".into()),
+            ),
+            (
+                "99999999999999999999",
+                SpecError::TooLarge("99999999999999999999".into()),
+            ),
             ("0x1000+8", SpecError::OffsetOnAddress),
             ("+8", SpecError::MissingSymbol),
             ("foo+", SpecError::BadOffset("".into())),
@@ -880,12 +904,45 @@ mod tests {
             ("foo+-1", SpecError::BadOffset("-1".into())),
             ("foo++1", SpecError::BadOffset("+1".into())),
             ("foo+1+2", SpecError::BadOffset("1+2".into())),
-            ("foo+0x10000000000000000", SpecError::TooLarge("0x10000000000000000".into())),
-            ("foo-bar", SpecError::BadSymbol { name: "foo-bar".into(), bad: '-' }),
-            ("foo:int3", SpecError::BadSymbol { name: "foo:int3".into(), bad: ':' }),
-            (" foo", SpecError::BadSymbol { name: " foo".into(), bad: ' ' }),
-            ("-1", SpecError::BadSymbol { name: "-1".into(), bad: '-' }),
-            ("füß", SpecError::BadSymbol { name: "füß".into(), bad: 'ü' }),
+            (
+                "foo+0x10000000000000000",
+                SpecError::TooLarge("0x10000000000000000".into()),
+            ),
+            (
+                "foo-bar",
+                SpecError::BadSymbol {
+                    name: "foo-bar".into(),
+                    bad: '-',
+                },
+            ),
+            (
+                "foo:int3",
+                SpecError::BadSymbol {
+                    name: "foo:int3".into(),
+                    bad: ':',
+                },
+            ),
+            (
+                " foo",
+                SpecError::BadSymbol {
+                    name: " foo".into(),
+                    bad: ' ',
+                },
+            ),
+            (
+                "-1",
+                SpecError::BadSymbol {
+                    name: "-1".into(),
+                    bad: '-',
+                },
+            ),
+            (
+                "füß",
+                SpecError::BadSymbol {
+                    name: "füß".into(),
+                    bad: 'ü',
+                },
+            ),
         ] {
             assert_eq!(text.parse::<Location>(), Err(err), "{text:?}");
         }
@@ -896,10 +953,25 @@ mod tests {
     #[test]
     fn probes() {
         for (text, at, mode, shown) in [
-            ("start_kernel", sym("start_kernel", 0), ProbeMode::Auto, "start_kernel"),
-            ("start_kernel:auto", sym("start_kernel", 0), ProbeMode::Auto, "start_kernel"),
+            (
+                "start_kernel",
+                sym("start_kernel", 0),
+                ProbeMode::Auto,
+                "start_kernel",
+            ),
+            (
+                "start_kernel:auto",
+                sym("start_kernel", 0),
+                ProbeMode::Auto,
+                "start_kernel",
+            ),
             ("f+4:int3", sym("f", 4), ProbeMode::Int3, "f+0x4:int3"),
-            ("0xffffffff81000000:jump", Location::Address(0xffff_ffff_8100_0000), ProbeMode::Jump, "0xffffffff81000000:jump"),
+            (
+                "0xffffffff81000000:jump",
+                Location::Address(0xffff_ffff_8100_0000),
+                ProbeMode::Jump,
+                "0xffffffff81000000:jump",
+            ),
         ] {
             let spec = ProbeSpec { at, mode };
             assert_eq!(text.parse::<ProbeSpec>(), Ok(spec.clone()), "{text}");
@@ -910,7 +982,13 @@ mod tests {
             ("f:", SpecError::BadProbeMode("".into())),
             ("f:INT3", SpecError::BadProbeMode("INT3".into())),
             ("f:kprobe", SpecError::BadProbeMode("kprobe".into())),
-            ("f:int3:jump", SpecError::BadSymbol { name: "f:int3".into(), bad: ':' }),
+            (
+                "f:int3:jump",
+                SpecError::BadSymbol {
+                    name: "f:int3".into(),
+                    bad: ':',
+                },
+            ),
             (":int3", SpecError::Empty),
             ("", SpecError::Empty),
         ] {
@@ -930,7 +1008,11 @@ mod tests {
             ("0x1002:2:rw", Location::Address(0x1002), 2, false),
             ("4096:8:w", Location::Address(4096), 8, true),
         ] {
-            let spec = WatchSpec { at, len, write_only };
+            let spec = WatchSpec {
+                at,
+                len,
+                write_only,
+            };
             assert_eq!(text.parse::<WatchSpec>(), Ok(spec.clone()), "{text}");
             assert_eq!(spec.to_string().parse::<WatchSpec>(), Ok(spec));
         }
@@ -947,9 +1029,27 @@ mod tests {
             ("jiffies:8:x", SpecError::BadWatchAccess("x".into())),
             ("jiffies:8:W", SpecError::BadWatchAccess("W".into())),
             ("jiffies:8:r", SpecError::ReadOnlyWatch),
-            ("a:b:8:w", SpecError::BadSymbol { name: "a:b".into(), bad: ':' }),
-            ("0x1004:8:w", SpecError::MisalignedWatch { addr: 0x1004, len: 8 }),
-            ("0x1001:2:rw", SpecError::MisalignedWatch { addr: 0x1001, len: 2 }),
+            (
+                "a:b:8:w",
+                SpecError::BadSymbol {
+                    name: "a:b".into(),
+                    bad: ':',
+                },
+            ),
+            (
+                "0x1004:8:w",
+                SpecError::MisalignedWatch {
+                    addr: 0x1004,
+                    len: 8,
+                },
+            ),
+            (
+                "0x1001:2:rw",
+                SpecError::MisalignedWatch {
+                    addr: 0x1001,
+                    len: 2,
+                },
+            ),
         ] {
             assert_eq!(text.parse::<WatchSpec>(), Err(err), "{text:?}");
         }
@@ -957,8 +1057,15 @@ mod tests {
             SpecError::BadWatchLen("3".into()).to_string(),
             "length must be 1, 2, 4 or 8"
         );
-        let message = SpecError::MisalignedWatch { addr: 0x1006, len: 4 }.to_string();
-        assert!(message.contains("0x1006") && message.contains("use 0x1004"), "{message}");
+        let message = SpecError::MisalignedWatch {
+            addr: 0x1006,
+            len: 4,
+        }
+        .to_string();
+        assert!(
+            message.contains("0x1006") && message.contains("use 0x1004"),
+            "{message}"
+        );
     }
 
     #[test]
@@ -970,7 +1077,10 @@ mod tests {
             assert_eq!(f.to_string().parse(), Ok(f));
         }
         for bad in ["json", "JSONL", "", "xml"] {
-            assert_eq!(bad.parse::<EventFormat>(), Err(SpecError::BadFormat(bad.into())));
+            assert_eq!(
+                bad.parse::<EventFormat>(),
+                Err(SpecError::BadFormat(bad.into()))
+            );
         }
     }
 
@@ -1004,16 +1114,25 @@ mod tests {
             [("a".to_owned(), 1), ("0x1000:int3".to_owned(), 2)]
         );
         assert!(file.hbreak.is_empty());
-        assert_eq!(lines(&file.watch), [("j:8:w".to_owned(), 3)]);
+        assert_eq!(lines(&file.watch), [("j:8:w".to_owned(), 4)]);
         assert_eq!(
             file.events,
             Some(Setting {
                 value: PathBuf::from("/etc/hv/ev/e.jsonl"),
-                line: 4
+                line: 5
             })
         );
-        assert_eq!(file.format.map(|f| f.value), Some("xml".into()), "checked later");
-        for bad in ["probe = \"start_kernel\"", "watch = [1]", "format = 1", "probes = []"] {
+        assert_eq!(
+            file.format.map(|f| f.value),
+            Some("xml".into()),
+            "checked later"
+        );
+        for bad in [
+            "probe = \"start_kernel\"",
+            "watch = [1]",
+            "format = 1",
+            "probes = []",
+        ] {
             assert!(
                 matches!(
                     ConfigFile::parse(bad, Path::new("x.toml")),

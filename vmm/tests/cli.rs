@@ -211,6 +211,83 @@ fn bad_config_files() {
 }
 
 #[test]
+fn bad_instrumentation() {
+    assert_bad_input(
+        &["run", "--watch", "jiffies:3:w"],
+        &["--watch jiffies:3:w: length must be 1, 2, 4 or 8"],
+    );
+    assert_bad_input(
+        &["run", "--watch", "jiffies:8"],
+        &["--watch jiffies:8", "LEN:w|rw"],
+    );
+    assert_bad_input(
+        &["run", "--watch", "jiffies:8:x"],
+        &["--watch", "w (writes) or rw"],
+    );
+    assert_bad_input(
+        &["run", "--watch", "0x1002:4:w"],
+        &["--watch", "0x1002", "aligned"],
+    );
+    assert_bad_input(
+        &["run", "--probe", "start_kernel:kprobe"],
+        &["--probe start_kernel:kprobe", "int3, jump or auto"],
+    );
+    assert_bad_input(
+        &["run", "--probe", "start-kernel"],
+        &["--probe", "start-kernel", "not a symbol name"],
+    );
+    assert_bad_input(
+        &["run", "--probe", "start_kernel+zz"],
+        &["--probe", "+zz", "not an offset"],
+    );
+    assert_bad_input(
+        &["run", "--hbreak", "0xfffffffg"],
+        &["--hbreak", "0xfffffffg", "not an address"],
+    );
+    assert_bad_input(
+        &["run", "--hbreak", "0x10000000000000000"],
+        &["--hbreak", "64 bits"],
+    );
+    assert_bad_input(&["run", "--hbreak", ""], &["--hbreak", "empty location"]);
+    assert_bad_input(&["run", "--probe"], &["--probe"]);
+    assert_bad_input(
+        &["run", "--format", "json"],
+        &["--format json", "text or jsonl"],
+    );
+
+    let scratch = Scratch::new("instrument");
+    let events = scratch.path("no-dir/events.jsonl");
+    assert_bad_input(
+        &["run", "--events", &events],
+        &["--events", &events, "No such file"],
+    );
+    let dir = scratch.0.to_str().unwrap();
+    assert_bad_input(&["run", "--events", dir], &["--events", "is a directory"]);
+
+    let config = scratch.file(
+        "probes.toml",
+        "probe = [\"start_kernel\"]\nwatch = [\n  \"jiffies:8:w\",\n  \"jiffies:8:r\",\n]\n",
+    );
+    let config = config.to_str().unwrap();
+    assert_bad_input(
+        &["run", "--config", config],
+        &[&format!("{config}:4: watch jiffies:8:r"), "reads alone"],
+    );
+    let config = scratch.file("format.toml", "format = \"xml\"\n");
+    let config = config.to_str().unwrap();
+    assert_bad_input(
+        &["run", "--config", config],
+        &[&format!("{config}:1: format xml"), "text or jsonl"],
+    );
+    let config = scratch.file("scalar.toml", "hbreak = \"start_kernel\"\n");
+    let config = config.to_str().unwrap();
+    assert_bad_input(
+        &["run", "--config", config],
+        &[&format!("{config}:1"), "hbreak"],
+    );
+}
+
+#[test]
 fn usage_errors() {
     assert_bad_input(&[], &["no command"]);
     assert_bad_input(&["frobnicate"], &["frobnicate"]);
@@ -233,7 +310,7 @@ fn help_and_version() {
         let stdout = String::from_utf8(out.stdout).unwrap();
         let expected = match args {
             ["--version"] => "hvprobe 0.1.0",
-            ["run", "--help"] => "--serial-log <FILE>",
+            ["run", "--help"] => "--watch <LOCATION:LEN:w|rw>",
             _ => "run",
         };
         assert!(stdout.contains(expected), "{args:?}: {stdout}");
