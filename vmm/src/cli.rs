@@ -71,7 +71,7 @@ pub enum Command {
     /// Boot a kernel (by default the bundled test kernel) and run it until it exits, resets,
     /// crashes or times out.
     #[command(after_help = RUN_HELP, after_long_help = format!("{RUN_HELP}\n\n{EXIT_STATUS_HELP}"))]
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// List a kernel's symbols (ELF symbol table, or the kernel's own kallsyms tables for
     /// stripped images such as Debian's bzImage) in System.map format.
     Symbols(SymbolsArgs),
@@ -1186,6 +1186,52 @@ quiet = true
         let config = merge(&args, Some(&debian), None).unwrap();
         assert_eq!(config.mem_size, 256 << 20);
         assert!(config.cmdline.as_deref().unwrap().contains("console=ttyS0"));
+        assert!(
+            config.instrument.is_empty(),
+            "the examples are commented out"
+        );
+
+        // The commented instrumentation examples are valid once uncommented.
+        for (name, expected) in [
+            (
+                "test-kernel.toml",
+                "probes [tk_probe_target, tk_loop_body:int3] hbreaks [tk_probe_target]",
+            ),
+            (
+                "debian-kernel.toml",
+                "probes [memblock_add_range:int3] hbreaks [start_kernel] watches [jiffies:8:w]",
+            ),
+        ] {
+            let text = std::fs::read_to_string(dir.join(name)).unwrap();
+            let uncommented: String = text
+                .lines()
+                .map(|line| {
+                    let key = ["probe", "hbreak", "watch", "events", "format"]
+                        .iter()
+                        .find(|key| line.starts_with(&format!("# {key} = ")));
+                    match key {
+                        Some(_) => format!("{}\n", &line[2..]),
+                        None => format!("{line}\n"),
+                    }
+                })
+                .collect();
+            let file = ConfigFile::parse(&uncommented, &dir.join(name)).unwrap();
+            let config = merge(&args, Some(&file), None).unwrap();
+            let i = &config.instrument;
+            let list = |v: Vec<String>| format!("[{}]", v.join(", "));
+            let mut summary = format!(
+                "probes {} hbreaks {}",
+                list(i.probes.iter().map(ToString::to_string).collect()),
+                list(i.hbreaks.iter().map(ToString::to_string).collect()),
+            );
+            if !i.watches.is_empty() {
+                let watches = list(i.watches.iter().map(ToString::to_string).collect());
+                summary.push_str(&format!(" watches {watches}"));
+            }
+            assert_eq!(summary, expected, "{name}");
+            assert_eq!(i.format, EventFormat::Jsonl, "{name}");
+            assert!(i.events.is_some(), "{name}");
+        }
     }
 
     fn sym(name: &str, offset: u64) -> Location {
