@@ -5,7 +5,7 @@
 
 use std::fmt;
 
-use introspect::symbols::{KallsymsError, SymtabError, SymbolTable};
+use introspect::symbols::{KallsymsError, SymbolTable, SymtabError};
 
 use crate::loader::{self, LoadError};
 
@@ -34,7 +34,9 @@ pub enum KernelSymbolsError {
     #[error(transparent)]
     Load(#[from] LoadError),
     /// Neither a symbol table nor kallsyms.
-    #[error("No symbols found: the ELF has no symbol table ({symtab}) and no kallsyms tables ({kallsyms})")]
+    #[error(
+        "No symbols found: the ELF has no symbol table ({symtab}) and no kallsyms tables ({kallsyms})"
+    )]
     NoSymbols {
         /// Why the symbol table was not usable.
         symtab: SymtabError,
@@ -61,7 +63,10 @@ pub fn kernel_symbols(image: &[u8]) -> Result<(SymbolTable, SymbolSource), Kerne
     }
 }
 
-fn kallsyms(elf: &[u8], symtab: SymtabError) -> Result<(SymbolTable, SymbolSource), KernelSymbolsError> {
+fn kallsyms(
+    elf: &[u8],
+    symtab: SymtabError,
+) -> Result<(SymbolTable, SymbolSource), KernelSymbolsError> {
     SymbolTable::from_kallsyms_image(elf)
         .map(|t| (t, SymbolSource::Kallsyms))
         .map_err(|kallsyms| KernelSymbolsError::NoSymbols { symtab, kallsyms })
@@ -82,6 +87,9 @@ mod tests {
 
     #[test]
     fn garbage_is_an_error_not_a_panic() {
-        assert!(matches!(kernel_symbols(b"nonsense"), Err(KernelSymbolsError::Load(_))));
+        assert!(matches!(
+            kernel_symbols(b"nonsense"),
+            Err(KernelSymbolsError::Load(_))
+        ));
     }
 }

@@ -17,7 +17,9 @@ fn main() -> ExitCode {
             print!("{text}");
             return ExitCode::SUCCESS;
         }
-        Ok(Request::Symbols { kernel, pattern }) => return symbols(kernel.as_deref(), pattern.as_deref()),
+        Ok(Request::Symbols { kernel, pattern }) => {
+            return symbols(kernel.as_deref(), pattern.as_deref());
+        }
         Err(err) => {
             eprintln!("hvprobe: {}", cli::error_line(&err));
             return ExitCode::from(EXIT_BAD_INPUT);
@@ -32,7 +34,11 @@ fn main() -> ExitCode {
         }
         Err(err) => {
             eprintln!("hvprobe: {}", cli::error_line(&err));
-            ExitCode::from(if err.is_bad_input() { EXIT_BAD_INPUT } else { EXIT_VMM_FAILURE })
+            ExitCode::from(if err.is_bad_input() {
+                EXIT_BAD_INPUT
+            } else {
+                EXIT_VMM_FAILURE
+            })
         }
     }
 }
@@ -49,7 +55,9 @@ fn symbols(kernel: Option<&Path>, pattern: Option<&str>) -> ExitCode {
         },
         None => vmm::test_kernel::TEST_KERNEL.to_vec(),
     };
-    let name = kernel.map_or("the bundled test kernel".to_string(), |p| p.display().to_string());
+    let name = kernel.map_or("the bundled test kernel".to_string(), |p| {
+        p.display().to_string()
+    });
     let (table, source) = match vmm::kernel_symbols::kernel_symbols(&image) {
         Ok(t) => t,
         Err(e) => {
@@ -61,13 +69,20 @@ fn symbols(kernel: Option<&Path>, pattern: Option<&str>) -> ExitCode {
     let mut n = 0usize;
     for s in table.matching(pattern.unwrap_or("")) {
         n += 1;
-        let module = s.module.as_deref().map(|m| format!("\t[{m}]")).unwrap_or_default();
+        let module = s
+            .module
+            .as_deref()
+            .map(|m| format!("\t[{m}]"))
+            .unwrap_or_default();
         if writeln!(out, "{:016x} {} {}{module}", s.addr, s.kind, s.name).is_err() {
             // stdout closed (e.g. piped into `head`): stop quietly
             return ExitCode::SUCCESS;
         }
     }
     let _ = out.flush();
-    eprintln!("hvprobe: {n} of {} symbols from {source} of {name}", table.len());
+    eprintln!(
+        "hvprobe: {n} of {} symbols from {source} of {name}",
+        table.len()
+    );
     ExitCode::SUCCESS
 }

@@ -157,13 +157,21 @@ impl GuestMem {
 
 impl introspect::PhysMem for GuestMem {
     fn read_phys(&self, gpa: Gpa, buf: &mut [u8]) -> Result<(), introspect::PhysMemError> {
-        self.read(gpa, buf).map_err(|_| introspect::PhysMemError::OutOfRange { gpa, len: buf.len() })
+        self.read(gpa, buf)
+            .map_err(|_| introspect::PhysMemError::OutOfRange {
+                gpa,
+                len: buf.len(),
+            })
     }
 }
 
 impl introspect::PhysMemMut for GuestMem {
     fn write_phys(&self, gpa: Gpa, buf: &[u8]) -> Result<(), introspect::PhysMemError> {
-        self.write(gpa, buf).map_err(|_| introspect::PhysMemError::OutOfRange { gpa, len: buf.len() })
+        self.write(gpa, buf)
+            .map_err(|_| introspect::PhysMemError::OutOfRange {
+                gpa,
+                len: buf.len(),
+            })
     }
 }
 

@@ -25,19 +25,29 @@ pub struct VmTarget {
 }
 
 fn vm_err(what: &'static str) -> impl FnOnce(crate::vcpu::VcpuError) -> TargetError {
-    move |e| TargetError::Vm { what, reason: e.to_string() }
+    move |e| TargetError::Vm {
+        what,
+        reason: e.to_string(),
+    }
 }
 
 impl VmTarget {
     /// A target over `mem` and the started vCPUs' controls.
     pub fn new(mem: GuestMem, vcpus: Vec<VcpuControl>) -> Self {
-        VmTarget { mem, vcpus: std::sync::Arc::new(vcpus) }
+        VmTarget {
+            mem,
+            vcpus: std::sync::Arc::new(vcpus),
+        }
     }
 
     fn pause_where(&self, skip: Option<usize>) -> Result<(), TargetError> {
         let (tx, rx) = crossbeam_channel::unbounded();
         let mut waiting = Vec::new();
-        for c in self.vcpus.iter().filter(|c| Some(usize::from(c.index())) != skip) {
+        for c in self
+            .vcpus
+            .iter()
+            .filter(|c| Some(usize::from(c.index())) != skip)
+        {
             // A vCPU whose thread has ended is as paused as it gets.
             if c.send(VcpuMsg::Pause(tx.clone())).is_ok() {
                 waiting.push(c.index());
@@ -50,7 +60,10 @@ impl VmTarget {
                 Err(_) => {
                     return Err(TargetError::Vm {
                         what: "pausing the vCPUs",
-                        reason: format!("vCPU {} did not leave KVM_RUN within {PAUSE_TIMEOUT:?}", waiting[0]),
+                        reason: format!(
+                            "vCPU {} did not leave KVM_RUN within {PAUSE_TIMEOUT:?}",
+                            waiting[0]
+                        ),
                     });
                 }
             }
@@ -59,7 +72,11 @@ impl VmTarget {
     }
 
     fn resume_where(&self, skip: Option<usize>) -> Result<(), TargetError> {
-        for c in self.vcpus.iter().filter(|c| Some(usize::from(c.index())) != skip) {
+        for c in self
+            .vcpus
+            .iter()
+            .filter(|c| Some(usize::from(c.index())) != skip)
+        {
             // Ignore vCPUs that have ended.
             let _ = c.send(VcpuMsg::Resume);
         }
@@ -169,14 +186,20 @@ pub fn guest_debug(d: &GuestDebug) -> kvm_guest_debug {
     if control != 0 {
         control |= KVM_GUESTDBG_ENABLE;
     }
-    let mut dbg = kvm_guest_debug { control, ..Default::default() };
+    let mut dbg = kvm_guest_debug {
+        control,
+        ..Default::default()
+    };
     dbg.arch.debugreg[..4].copy_from_slice(&d.dr);
     dbg.arch.debugreg[7] = d.dr7;
     dbg
 }
 
 fn kvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> TargetError {
-    move |e| TargetError::Vm { what, reason: e.to_string() }
+    move |e| TargetError::Vm {
+        what,
+        reason: e.to_string(),
+    }
 }
 
 impl VcpuAccess for VcpuCtx<'_> {
@@ -185,7 +208,9 @@ impl VcpuAccess for VcpuCtx<'_> {
     }
 
     fn regs(&self) -> Result<Regs, TargetError> {
-        VcpuCtx::regs(self).map(|r| to_regs(&r)).map_err(kvm("KVM_GET_REGS"))
+        VcpuCtx::regs(self)
+            .map(|r| to_regs(&r))
+            .map_err(kvm("KVM_GET_REGS"))
     }
 
     fn set_regs(&mut self, regs: &Regs) -> Result<(), TargetError> {
@@ -194,7 +219,13 @@ impl VcpuAccess for VcpuCtx<'_> {
 
     fn paging(&self) -> Result<PagingContext, TargetError> {
         let s = self.sregs().map_err(kvm("KVM_GET_SREGS"))?;
-        Ok(PagingContext { cr0: s.cr0, cr3: s.cr3, cr4: s.cr4, efer: s.efer, max_phys_bits: 52 })
+        Ok(PagingContext {
+            cr0: s.cr0,
+            cr3: s.cr3,
+            cr4: s.cr4,
+            efer: s.efer,
+            max_phys_bits: 52,
+        })
     }
 
     fn set_debug(&mut self, debug: &GuestDebug) -> Result<(), TargetError> {
@@ -211,11 +242,16 @@ impl VcpuAccess for VcpuCtx<'_> {
     }
 
     fn inject_breakpoint(&mut self) -> Result<(), TargetError> {
-        let mut ev = self.fd().get_vcpu_events().map_err(kvm("KVM_GET_VCPU_EVENTS"))?;
+        let mut ev = self
+            .fd()
+            .get_vcpu_events()
+            .map_err(kvm("KVM_GET_VCPU_EVENTS"))?;
         ev.exception.injected = 1;
         ev.exception.nr = 3;
         ev.exception.has_error_code = 0;
         ev.exception.error_code = 0;
-        self.fd().set_vcpu_events(&ev).map_err(kvm("KVM_SET_VCPU_EVENTS"))
+        self.fd()
+            .set_vcpu_events(&ev)
+            .map_err(kvm("KVM_SET_VCPU_EVENTS"))
     }
 }

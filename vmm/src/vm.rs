@@ -198,9 +198,11 @@ pub fn kvm_device() -> std::path::PathBuf {
 /// Opens the KVM device with an error that says what to do.
 pub fn open_kvm() -> Result<Kvm, VmError> {
     let path = kvm_device();
-    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| VmError::KvmUnavailable {
-        path: path.display().to_string(),
-        reason: "the path contains a NUL byte".into(),
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| {
+        VmError::KvmUnavailable {
+            path: path.display().to_string(),
+            reason: "the path contains a NUL byte".into(),
+        }
     })?;
     Kvm::new_with_path(&c_path).map_err(|e| VmError::KvmUnavailable {
         path: path.display().to_string(),
@@ -371,7 +373,8 @@ impl Vm {
             }
         }
         let how = if paused { " (paused)" } else { "" };
-        self.phases.log(format_args!("vcpus: {} started{how}", self.vcpus.len()));
+        self.phases
+            .log(format_args!("vcpus: {} started{how}", self.vcpus.len()));
         Ok(())
     }
 
@@ -433,13 +436,19 @@ impl Vm {
     /// Takes every vCPU out of KVM_RUN; returns when all are paused.
     pub fn pause_all(&self) -> Result<(), VmError> {
         use introspect::target::Target;
-        self.target().pause_all().map_err(|e| VmError::Device { what: "vCPU control", reason: e.to_string() })
+        self.target().pause_all().map_err(|e| VmError::Device {
+            what: "vCPU control",
+            reason: e.to_string(),
+        })
     }
 
     /// Lets every paused vCPU run again.
     pub fn resume_all(&self) -> Result<(), VmError> {
         use introspect::target::Target;
-        self.target().resume_all().map_err(|e| VmError::Device { what: "vCPU control", reason: e.to_string() })
+        self.target().resume_all().map_err(|e| VmError::Device {
+            what: "vCPU control",
+            reason: e.to_string(),
+        })
     }
 
     /// Stops and joins every vCPU thread, and flushes the console.

@@ -195,9 +195,16 @@ fn missing_kvm_device_is_a_vmm_failure_with_advice() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(i32::from(vmm::outcome::EXIT_VMM_FAILURE)), "{stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(i32::from(vmm::outcome::EXIT_VMM_FAILURE)),
+        "{stderr}"
+    );
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(stderr.contains("Cannot open /nonexistent/kvm: no such device: load the kvm module"), "{stderr}");
+    assert!(
+        stderr.contains("Cannot open /nonexistent/kvm: no such device: load the kvm module"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -210,7 +217,11 @@ fn a_file_that_is_no_kernel_gives_one_line() {
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines.len(), 1, "exactly one line: {stderr}");
     assert!(lines[0].starts_with("hvprobe: "), "{stderr}");
-    assert_eq!(lines[0].matches("Not a kernel image").count(), 1, "said once: {stderr}");
+    assert_eq!(
+        lines[0].matches("Not a kernel image").count(),
+        1,
+        "said once: {stderr}"
+    );
     assert!(!stderr.contains("panicked"));
     let _ = std::fs::remove_file(f);
 }

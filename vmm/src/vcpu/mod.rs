@@ -226,7 +226,11 @@ impl VcpuHandle {
 
     /// Waits for the thread to end (no kick can reach it afterwards).
     pub fn join(&mut self) {
-        *self.control.thread.write().unwrap_or_else(|p| p.into_inner()) = None;
+        *self
+            .control
+            .thread
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = None;
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -264,14 +268,22 @@ impl VcpuRunner {
             .map_err(|e| VcpuError::Spawn(index, e.to_string()))?;
         let pthread = Arc::new(std::sync::RwLock::new(Some(thread.as_pthread_t())));
         Ok(VcpuHandle {
-            control: VcpuControl { index, tx, thread: pthread },
+            control: VcpuControl {
+                index,
+                tx,
+                thread: pthread,
+            },
             thread: Some(thread),
         })
     }
 
     fn run(mut self, rx: Receiver<VcpuMsg>, paused: bool) {
         kick::publish(std::ptr::from_mut(self.fd.get_kvm_run()));
-        let mut state = if paused { VcpuState::Paused } else { VcpuState::Running };
+        let mut state = if paused {
+            VcpuState::Paused
+        } else {
+            VcpuState::Running
+        };
         while state != VcpuState::Stopped {
             state = match state {
                 VcpuState::Running => {
