@@ -4,6 +4,7 @@
 //! 0x0000_0500  GDT (4 entries)              0x0000_9000  PML4
 //! 0x0000_0520  IDT (empty, limit 0)         0x0000_a000  PDPT (4 entries: 4 GiB)
 //! 0x0000_7000  boot_params ("zero page")    0x0000_b000  4 PDs, 2 MiB pages, identity map 0..4 GiB
+//!                                           0x0000_f000  PDPT: kernel text map 0xffff_ffff_8000_0000 -> 0
 //! 0x0000_8ff0  initial stack top            0x0002_0000  kernel command line
 //! 0x0009_fc00  EBDA: MP floating pointer    0x000f_0000  MP configuration table (SMP)
 //! 0x0010_0000  kernel (ELF PT_LOAD p_paddr) ...
@@ -27,6 +28,8 @@ pub const BOOT_STACK_POINTER: u64 = 0x8ff0;
 pub const PML4_START: u64 = 0x9000;
 /// The one PDPT, mapping 4 GiB through four PDs.
 pub const PDPT_START: u64 = 0xa000;
+/// PDPT of the kernel text mapping (virtual 0xffff_ffff_8000_0000 onto physical 0).
+pub const KERNEL_PDPT_START: u64 = 0xf000;
 /// First of the four page directories (2 MiB pages).
 pub const PD_START: u64 = 0xb000;
 /// Kernel command line.
