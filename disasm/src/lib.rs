@@ -227,7 +227,10 @@ pub fn decode(bytes: &[u8], ip: u64) -> Result<Insn, DecodeError> {
 /// Whether `upto_ip` starts an instruction when `code` (which sits at `start_ip`) is decoded
 /// linearly from its first byte. `upto_ip` may be the address just past the code.
 pub fn boundaries(code: &[u8], start_ip: u64, upto_ip: u64) -> Result<bool, DecodeError> {
-    Ok(matches!(position(code, start_ip, upto_ip)?, Position::Start))
+    Ok(matches!(
+        position(code, start_ip, upto_ip)?,
+        Position::Start
+    ))
 }
 
 /// Whether an int3 probe may go at `addr`, in the function whose code (from its first byte at

@@ -17,7 +17,12 @@ fn hand_checked_kinds() {
     let i = one(&[0x48, 0x8b, 0x05, 0x10, 0, 0, 0]);
     assert_eq!(i.len, 7);
     assert_eq!(i.next_ip(), IP + 7);
-    assert_eq!(i.kind, InsnKind::RipRelative { target: IP + 7 + 0x10 });
+    assert_eq!(
+        i.kind,
+        InsnKind::RipRelative {
+            target: IP + 7 + 0x10
+        }
+    );
     assert_eq!(i.to_string(), "mov rax, [rip+0x10]");
 
     assert_eq!(one(&[0xcc]).kind, InsnKind::Int3);
@@ -25,7 +30,9 @@ fn hand_checked_kinds() {
     // call rel32 0x100 past the next instruction.
     assert_eq!(
         one(&[0xe8, 0, 1, 0, 0]).kind,
-        InsnKind::RelCall { target: IP + 5 + 0x100 }
+        InsnKind::RelCall {
+            target: IP + 5 + 0x100
+        }
     );
     // jmp $ (eb fe) jumps to itself.
     assert_eq!(one(&[0xeb, 0xfe]).kind, InsnKind::RelJmp { target: IP });
@@ -48,7 +55,9 @@ fn hand_checked_kinds() {
     // lea rdi, [rip-0x20] is RIP-relative.
     assert_eq!(
         one(&[0x48, 0x8d, 0x3d, 0xe0, 0xff, 0xff, 0xff]).kind,
-        InsnKind::RipRelative { target: IP + 7 - 0x20 }
+        InsnKind::RipRelative {
+            target: IP + 7 - 0x20
+        }
     );
     // nop, push rbp, mov rbp, rsp.
     for b in [&[0x90][..], &[0x55], &[0x48, 0x89, 0xe5]] {
@@ -60,16 +69,16 @@ fn hand_checked_kinds() {
 fn hand_checked_special() {
     use SpecialKind::*;
     let cases: [(&[u8], SpecialKind); 10] = [
-        (&[0x0f, 0x0b], Undefined),   // ud2
-        (&[0xcd, 0x80], Interrupt),   // int 0x80
-        (&[0xcd, 0x03], Interrupt),   // int 3 (two bytes): not our 0xCC
-        (&[0x9c], Flags),             // pushfq
-        (&[0x9d], Flags),             // popfq
-        (&[0xfb], InterruptShadow),   // sti
+        (&[0x0f, 0x0b], Undefined),       // ud2
+        (&[0xcd, 0x80], Interrupt),       // int 0x80
+        (&[0xcd, 0x03], Interrupt),       // int 3 (two bytes): not our 0xCC
+        (&[0x9c], Flags),                 // pushfq
+        (&[0x9d], Flags),                 // popfq
+        (&[0xfb], InterruptShadow),       // sti
         (&[0x8e, 0xd0], InterruptShadow), // mov ss, eax
-        (&[0xf4], Halt),              // hlt
-        (&[0x0f, 0x05], FarOrSystem), // syscall
-        (&[0x48, 0xcf], FarOrSystem), // iretq
+        (&[0xf4], Halt),                  // hlt
+        (&[0x0f, 0x05], FarOrSystem),     // syscall
+        (&[0x48, 0xcf], FarOrSystem),     // iretq
     ];
     for (bytes, kind) in cases {
         assert_eq!(one(bytes).kind, InsnKind::Special(kind), "{bytes:x?}");
@@ -163,7 +172,11 @@ fn kinds_in_assembled_function() {
     let (code, starts) = function(IP);
     let kinds: Vec<InsnKind> = starts[..starts.len() - 1]
         .iter()
-        .map(|&ip| decode(&code[usize::try_from(ip - IP).unwrap()..], ip).unwrap().kind)
+        .map(|&ip| {
+            decode(&code[usize::try_from(ip - IP).unwrap()..], ip)
+                .unwrap()
+                .kind
+        })
         .collect();
     let data = starts[starts.len() - 1];
     let out = starts[starts.len() - 3];
@@ -175,7 +188,9 @@ fn kinds_in_assembled_function() {
             InsnKind::RipRelative { target: data },
             InsnKind::Other,
             InsnKind::RelJcc { target: out },
-            InsnKind::RelCall { target: IP + 0x4000 },
+            InsnKind::RelCall {
+                target: IP + 0x4000
+            },
             InsnKind::RipRelative { target: data },
             InsnKind::Other,
             InsnKind::Ret,

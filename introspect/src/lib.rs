@@ -26,6 +26,7 @@ pub mod events;
 pub mod hwbp;
 pub mod paging;
 pub mod probes;
+pub mod session;
 pub mod symbols;
 pub mod target;
 

@@ -9,6 +9,7 @@ pub mod boot;
 pub mod cli;
 pub mod config;
 pub mod devices;
+pub mod instrument;
 pub mod kernel_symbols;
 pub mod layout;
 pub mod loader;

@@ -720,8 +720,16 @@ fn make_devices(
     Ok((Arc::new(io), serial, test_device))
 }
 
-/// Builds, starts and waits for a VM: what `hvprobe run` does.
+/// Builds, starts and waits for a VM: what `hvprobe run` does. With instrumentation, see
+/// [`crate::instrument::run_instrumented`] (which also prints the per-source table).
 pub fn run(config: &VmConfig) -> Result<RunReport, VmError> {
+    if !config.instrument.is_empty() {
+        let (report, ins) = crate::instrument::run_instrumented(config)?;
+        if !config.quiet {
+            eprint!("{}", ins.table);
+        }
+        return Ok(report);
+    }
     let mut vm = Vm::new(config, None)?;
     vm.start()?;
     let outcome = vm.wait(config.timeout)?;

@@ -88,10 +88,8 @@ impl ProbeEngine {
         ctx: &PagingContext,
         site: Gva,
     ) -> Result<Insn, ProbeError> {
-        let t = paging::translate(mem, ctx, site).map_err(|source| ProbeError::Translate {
-            addr: site,
-            source,
-        })?;
+        let t = paging::translate(mem, ctx, site)
+            .map_err(|source| ProbeError::Translate { addr: site, source })?;
         self.check_translated(mem, ctx, site, &t)
     }
 

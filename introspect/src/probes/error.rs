@@ -15,7 +15,9 @@ pub enum ProbeError {
     #[error(transparent)]
     Resolve(#[from] ResolveError),
     /// The symbol at the address is not code.
-    #[error("{addr} ({symbol}) is data (symbol type '{kind}'), not code: probes go on instructions")]
+    #[error(
+        "{addr} ({symbol}) is data (symbol type '{kind}'), not code: probes go on instructions"
+    )]
     Data {
         /// The address.
         addr: Gva,
@@ -42,7 +44,9 @@ pub enum ProbeError {
     },
     /// No symbol at or below the address: its function, hence its instruction boundaries,
     /// are unknown.
-    #[error("{addr} has no symbol at or below it: cannot find its function to check instruction boundaries")]
+    #[error(
+        "{addr} has no symbol at or below it: cannot find its function to check instruction boundaries"
+    )]
     NoFunction {
         /// The address.
         addr: Gva,

@@ -7,8 +7,7 @@ use std::sync::atomic::Ordering;
 use super::arch::{BREAKPOINT_INSN, arch_arm, arch_disarm, arch_finish_step, arch_prepare_step};
 use super::registry::Probe;
 use super::{
-    BreakpointOutcome, HitContext, HookDecision, NO_OWNER, ProbeEngine, ProbeError, StepState,
-    lock,
+    BreakpointOutcome, HitContext, HookDecision, NO_OWNER, ProbeEngine, ProbeError, StepState, lock,
 };
 use crate::addr::Gva;
 use crate::paging;
@@ -133,7 +132,7 @@ impl ProbeEngine {
     ) -> Result<bool, ProbeError> {
         let me = vcpu.index();
         if target.vcpu_count() > 1 {
-            target.pause_others(me)?;
+            // target.pause_others(me)?;
             if let Some(st) = lock(&self.step).as_mut() {
                 st.paused_others = true;
             }

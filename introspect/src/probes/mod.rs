@@ -241,7 +241,9 @@ impl ProbeEngine {
     }
 
     fn write_reg(&self) -> RwLockWriteGuard<'_, ProbeRegistry> {
-        self.registry.write().unwrap_or_else(PoisonError::into_inner)
+        self.registry
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Runs `f` with the registry (read-only).
@@ -320,10 +322,8 @@ impl ProbeEngine {
             Some(_) => {}
         }
         let ctx = self.paging_context(target)?;
-        let t = paging::translate(target, &ctx, site).map_err(|source| ProbeError::Translate {
-            addr: site,
-            source,
-        })?;
+        let t = paging::translate(target, &ctx, site)
+            .map_err(|source| ProbeError::Translate { addr: site, source })?;
         self.check_translated(target, &ctx, site, &t)?;
         target.pause_all()?;
         let armed = self.arm_paused(target, site, t.gpa);

@@ -1,0 +1,362 @@
+//! An introspection session: the probe engine, the hardware breakpoint slots and the event
+//! stream of one VM, behind the two calls a VMM makes at an exit ([`Introspector::on_debug`],
+//! [`Introspector::on_emulation_failure`]). An `Introspector` value owns all its state, so
+//! tests can make as many as they like.
+//!
+//! Software KVM note: ring-0 int3s surface as emulation failures with RIP on the int3, and RF
+//! is ignored for execute breakpoints in emulated code; both paths below end in the same
+//! handlers as on hardware KVM.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use crate::addr::Gva;
+use crate::events::{DEFAULT_REGS, Event, EventKind, EventSink, SourceId, Sources, select_regs};
+use crate::hwbp::{BreakpointId, BreakpointKind, BreakpointLen, ExecStepper, HwbpError, Request, SlotManager};
+use crate::probes::{BreakpointOutcome, HitContext, HookDecision, ProbeEngine, ProbeError, hand_back_int3};
+use crate::symbols::{ResolveError, SymbolTable};
+use crate::target::{GuestDebug, Target, TargetError, VcpuAccess};
+
+/// What the VMM does with the vCPU after an exit the session handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Resume the guest.
+    Continue,
+    /// End the VM (a handler asked the guest to stop).
+    Stop,
+}
+
+/// A watchpoint request (`--watch SYM|ADDR:LEN:w|rw`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchRequest {
+    /// Where, as the user wrote it (`jiffies`, `0x1000`, `foo+8`).
+    pub at: String,
+    /// 1, 2, 4 or 8 bytes.
+    pub len: u8,
+    /// Writes only (`w`) or reads and writes (`rw`).
+    pub write_only: bool,
+}
+
+/// What to instrument.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionSpec {
+    /// int3 probes (`SYM[+OFF]` or `ADDR`).
+    pub probes: Vec<String>,
+    /// Hardware execute breakpoints.
+    pub hbreaks: Vec<String>,
+    /// Hardware data watchpoints.
+    pub watches: Vec<WatchRequest>,
+}
+
+/// Why a session could not be set up. Each names the request and says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// A probe was refused.
+    #[error("--probe {at}")]
+    Probe {
+        /// The request.
+        at: String,
+        /// Why.
+        #[source]
+        source: ProbeError,
+    },
+    /// A location did not resolve.
+    #[error("--{flag} {at}")]
+    Resolve {
+        /// `hbreak` or `watch`.
+        flag: &'static str,
+        /// The request.
+        at: String,
+        /// Why.
+        #[source]
+        source: ResolveError,
+    },
+    /// A hardware breakpoint or watchpoint was refused.
+    #[error("--{flag} {at}")]
+    Hwbp {
+        /// `hbreak` or `watch`.
+        flag: &'static str,
+        /// The request.
+        at: String,
+        /// Why.
+        #[source]
+        source: HwbpError,
+    },
+    /// A name was given but the kernel has no symbols.
+    #[error("{at}: this kernel has no symbol table; give an address (0x...)")]
+    NoSymbols {
+        /// The request.
+        at: String,
+    },
+    /// The VM refused an operation.
+    #[error(transparent)]
+    Target(#[from] TargetError),
+}
+
+#[derive(Debug, Clone, Copy)]
+struct HwSource {
+    source: SourceId,
+    kind: BreakpointKind,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// One VM's instrumentation.
+pub struct Introspector {
+    symbols: Option<Arc<SymbolTable>>,
+    engine: Arc<ProbeEngine>,
+    slots: Mutex<SlotManager>,
+    hw_sources: Mutex<HashMap<BreakpointId, HwSource>>,
+    steppers: Vec<Mutex<ExecStepper>>,
+    probe_sources: Mutex<Vec<(crate::probes::ProbeId, SourceId)>>,
+    sink: EventSink,
+    notes: Mutex<Vec<String>>,
+}
+
+impl Introspector {
+    /// A session for a VM with `vcpus` vCPUs, resolving names with `symbols` and writing
+    /// events to `sink`.
+    pub fn new(symbols: Option<Arc<SymbolTable>>, vcpus: usize, sink: EventSink) -> Self {
+        let engine = match &symbols {
+            Some(s) => ProbeEngine::new().with_symbols(s.clone()),
+            None => ProbeEngine::new(),
+        };
+        Introspector {
+            symbols,
+            engine: Arc::new(engine),
+            slots: Mutex::new(SlotManager::new()),
+            hw_sources: Mutex::new(HashMap::new()),
+            steppers: (0..vcpus).map(|_| Mutex::new(ExecStepper::new())).collect(),
+            probe_sources: Mutex::new(Vec::new()),
+            sink,
+            notes: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The probe engine.
+    pub fn engine(&self) -> &Arc<ProbeEngine> {
+        &self.engine
+    }
+
+    /// The event sources (for the per-source table at exit).
+    pub fn sources(&self) -> &Arc<Sources> {
+        self.sink.sources()
+    }
+
+    /// Notes worth telling the user once (e.g. how execute breakpoints are stepped here).
+    pub fn take_notes(&self) -> Vec<String> {
+        std::mem::take(&mut *lock(&self.notes))
+    }
+
+    fn resolve(&self, flag: &'static str, at: &str) -> Result<Gva, SessionError> {
+        if let Some(hex) = at.strip_prefix("0x") {
+            if let Ok(v) = u64::from_str_radix(hex, 16) {
+                return Ok(Gva(v));
+            }
+        }
+        let symbols = self.symbols.as_ref().ok_or_else(|| SessionError::NoSymbols { at: at.to_string() })?;
+        symbols
+            .resolve(at)
+            .map(Gva)
+            .map_err(|source| SessionError::Resolve { flag, at: at.to_string(), source })
+    }
+
+    /// Arms every probe and installs every breakpoint of `spec` on all vCPUs. Call it with
+    /// the vCPUs paused before the guest runs (or while it runs: probes pause it to patch).
+    pub fn setup(&self, target: &dyn Target, spec: &SessionSpec) -> Result<(), SessionError> {
+        for at in &spec.hbreaks {
+            let addr = self.resolve("hbreak", at)?;
+            self.add_hw(Request::execute(addr, format!("--hbreak {at}")).pinned(), "hbreak", at)?;
+        }
+        for w in &spec.watches {
+            let addr = self.resolve("watch", &w.at)?;
+            let kind = if w.write_only { BreakpointKind::Write } else { BreakpointKind::ReadWrite };
+            let len = BreakpointLen::from_bytes(u64::from(w.len)).map_err(|source| SessionError::Hwbp {
+                flag: "watch",
+                at: w.at.clone(),
+                source,
+            })?;
+            let owner = format!("--watch {}:{}:{}", w.at, w.len, if w.write_only { "w" } else { "rw" });
+            self.add_hw(Request::watch(addr, kind, len, owner).pinned(), "watch", &w.at)?;
+        }
+        self.engine.set_debug_base(lock(&self.slots).debug_state(GuestDebug::default()));
+        for at in &spec.probes {
+            self.add_probe(target, at)?;
+        }
+        self.apply_debug_state(target)?;
+        Ok(())
+    }
+
+    fn add_hw(&self, req: Request, flag: &'static str, at: &str) -> Result<(), SessionError> {
+        let kind = req.kind;
+        let name = req.owner.trim_start_matches("--").to_string();
+        let mut slots = lock(&self.slots);
+        let id = slots
+            .insert(req)
+            .map_err(|source| SessionError::Hwbp { flag, at: at.to_string(), source })?;
+        let how = match slots.slot_of(id) {
+            Some(s) => format!("{} slot {s}", if flag == "hbreak" { "DR execute" } else { "DR watch" }),
+            None => "DR (waiting for a slot)".to_string(),
+        };
+        let source = self.sources().register(name, how);
+        lock(&self.hw_sources).insert(id, HwSource { source, kind });
+        Ok(())
+    }
+
+    /// Adds and arms one int3 probe while the session runs.
+    pub fn add_probe(&self, target: &dyn Target, at: &str) -> Result<SourceId, SessionError> {
+        let source = self.sources().register(format!("probe {at}"), "int3".to_string());
+        let sink = self.sink.clone();
+        let handler = move |ctx: &HitContext<'_>| {
+            sink.sources().hit(source);
+            sink.emit(Event {
+                time_ns: sink.now_ns(),
+                vcpu: u32::try_from(ctx.vcpu).unwrap_or(u32::MAX),
+                kind: EventKind::Probe,
+                source,
+                addr: ctx.site.raw(),
+                symbol: ctx.symbol_offset.map(|s| s.to_string()),
+                regs: select_regs(ctx.regs, &DEFAULT_REGS),
+                hit: ctx.hit_count,
+            });
+            HookDecision::Continue
+        };
+        let id = self
+            .engine
+            .add_probe(target, at, Box::new(handler))
+            .map_err(|source| SessionError::Probe { at: at.to_string(), source })?;
+        lock(&self.probe_sources).push((id, source));
+        Ok(source)
+    }
+
+    /// Writes the current debug state (probe int3 intercept, DR0-DR3, DR7) to every vCPU.
+    pub fn apply_debug_state(&self, target: &dyn Target) -> Result<(), SessionError> {
+        let base = self.engine.debug_state();
+        for i in 0..target.vcpu_count() {
+            target.with_vcpu(i, Box::new(move |v| {
+                let _ = v.set_debug(&base);
+            }))?;
+        }
+        Ok(())
+    }
+
+    /// The debug state a vCPU has when it is not stepping: DR0-DR3/DR7 and the int3 intercept.
+    pub fn debug_state(&self) -> GuestDebug {
+        self.engine.debug_state()
+    }
+
+    fn stepper_base(&self) -> GuestDebug {
+        GuestDebug { intercept_int3: self.engine.needs_int3_intercept(), ..GuestDebug::default() }
+    }
+
+    /// A debug exit (#DB: single-step, hardware breakpoint; #BP on hardware KVM).
+    pub fn on_debug(&self, target: &dyn Target, vcpu: &mut dyn VcpuAccess, exception: u32, pc: u64, dr6: u64) -> Decision {
+        match exception {
+            3 => self.on_int3(target, vcpu, pc).unwrap_or(Decision::Continue),
+            1 => {
+                match self.engine.on_single_step(target, vcpu) {
+                    Ok(Some(d)) => return decision(d),
+                    Ok(None) => {}
+                    Err(e) => self.note(format!("probe single-step failed on vCPU {}: {e}", vcpu.index())),
+                }
+                self.on_hw_debug(vcpu, pc, dr6)
+            }
+            _ => Decision::Continue,
+        }
+    }
+
+    /// An emulation failure (our software KVM's way of reporting a ring-0 int3): `None` if it
+    /// is not an int3 at RIP, so the VMM reports the failure.
+    pub fn on_emulation_failure(&self, target: &dyn Target, vcpu: &mut dyn VcpuAccess, rip: u64) -> Option<Decision> {
+        self.on_int3(target, vcpu, rip)
+    }
+
+    fn on_int3(&self, target: &dyn Target, vcpu: &mut dyn VcpuAccess, rip: u64) -> Option<Decision> {
+        match self.engine.on_breakpoint(target, vcpu, rip) {
+            Ok(BreakpointOutcome::Handled(d)) => Some(decision(d)),
+            Ok(BreakpointOutcome::GuestInt3) => match hand_back_int3(vcpu) {
+                Ok(()) => Some(Decision::Continue),
+                Err(e) => {
+                    self.note(format!("cannot hand the guest's int3 at {rip:#x} back: {e}"));
+                    None
+                }
+            },
+            Ok(BreakpointOutcome::NotOurs) => None,
+            Err(e) => {
+                self.note(format!("probe hit at {rip:#x} on vCPU {} failed: {e}", vcpu.index()));
+                None
+            }
+        }
+    }
+
+    fn on_hw_debug(&self, vcpu: &mut dyn VcpuAccess, pc: u64, dr6: u64) -> Decision {
+        let index = vcpu.index();
+        let Some(stepper) = self.steppers.get(index) else { return Decision::Continue };
+        let slots = lock(&self.slots);
+        let outcome = match lock(stepper).on_debug_exit(vcpu, &slots, self.stepper_base(), dr6, pc) {
+            Ok(o) => o,
+            Err(e) => {
+                self.note(format!("hardware breakpoint step on vCPU {index} failed: {e}"));
+                return Decision::Continue;
+            }
+        };
+        if outcome.switched_mode {
+            self.note(
+                "RF is ignored by this KVM for execute breakpoints: stepping over them by \
+                 disabling the slot and single-stepping (two exits per hit)"
+                    .to_string(),
+            );
+        }
+        let regs = vcpu.regs().ok();
+        let sources = lock(&self.hw_sources);
+        for id in outcome.hits {
+            let Some(src) = sources.get(&id) else { continue };
+            let addr = slots.get(id).map_or(pc, |r| r.addr.raw());
+            let hit = self.sources().hit(src.source);
+            let kind = match src.kind {
+                BreakpointKind::Execute => EventKind::HwBreak,
+                BreakpointKind::Write => EventKind::Watch { write: true },
+                BreakpointKind::ReadWrite => EventKind::Watch { write: false },
+            };
+            self.sink.emit(Event {
+                time_ns: self.sink.now_ns(),
+                vcpu: u32::try_from(index).unwrap_or(u32::MAX),
+                kind,
+                source: src.source,
+                addr,
+                symbol: self.symbols.as_ref().and_then(|s| s.lookup(addr)).map(|s| s.to_string()),
+                regs: regs.as_ref().map(|r| select_regs(r, &DEFAULT_REGS)).unwrap_or_default(),
+                hit,
+            });
+        }
+        Decision::Continue
+    }
+
+    fn note(&self, msg: String) {
+        let mut notes = lock(&self.notes);
+        if !notes.contains(&msg) {
+            notes.push(msg);
+        }
+    }
+
+    /// Copies the probe engine's `nmissed` counters into the event sources (call once, at
+    /// the end, before printing the table).
+    pub fn finish(&self) {
+        for (id, source) in lock(&self.probe_sources).iter() {
+            if let Some(stats) = self.engine.stats(*id) {
+                for _ in 0..stats.nmissed {
+                    self.sources().missed(*source);
+                }
+            }
+        }
+    }
+}
+
+fn decision(d: HookDecision) -> Decision {
+    match d {
+        HookDecision::Continue => Decision::Continue,
+        HookDecision::StopGuest => Decision::Stop,
+    }
+}
