@@ -132,7 +132,7 @@ impl ProbeEngine {
     ) -> Result<bool, ProbeError> {
         let me = vcpu.index();
         if target.vcpu_count() > 1 {
-            // target.pause_others(me)?;
+            target.pause_others(me)?;
             if let Some(st) = lock(&self.step).as_mut() {
                 st.paused_others = true;
             }
@@ -159,7 +159,7 @@ impl ProbeEngine {
         }
         s.stepping += 1;
         if let Some(st) = lock(&self.step).as_mut() {
-            st.sites.push((site, armed.gpa));
+            st.sites.push(site);
         }
         Ok(true)
     }
@@ -198,14 +198,14 @@ impl ProbeEngine {
         };
         if let Some(st) = &state {
             let mut reg = self.write_reg();
-            for &(site, gpa) in st.sites.iter().rev() {
+            for &site in st.sites.iter().rev() {
                 let Some(s) = reg.site_mut(site) else {
                     continue;
                 };
                 s.stepping = s.stepping.saturating_sub(1);
+                // Re-armed where it is armed now (disarm and arm may have run meanwhile).
                 if s.stepping == 0 {
                     if let Some(a) = s.armed {
-                        debug_assert_eq!(a.gpa, gpa);
                         keep(arch_arm(target, a.gpa));
                     }
                 }

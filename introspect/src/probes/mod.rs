@@ -3,7 +3,7 @@
 //!
 //! A generic layer (this module: a [`ProbeRegistry`] by address, aggregation of several
 //! probes at one address, hit dispatch, the step lock) over a small arch seam
-//! ([`arch`]: what a breakpoint is, arm / disarm, step the displaced instruction, hand a
+//! (`arch.rs`: what a breakpoint is, arm / disarm, step the displaced instruction, hand a
 //! guest's own int3 back). Everything lives in a [`ProbeEngine`] value: no globals, so tests
 //! make as many as they like.
 //!
@@ -57,7 +57,7 @@
 //! for another inside an exit (which would deadlock `pause_others`).
 //!
 //! # What the VMM provides
-//! The [`Target`] / [`VcpuAccess`] implementations; a debug-state base
+//! The [`Target`] / [`crate::target::VcpuAccess`] implementations; a debug-state base
 //! ([`ProbeEngine::set_debug_base`]) when it also uses hardware breakpoints (the engine sets
 //! whole [`GuestDebug`] states); nested pause counting (a `pause_all` while a vCPU has
 //! paused the others).
@@ -152,8 +152,8 @@ const NO_OWNER: usize = usize::MAX;
 #[derive(Debug)]
 struct StepState {
     /// Sites whose original byte is in memory until the step ends (more than one on
-    /// re-entry), with the byte each patches.
-    sites: Vec<(Gva, Gpa)>,
+    /// re-entry).
+    sites: Vec<Gva>,
     /// Whether the holder paused the other vCPUs.
     paused_others: bool,
 }

@@ -28,8 +28,8 @@ impl fmt::Display for ProbeId {
 pub struct ProbeStats {
     /// Times its handler ran.
     pub hits: u64,
-    /// Hits that could not run its handler (kprobes' `nmissed`: a hit while a handler of the
-    /// site was already running on that vCPU); the instruction was still executed.
+    /// Hits that did not run its handler (kprobes' `nmissed`): a hit on a vCPU already in the
+    /// middle of another probe's hit (re-entry). The probed instruction still ran.
     pub nmissed: u64,
 }
 
