@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::addr::Gva;
 use crate::events::{DEFAULT_REGS, Event, EventKind, EventSink, SourceId, Sources, select_regs};
-use crate::hwbp::{BreakpointId, BreakpointKind, BreakpointLen, ExecStepper, HwbpError, Request, SlotManager};
+use crate::hwbp::{DR6_BS, BreakpointId, BreakpointKind, BreakpointLen, ExecStepper, HwbpError, Request, SlotManager};
 use crate::probes::{BreakpointOutcome, HitContext, HookDecision, ProbeEngine, ProbeError, hand_back_int3};
 use crate::symbols::{ResolveError, SymbolTable};
 use crate::target::{GuestDebug, Target, TargetError, VcpuAccess};
@@ -256,14 +256,45 @@ impl Introspector {
         match exception {
             3 => self.on_int3(target, vcpu, pc).unwrap_or(Decision::Continue),
             1 => {
-                match self.engine.on_single_step(target, vcpu) {
-                    Ok(Some(d)) => return decision(d),
-                    Ok(None) => {}
-                    Err(e) => self.note(format!("probe single-step failed on vCPU {}: {e}", vcpu.index())),
+                if self.engine.stepping_vcpu() == Some(vcpu.index()) {
+                    if let Some(d) = self.on_probe_step(target, vcpu, pc, dr6) {
+                        return d;
+                    }
                 }
                 self.on_hw_debug(vcpu, pc, dr6)
             }
             _ => Decision::Continue,
+        }
+    }
+
+    /// A #DB while this vCPU steps a probed instruction.
+    fn on_probe_step(&self, target: &dyn Target, vcpu: &mut dyn VcpuAccess, pc: u64, dr6: u64) -> Option<Decision> {
+        if dr6 & DR6_BS == 0 {
+            // An execute breakpoint on the very instruction being stepped fires before it
+            // runs; its hit was reported when the vCPU first reached the address. Step the
+            // instruction with the debug registers off (the step's end restores them).
+            let step = GuestDebug { single_step: true, hw_breakpoints: false, dr7: 0, ..self.engine.debug_state() };
+            return vcpu.set_debug(&step).is_ok().then_some(Decision::Continue);
+        }
+        match self.engine.on_single_step(target, vcpu) {
+            Ok(Some(d)) => {
+                // Data watchpoints the stepped instruction fired.
+                let ids: Vec<_> = {
+                    let slots = lock(&self.slots);
+                    slots
+                        .hit_breakpoints(dr6)
+                        .into_iter()
+                        .filter(|id| slots.get(*id).is_some_and(|r| r.kind != BreakpointKind::Execute))
+                        .collect()
+                };
+                self.emit_hw_hits(vcpu, pc, &ids);
+                Some(decision(d))
+            }
+            Ok(None) => None,
+            Err(e) => {
+                self.note(format!("probe single-step failed on vCPU {}: {e}", vcpu.index()));
+                None
+            }
         }
     }
 
@@ -309,9 +340,20 @@ impl Introspector {
                     .to_string(),
             );
         }
+        drop(slots);
+        self.emit_hw_hits(vcpu, pc, &outcome.hits);
+        Decision::Continue
+    }
+
+    fn emit_hw_hits(&self, vcpu: &mut dyn VcpuAccess, pc: u64, ids: &[BreakpointId]) {
+        if ids.is_empty() {
+            return;
+        }
+        let index = vcpu.index();
+        let slots = lock(&self.slots);
         let regs = vcpu.regs().ok();
         let sources = lock(&self.hw_sources);
-        for id in outcome.hits {
+        for &id in ids {
             let Some(src) = sources.get(&id) else { continue };
             let addr = slots.get(id).map_or(pc, |r| r.addr.raw());
             let hit = self.sources().hit(src.source);
@@ -331,7 +373,6 @@ impl Introspector {
                 hit,
             });
         }
-        Decision::Continue
     }
 
     fn note(&self, msg: String) {

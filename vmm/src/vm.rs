@@ -362,13 +362,13 @@ impl Vm {
                 let VcpuSlot::Ready(fd) = std::mem::replace(slot, VcpuSlot::Taken) else {
                     continue;
                 };
-                let runner = VcpuRunner {
-                    index: u8::try_from(i).unwrap_or(u8::MAX),
+                let runner = VcpuRunner::new(
+                    u8::try_from(i).unwrap_or(u8::MAX),
                     fd,
-                    io: self.io.clone(),
-                    hook: self.hook.clone(),
-                    events: self.events_tx.clone(),
-                };
+                    self.io.clone(),
+                    self.hook.clone(),
+                    self.events_tx.clone(),
+                );
                 *slot = VcpuSlot::Started(runner.spawn(paused)?);
             }
         }

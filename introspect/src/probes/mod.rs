@@ -402,6 +402,14 @@ impl ProbeEngine {
         self.read_reg().is_armed(site)
     }
 
+    /// The vCPU currently single-stepping a probed instruction, if any.
+    pub fn stepping_vcpu(&self) -> Option<usize> {
+        match self.step_owner.load(std::sync::atomic::Ordering::Acquire) {
+            NO_OWNER => None,
+            v => Some(v),
+        }
+    }
+
     /// Whether any site is armed: the VMM must then intercept int3 on every vCPU
     /// ([`Self::debug_state`]).
     pub fn needs_int3_intercept(&self) -> bool {

@@ -87,7 +87,8 @@ pub type VcpuJob = Box<dyn FnOnce(&mut VcpuCtx<'_>) + Send>;
 
 /// Messages to a vCPU thread.
 pub enum VcpuMsg {
-    /// Leave KVM_RUN and wait; the sender learns when the vCPU is out.
+    /// Leave KVM_RUN and wait; the sender learns when the vCPU is out. Pauses nest: each
+    /// needs its own [`VcpuMsg::Resume`].
     Pause(Sender<u8>),
     /// Run again.
     Resume,
@@ -254,9 +255,24 @@ pub struct VcpuRunner {
     pub hook: Option<Arc<dyn DebugHook>>,
     /// Where to report the end.
     pub events: Sender<VcpuEvent>,
+    /// Pauses not yet undone by a resume (see [`VcpuMsg::Pause`]).
+    pauses: u32,
+    /// This vCPU ended the VM: it never runs again.
+    ended: bool,
 }
 
 impl VcpuRunner {
+    /// A runner for vCPU `index`.
+    pub fn new(
+        index: u8,
+        fd: VcpuFd,
+        io: Arc<crate::vm::IoDevices>,
+        hook: Option<Arc<dyn DebugHook>>,
+        events: Sender<VcpuEvent>,
+    ) -> Self {
+        VcpuRunner { index, fd, io, hook, events, pauses: 0, ended: false }
+    }
+
     /// Starts the vCPU thread, running (or paused, waiting for [`VcpuMsg::Resume`]).
     pub fn spawn(self, paused: bool) -> Result<VcpuHandle, VcpuError> {
         use std::os::unix::thread::JoinHandleExt;
@@ -279,6 +295,7 @@ impl VcpuRunner {
 
     fn run(mut self, rx: Receiver<VcpuMsg>, paused: bool) {
         kick::publish(std::ptr::from_mut(self.fd.get_kvm_run()));
+        self.pauses = u32::from(paused);
         let mut state = if paused {
             VcpuState::Paused
         } else {
@@ -316,11 +333,21 @@ impl VcpuRunner {
 
     fn apply(&mut self, msg: VcpuMsg, state: VcpuState) -> VcpuState {
         match msg {
+            // Pauses nest: a pause-all can arrive while another vCPU has this one paused
+            // for a probe step; the vCPU runs again only when every pause is undone.
             VcpuMsg::Pause(ack) => {
+                self.pauses += 1;
                 let _ = ack.send(self.index);
                 VcpuState::Paused
             }
-            VcpuMsg::Resume => VcpuState::Running,
+            VcpuMsg::Resume => {
+                self.pauses = self.pauses.saturating_sub(1);
+                if self.pauses == 0 && !self.ended {
+                    VcpuState::Running
+                } else {
+                    VcpuState::Paused
+                }
+            }
             VcpuMsg::Stop => VcpuState::Stopped,
             VcpuMsg::With(job) => {
                 job(&mut VcpuCtx {
@@ -396,6 +423,7 @@ impl VcpuRunner {
             StopReason::Crash(reason) => Outcome::Crash { vcpu, rip, reason },
         };
         let _ = self.events.send(VcpuEvent::Ended(outcome));
+        self.ended = true;
         VcpuState::Paused
     }
 
