@@ -12,8 +12,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::addr::Gva;
 use crate::events::{DEFAULT_REGS, Event, EventKind, EventSink, SourceId, Sources, select_regs};
-use crate::hwbp::{DR6_BS, BreakpointId, BreakpointKind, BreakpointLen, ExecStepper, HwbpError, Request, SlotManager};
-use crate::probes::{BreakpointOutcome, HitContext, HookDecision, ProbeEngine, ProbeError, hand_back_int3};
+use crate::hwbp::{
+    BreakpointId, BreakpointKind, BreakpointLen, DR6_BS, ExecStepper, HwbpError, Request,
+    SlotManager,
+};
+use crate::probes::{
+    BreakpointOutcome, HitContext, HookDecision, ProbeEngine, ProbeError, hand_back_int3,
+};
 use crate::symbols::{ResolveError, SymbolTable};
 use crate::target::{GuestDebug, Target, TargetError, VcpuAccess};
 
@@ -156,11 +161,18 @@ impl Introspector {
                 return Ok(Gva(v));
             }
         }
-        let symbols = self.symbols.as_ref().ok_or_else(|| SessionError::NoSymbols { at: at.to_string() })?;
+        let symbols = self
+            .symbols
+            .as_ref()
+            .ok_or_else(|| SessionError::NoSymbols { at: at.to_string() })?;
         symbols
             .resolve(at)
             .map(Gva)
-            .map_err(|source| SessionError::Resolve { flag, at: at.to_string(), source })
+            .map_err(|source| SessionError::Resolve {
+                flag,
+                at: at.to_string(),
+                source,
+            })
     }
 
     /// Arms every probe and installs every breakpoint of `spec` on all vCPUs. Call it with
@@ -168,20 +180,40 @@ impl Introspector {
     pub fn setup(&self, target: &dyn Target, spec: &SessionSpec) -> Result<(), SessionError> {
         for at in &spec.hbreaks {
             let addr = self.resolve("hbreak", at)?;
-            self.add_hw(Request::execute(addr, format!("--hbreak {at}")).pinned(), "hbreak", at)?;
+            self.add_hw(
+                Request::execute(addr, format!("--hbreak {at}")).pinned(),
+                "hbreak",
+                at,
+            )?;
         }
         for w in &spec.watches {
             let addr = self.resolve("watch", &w.at)?;
-            let kind = if w.write_only { BreakpointKind::Write } else { BreakpointKind::ReadWrite };
-            let len = BreakpointLen::from_bytes(u64::from(w.len)).map_err(|source| SessionError::Hwbp {
-                flag: "watch",
-                at: w.at.clone(),
-                source,
+            let kind = if w.write_only {
+                BreakpointKind::Write
+            } else {
+                BreakpointKind::ReadWrite
+            };
+            let len = BreakpointLen::from_bytes(u64::from(w.len)).map_err(|source| {
+                SessionError::Hwbp {
+                    flag: "watch",
+                    at: w.at.clone(),
+                    source,
+                }
             })?;
-            let owner = format!("--watch {}:{}:{}", w.at, w.len, if w.write_only { "w" } else { "rw" });
-            self.add_hw(Request::watch(addr, kind, len, owner).pinned(), "watch", &w.at)?;
+            let owner = format!(
+                "--watch {}:{}:{}",
+                w.at,
+                w.len,
+                if w.write_only { "w" } else { "rw" }
+            );
+            self.add_hw(
+                Request::watch(addr, kind, len, owner).pinned(),
+                "watch",
+                &w.at,
+            )?;
         }
-        self.engine.set_debug_base(lock(&self.slots).debug_state(GuestDebug::default()));
+        self.engine
+            .set_debug_base(lock(&self.slots).debug_state(GuestDebug::default()));
         for at in &spec.probes {
             self.add_probe(target, at)?;
         }
@@ -193,11 +225,20 @@ impl Introspector {
         let kind = req.kind;
         let name = req.owner.trim_start_matches("--").to_string();
         let mut slots = lock(&self.slots);
-        let id = slots
-            .insert(req)
-            .map_err(|source| SessionError::Hwbp { flag, at: at.to_string(), source })?;
+        let id = slots.insert(req).map_err(|source| SessionError::Hwbp {
+            flag,
+            at: at.to_string(),
+            source,
+        })?;
         let how = match slots.slot_of(id) {
-            Some(s) => format!("{} slot {s}", if flag == "hbreak" { "DR execute" } else { "DR watch" }),
+            Some(s) => format!(
+                "{} slot {s}",
+                if flag == "hbreak" {
+                    "DR execute"
+                } else {
+                    "DR watch"
+                }
+            ),
             None => "DR (waiting for a slot)".to_string(),
         };
         let source = self.sources().register(name, how);
@@ -207,7 +248,9 @@ impl Introspector {
 
     /// Adds and arms one int3 probe while the session runs.
     pub fn add_probe(&self, target: &dyn Target, at: &str) -> Result<SourceId, SessionError> {
-        let source = self.sources().register(format!("probe {at}"), "int3".to_string());
+        let source = self
+            .sources()
+            .register(format!("probe {at}"), "int3".to_string());
         let sink = self.sink.clone();
         let handler = move |ctx: &HitContext<'_>| {
             sink.sources().hit(source);
@@ -226,7 +269,10 @@ impl Introspector {
         let id = self
             .engine
             .add_probe(target, at, Box::new(handler))
-            .map_err(|source| SessionError::Probe { at: at.to_string(), source })?;
+            .map_err(|source| SessionError::Probe {
+                at: at.to_string(),
+                source,
+            })?;
         lock(&self.probe_sources).push((id, source));
         Ok(source)
     }
@@ -235,9 +281,12 @@ impl Introspector {
     pub fn apply_debug_state(&self, target: &dyn Target) -> Result<(), SessionError> {
         let base = self.engine.debug_state();
         for i in 0..target.vcpu_count() {
-            target.with_vcpu(i, Box::new(move |v| {
-                let _ = v.set_debug(&base);
-            }))?;
+            target.with_vcpu(
+                i,
+                Box::new(move |v| {
+                    let _ = v.set_debug(&base);
+                }),
+            )?;
         }
         Ok(())
     }
@@ -248,11 +297,21 @@ impl Introspector {
     }
 
     fn stepper_base(&self) -> GuestDebug {
-        GuestDebug { intercept_int3: self.engine.needs_int3_intercept(), ..GuestDebug::default() }
+        GuestDebug {
+            intercept_int3: self.engine.needs_int3_intercept(),
+            ..GuestDebug::default()
+        }
     }
 
     /// A debug exit (#DB: single-step, hardware breakpoint; #BP on hardware KVM).
-    pub fn on_debug(&self, target: &dyn Target, vcpu: &mut dyn VcpuAccess, exception: u32, pc: u64, dr6: u64) -> Decision {
+    pub fn on_debug(
+        &self,
+        target: &dyn Target,
+        vcpu: &mut dyn VcpuAccess,
+        exception: u32,
+        pc: u64,
+        dr6: u64,
+    ) -> Decision {
         match exception {
             3 => self.on_int3(target, vcpu, pc).unwrap_or(Decision::Continue),
             1 => {
@@ -268,12 +327,23 @@ impl Introspector {
     }
 
     /// A #DB while this vCPU steps a probed instruction.
-    fn on_probe_step(&self, target: &dyn Target, vcpu: &mut dyn VcpuAccess, pc: u64, dr6: u64) -> Option<Decision> {
+    fn on_probe_step(
+        &self,
+        target: &dyn Target,
+        vcpu: &mut dyn VcpuAccess,
+        pc: u64,
+        dr6: u64,
+    ) -> Option<Decision> {
         if dr6 & DR6_BS == 0 {
             // An execute breakpoint on the very instruction being stepped fires before it
             // runs; its hit was reported when the vCPU first reached the address. Step the
             // instruction with the debug registers off (the step's end restores them).
-            let step = GuestDebug { single_step: true, hw_breakpoints: false, dr7: 0, ..self.engine.debug_state() };
+            let step = GuestDebug {
+                single_step: true,
+                hw_breakpoints: false,
+                dr7: 0,
+                ..self.engine.debug_state()
+            };
             return vcpu.set_debug(&step).is_ok().then_some(Decision::Continue);
         }
         match self.engine.on_single_step(target, vcpu) {
@@ -284,7 +354,11 @@ impl Introspector {
                     slots
                         .hit_breakpoints(dr6)
                         .into_iter()
-                        .filter(|id| slots.get(*id).is_some_and(|r| r.kind != BreakpointKind::Execute))
+                        .filter(|id| {
+                            slots
+                                .get(*id)
+                                .is_some_and(|r| r.kind != BreakpointKind::Execute)
+                        })
                         .collect()
                 };
                 self.emit_hw_hits(vcpu, pc, &ids);
@@ -292,7 +366,10 @@ impl Introspector {
             }
             Ok(None) => None,
             Err(e) => {
-                self.note(format!("probe single-step failed on vCPU {}: {e}", vcpu.index()));
+                self.note(format!(
+                    "probe single-step failed on vCPU {}: {e}",
+                    vcpu.index()
+                ));
                 None
             }
         }
@@ -300,23 +377,38 @@ impl Introspector {
 
     /// An emulation failure (our software KVM's way of reporting a ring-0 int3): `None` if it
     /// is not an int3 at RIP, so the VMM reports the failure.
-    pub fn on_emulation_failure(&self, target: &dyn Target, vcpu: &mut dyn VcpuAccess, rip: u64) -> Option<Decision> {
+    pub fn on_emulation_failure(
+        &self,
+        target: &dyn Target,
+        vcpu: &mut dyn VcpuAccess,
+        rip: u64,
+    ) -> Option<Decision> {
         self.on_int3(target, vcpu, rip)
     }
 
-    fn on_int3(&self, target: &dyn Target, vcpu: &mut dyn VcpuAccess, rip: u64) -> Option<Decision> {
+    fn on_int3(
+        &self,
+        target: &dyn Target,
+        vcpu: &mut dyn VcpuAccess,
+        rip: u64,
+    ) -> Option<Decision> {
         match self.engine.on_breakpoint(target, vcpu, rip) {
             Ok(BreakpointOutcome::Handled(d)) => Some(decision(d)),
             Ok(BreakpointOutcome::GuestInt3) => match hand_back_int3(vcpu) {
                 Ok(()) => Some(Decision::Continue),
                 Err(e) => {
-                    self.note(format!("cannot hand the guest's int3 at {rip:#x} back: {e}"));
+                    self.note(format!(
+                        "cannot hand the guest's int3 at {rip:#x} back: {e}"
+                    ));
                     None
                 }
             },
             Ok(BreakpointOutcome::NotOurs) => None,
             Err(e) => {
-                self.note(format!("probe hit at {rip:#x} on vCPU {} failed: {e}", vcpu.index()));
+                self.note(format!(
+                    "probe hit at {rip:#x} on vCPU {} failed: {e}",
+                    vcpu.index()
+                ));
                 None
             }
         }
@@ -324,12 +416,17 @@ impl Introspector {
 
     fn on_hw_debug(&self, vcpu: &mut dyn VcpuAccess, pc: u64, dr6: u64) -> Decision {
         let index = vcpu.index();
-        let Some(stepper) = self.steppers.get(index) else { return Decision::Continue };
+        let Some(stepper) = self.steppers.get(index) else {
+            return Decision::Continue;
+        };
         let slots = lock(&self.slots);
-        let outcome = match lock(stepper).on_debug_exit(vcpu, &slots, self.stepper_base(), dr6, pc) {
+        let outcome = match lock(stepper).on_debug_exit(vcpu, &slots, self.stepper_base(), dr6, pc)
+        {
             Ok(o) => o,
             Err(e) => {
-                self.note(format!("hardware breakpoint step on vCPU {index} failed: {e}"));
+                self.note(format!(
+                    "hardware breakpoint step on vCPU {index} failed: {e}"
+                ));
                 return Decision::Continue;
             }
         };
@@ -354,7 +451,9 @@ impl Introspector {
         let regs = vcpu.regs().ok();
         let sources = lock(&self.hw_sources);
         for &id in ids {
-            let Some(src) = sources.get(&id) else { continue };
+            let Some(src) = sources.get(&id) else {
+                continue;
+            };
             let addr = slots.get(id).map_or(pc, |r| r.addr.raw());
             let hit = self.sources().hit(src.source);
             let kind = match src.kind {
@@ -368,8 +467,15 @@ impl Introspector {
                 kind,
                 source: src.source,
                 addr,
-                symbol: self.symbols.as_ref().and_then(|s| s.lookup(addr)).map(|s| s.to_string()),
-                regs: regs.as_ref().map(|r| select_regs(r, &DEFAULT_REGS)).unwrap_or_default(),
+                symbol: self
+                    .symbols
+                    .as_ref()
+                    .and_then(|s| s.lookup(addr))
+                    .map(|s| s.to_string()),
+                regs: regs
+                    .as_ref()
+                    .map(|r| select_regs(r, &DEFAULT_REGS))
+                    .unwrap_or_default(),
                 hit,
             });
         }

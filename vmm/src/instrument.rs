@@ -28,7 +28,10 @@ pub struct IntrospectHook {
 impl IntrospectHook {
     /// A hook for `intro`; the target is set once the vCPUs exist ([`IntrospectHook::attach`]).
     pub fn new(intro: Arc<Introspector>) -> Self {
-        IntrospectHook { intro, target: OnceLock::new() }
+        IntrospectHook {
+            intro,
+            target: OnceLock::new(),
+        }
     }
 
     /// Gives the hook the running VM.
@@ -49,7 +52,10 @@ impl DebugHook for IntrospectHook {
         let Some(target) = self.target.get() else {
             return HookAction::Continue;
         };
-        action(self.intro.on_debug(target, vcpu, exit.exception, exit.pc, exit.dr6))
+        action(
+            self.intro
+                .on_debug(target, vcpu, exit.exception, exit.pc, exit.dr6),
+        )
     }
 
     fn on_internal_error(&self, vcpu: &mut VcpuCtx<'_>, err: &InternalError) -> Option<HookAction> {
@@ -58,7 +64,9 @@ impl DebugHook for IntrospectHook {
         }
         let target = self.target.get()?;
         let rip = vcpu.regs().ok()?.rip;
-        self.intro.on_emulation_failure(target, vcpu, rip).map(action)
+        self.intro
+            .on_emulation_failure(target, vcpu, rip)
+            .map(action)
     }
 }
 
@@ -78,7 +86,11 @@ pub fn session_spec(ins: &Instrumentation) -> Result<SessionSpec, VmError> {
     spec.watches = ins
         .watches
         .iter()
-        .map(|w| WatchRequest { at: w.at.to_string(), len: w.len, write_only: w.write_only })
+        .map(|w| WatchRequest {
+            at: w.at.to_string(),
+            len: w.len,
+            write_only: w.write_only,
+        })
         .collect();
     Ok(spec)
 }
@@ -105,7 +117,11 @@ fn events_output(ins: &Instrumentation) -> Result<Box<dyn Write + Send>, VmError
     match &ins.events {
         Some(p) => std::fs::File::create(p)
             .map(|f| Box::new(f) as Box<dyn Write + Send>)
-            .map_err(|e| VmError::ReadFile { what: "events file", path: p.display().to_string(), reason: e.to_string() }),
+            .map_err(|e| VmError::ReadFile {
+                what: "events file",
+                path: p.display().to_string(),
+                reason: e.to_string(),
+            }),
         None => Ok(Box::new(std::io::stderr())),
     }
 }
@@ -131,8 +147,10 @@ pub fn run_instrumented(config: &VmConfig) -> Result<(RunReport, InstrumentRepor
         EventFormat::Text => Format::Text,
         EventFormat::Jsonl => Format::Jsonl,
     };
-    let writer = EventWriter::spawn(receiver, out, format)
-        .map_err(|e| VmError::Device { what: "the event writer", reason: e.to_string() })?;
+    let writer = EventWriter::spawn(receiver, out, format).map_err(|e| VmError::Device {
+        what: "the event writer",
+        reason: e.to_string(),
+    })?;
     let intro = Arc::new(Introspector::new(symbols, usize::from(config.cpus), sink));
     let hook = Arc::new(IntrospectHook::new(intro.clone()));
     let mut vm = Vm::new(config, Some(hook.clone()))?;
@@ -145,7 +163,8 @@ pub fn run_instrumented(config: &VmConfig) -> Result<(RunReport, InstrumentRepor
         return Err(VmError::Config(crate::cli::error_line(&e)));
     }
     for (_, s) in sources.iter() {
-        vm.phases().log(format_args!("instrument: {} ({})", s.name(), s.how()));
+        vm.phases()
+            .log(format_args!("instrument: {} ({})", s.name(), s.how()));
     }
     vm.resume_all()?;
     let outcome = vm.wait(config.timeout)?;
@@ -158,6 +177,17 @@ pub fn run_instrumented(config: &VmConfig) -> Result<(RunReport, InstrumentRepor
     for n in &notes {
         vm.phases().log(format_args!("note: {n}"));
     }
-    let run = RunReport { outcome, elapsed: vm.phases().elapsed(), points: vm.points() };
-    Ok((run, InstrumentReport { table: events::summary_table(&sources), sources, notes }))
+    let run = RunReport {
+        outcome,
+        elapsed: vm.phases().elapsed(),
+        points: vm.points(),
+    };
+    Ok((
+        run,
+        InstrumentReport {
+            table: events::summary_table(&sources),
+            sources,
+            notes,
+        },
+    ))
 }

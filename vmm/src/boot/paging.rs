@@ -25,8 +25,11 @@ pub fn write_identity_map(mem: &GuestMem) -> Result<u64, BootError> {
     mem.write_u64(Gpa(PML4_START + 511 * 8), KERNEL_PDPT_START | PRESENT_RW)
         .map_err(err("PML4"))?;
     for (slot, gib) in [(510u64, 0u64), (511, 1)] {
-        mem.write_u64(Gpa(KERNEL_PDPT_START + slot * 8), (PD_START + gib * 0x1000) | PRESENT_RW)
-            .map_err(err("kernel PDPT"))?;
+        mem.write_u64(
+            Gpa(KERNEL_PDPT_START + slot * 8),
+            (PD_START + gib * 0x1000) | PRESENT_RW,
+        )
+        .map_err(err("kernel PDPT"))?;
     }
     for gib in 0..4u64 {
         let pd = PD_START + gib * 0x1000;
@@ -62,7 +65,10 @@ mod tests {
     fn identity_maps_four_gib() {
         let mem = GuestMem::new(16 << 20).unwrap();
         let cr3 = write_identity_map(&mem).unwrap();
-        for (va, pa) in [(0xffff_ffff_8100_0000u64, 0x100_0000u64), (0xffff_ffff_c000_1000, 0x4000_1000)] {
+        for (va, pa) in [
+            (0xffff_ffff_8100_0000u64, 0x100_0000u64),
+            (0xffff_ffff_c000_1000, 0x4000_1000),
+        ] {
             assert_eq!(walk(&mem, cr3, va), pa, "kernel text mapping of {va:#x}");
         }
         for va in [

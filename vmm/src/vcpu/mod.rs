@@ -270,7 +270,15 @@ impl VcpuRunner {
         hook: Option<Arc<dyn DebugHook>>,
         events: Sender<VcpuEvent>,
     ) -> Self {
-        VcpuRunner { index, fd, io, hook, events, pauses: 0, ended: false }
+        VcpuRunner {
+            index,
+            fd,
+            io,
+            hook,
+            events,
+            pauses: 0,
+            ended: false,
+        }
     }
 
     /// Starts the vCPU thread, running (or paused, waiting for [`VcpuMsg::Resume`]).
