@@ -132,7 +132,10 @@ pub fn debian_kernel() -> Option<PathBuf> {
     found.pop()
 }
 
-/// Prints the loud line every test that cannot run here prints, and returns.
+/// Prints the loud line every test that cannot run here prints. It goes straight to the
+/// process's stderr (not through `eprintln!`, which the test harness captures), so it shows
+/// in every `cargo test` run.
 pub fn skip(what: &str, why: &str) {
-    eprintln!("SKIPPED (not tested): {what}: {why}");
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIPPED (not tested): {what}: {why}");
 }

@@ -307,6 +307,10 @@ impl Vm {
             boot::cpu::setup_common(&fd, index, &this)?;
             if index == 0 {
                 boot::cpu::setup_boot_vcpu(&fd, kernel.entry, cr3, boot_params)?;
+            } else if matches!(config.kernel, KernelSource::Raw { .. }) {
+                // Test programs have no SMP bring-up: every vCPU starts at the entry in long
+                // mode, with its own stack and its index in rdi.
+                boot::cpu::setup_secondary_at_entry(&fd, index, kernel.entry, cr3, boot_params)?;
             }
             vcpus.push(VcpuSlot::Ready(fd));
         }
