@@ -165,3 +165,74 @@ fn debian_kernel_full_boot_to_busybox_init() {
         t.elapsed().as_secs_f64()
     );
 }
+
+/// Debian's stock kernel instrumented from outside, with symbols from the image's own
+/// kallsyms: a hardware breakpoint on `start_kernel`, an int3 probe on `memblock_add_range`
+/// (which `setup_arch` runs many times), and `linux_banner` read through the guest's own page
+/// tables and compared with the image.
+#[test]
+fn debian_kernel_breakpoint_probe_and_banner_through_page_tables() {
+    use introspect::events::{self, Sources};
+    use introspect::paging::PageWalker;
+    use introspect::session::{Introspector, SessionSpec};
+    use introspect::{Gva, elf::ElfFile};
+    use std::sync::Arc;
+    use vmm::instrument::IntrospectHook;
+
+    let Some(kernel) = kernel_or_skip("Debian kernel introspection") else { return };
+    let image = std::fs::read(&kernel).unwrap();
+    let elf_bytes = vmm::kernel_symbols::kernel_elf(&image).unwrap().into_owned();
+    let (symbols, _) = vmm::kernel_symbols::kernel_symbols(&image).unwrap();
+    let banner_va = symbols.addr_of("linux_banner").expect("linux_banner from kallsyms");
+    let start_kernel = symbols.addr_of("start_kernel").unwrap();
+
+    let config = linux_config(kernel);
+    let sources = Arc::new(Sources::new());
+    let (sink, receiver) = events::channel(sources.clone(), 1 << 16);
+    let intro = Arc::new(Introspector::new(Some(Arc::new(symbols)), 1, sink));
+    let hook = Arc::new(IntrospectHook::new(intro.clone()));
+    let mut vm = Vm::new(&config, Some(hook.clone())).unwrap();
+    vm.start_paused().unwrap();
+    hook.attach(vm.target());
+    let spec = SessionSpec {
+        probes: vec!["memblock_add_range".into()],
+        hbreaks: vec!["start_kernel".into()],
+        watches: Vec::new(),
+    };
+    intro.setup(&vm.target(), &spec).expect("both resolve and arm before the first instruction");
+    let t = Instant::now();
+    vm.resume_all().unwrap();
+    let needle = "found SMP MP-table";
+    let r = vm.wait_until(Duration::from_secs(150), |vm| vm.console().contains(needle)).unwrap();
+    assert!(r.is_none(), "{r:?}\n{}", vm.console().text());
+    eprintln!("debian instrumented boot reached setup_arch in {:.1} s", t.elapsed().as_secs_f64());
+    vm.pause_all().unwrap();
+
+    let hits = |name: &str| sources.iter().find(|(_, s)| s.name() == name).unwrap().1.hits();
+    assert_eq!(hits("hbreak start_kernel"), 1, "start_kernel runs once");
+    let probe_hits = hits("probe memblock_add_range");
+    assert!(probe_hits >= 3, "memblock_add_range ran {probe_hits} times by setup_arch's MP table scan");
+    let events: Vec<_> = std::iter::from_fn(|| receiver.try_recv()).collect();
+    let sk = events.iter().find(|e| e.addr == start_kernel).expect("a start_kernel event");
+    assert_eq!(sk.symbol.as_deref(), Some("start_kernel+0x0"));
+
+    // linux_banner through the guest's page tables (Linux's own by now)
+    let (tx, rx) = std::sync::mpsc::channel();
+    use introspect::target::Target;
+    vm.target()
+        .with_vcpu(0, Box::new(move |v| {
+            let _ = tx.send(v.paging());
+        }))
+        .unwrap();
+    let ctx = rx.recv().unwrap().unwrap();
+    assert_ne!(ctx.cr3 & !0xfff, 0x9000, "Linux switched to its own page tables");
+    let mut walker = PageWalker::new();
+    let mut live = [0u8; 64];
+    walker.read_virt(vm.memory(), &ctx, Gva(banner_va), &mut live).expect("linux_banner is mapped");
+    let elf = ElfFile::parse(&elf_bytes).unwrap();
+    let seg = elf.load_segments().find(|s| banner_va >= s.vaddr && banner_va < s.vaddr + s.filesz).unwrap();
+    let off = usize::try_from(seg.offset + (banner_va - seg.vaddr)).unwrap();
+    assert_eq!(&live[..], &elf_bytes[off..off + 64], "guest memory matches the image");
+    assert!(live.starts_with(b"Linux version 6.1"));
+    vm.stop();
+}
