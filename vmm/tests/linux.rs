@@ -236,3 +236,28 @@ fn debian_kernel_breakpoint_probe_and_banner_through_page_tables() {
     assert!(live.starts_with(b"Linux version 6.1"));
     vm.stop();
 }
+
+/// The same through the command line: `hvprobe run --kernel <Debian bzImage> --hbreak
+/// start_kernel --probe memblock_add_range --events F --format jsonl --timeout 45`.
+#[test]
+fn debian_kernel_cli_probe_and_hbreak_to_jsonl() {
+    let Some(kernel) = kernel_or_skip("Debian kernel probes through the CLI") else { return };
+    let events = std::env::temp_dir().join(format!("hvprobe-debian-events-{}.jsonl", std::process::id()));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hvprobe"))
+        .args(["run", "--kernel", kernel.to_str().unwrap(), "--timeout", "45"])
+        .args(["--hbreak", "start_kernel", "--probe", "memblock_add_range"])
+        .args(["--events", events.to_str().unwrap(), "--format", "jsonl", "--serial-log", "/dev/null"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(i32::from(vmm::outcome::EXIT_TIMEOUT)), "{stderr}");
+    let text = std::fs::read_to_string(&events).unwrap();
+    let _ = std::fs::remove_file(&events);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.iter().any(|l| l.contains("\"kind\":\"hbreak\"") && l.contains("\"symbol\":\"start_kernel+0x0\"")), "{text}");
+    let probes = lines.iter().filter(|l| l.contains("memblock_add_range+0x0")).count();
+    assert!(probes >= 3, "{probes} probe hits in 45 s:\n{text}");
+    // the per-source table at exit
+    assert!(stderr.contains("hbreak start_kernel"), "{stderr}");
+    assert!(stderr.contains("probe memblock_add_range"), "{stderr}");
+}
