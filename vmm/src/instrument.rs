@@ -191,3 +191,32 @@ pub fn run_instrumented(config: &VmConfig) -> Result<(RunReport, InstrumentRepor
         },
     ))
 }
+
+/// Why the KASLR slide could not be read from guest memory.
+#[derive(Debug, thiserror::Error)]
+pub enum SlideError {
+    /// The kernel's range is not guest RAM.
+    #[error("Cannot read the kernel from guest memory")]
+    Memory(#[from] crate::memory::MemoryError),
+    /// No kallsyms tables in it.
+    #[error("No kallsyms tables in guest memory")]
+    Kallsyms(#[from] introspect::symbols::KallsymsError),
+    /// The tables' `_text` makes no sense as a slide.
+    #[error("The kallsyms tables in guest memory give no usable slide")]
+    Slide(#[from] introspect::symbols::KaslrError),
+}
+
+/// The KASLR slide of the kernel running in the guest: its kallsyms tables are found in guest
+/// memory (where the kernel's own relocation has updated them) and their `_text` is compared
+/// with the link address. hvprobe boots kernels at their link address (the randomization is
+/// the in-guest decompressor's, which hvprobe skips), so this reads 0 for its own boots; a
+/// guest booted otherwise (or a kernel that relocates itself) gives its real slide.
+pub fn guest_kaslr_slide(mem: &crate::memory::GuestMem, kernel: &crate::loader::LoadedKernel) -> Result<u64, SlideError> {
+    let start = kernel.load_start;
+    let len = usize::try_from(kernel.load_end.raw() - start.raw()).unwrap_or(0);
+    let mut bytes = vec![0u8; len];
+    mem.read(start, &mut bytes)?;
+    let base = crate::boot::paging::KERNEL_MAP_START + start.raw();
+    let table = SymbolTable::from_kallsyms_bytes(&bytes, base)?;
+    Ok(table.kaslr_slide(introspect::symbols::X86_64_LINK_TEXT)?)
+}

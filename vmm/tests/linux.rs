@@ -234,6 +234,9 @@ fn debian_kernel_breakpoint_probe_and_banner_through_page_tables() {
     let off = usize::try_from(seg.offset + (banner_va - seg.vaddr)).unwrap();
     assert_eq!(&live[..], &elf_bytes[off..off + 64], "guest memory matches the image");
     assert!(live.starts_with(b"Linux version 6.1"));
+    // the KASLR slide, from the kallsyms tables in guest memory: 0, hvprobe boots at the link address
+    let slide = vmm::instrument::guest_kaslr_slide(vm.memory(), vm.kernel()).expect("kallsyms in guest memory");
+    assert_eq!(slide, 0);
     vm.stop();
 }
 
