@@ -139,7 +139,7 @@ pub struct InstrumentReport {
 /// Builds, instruments, runs and waits for a VM.
 pub fn run_instrumented(config: &VmConfig) -> Result<(RunReport, InstrumentReport), VmError> {
     let spec = session_spec(&config.instrument)?;
-    let symbols = load_symbols(config)?;
+    let symbols = if config.instrument.is_empty() { None } else { load_symbols(config)? };
     let out = events_output(&config.instrument)?;
     let sources = Arc::new(Sources::new());
     let (sink, receiver) = events::channel(sources.clone(), events::DEFAULT_CAPACITY);

@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use crate::boot::cpu::{CPUID_1_ECX_CX16, CpuidMask};
+use crate::boot::cpu::{CPUID_1_ECX_CX16, CPUID_1_ECX_POPCNT, CpuidMask};
 
 /// Kernel command-line words a Linux guest needs on this platform, with the reason (printed on
 /// stderr at boot). Empty on hardware KVM.
@@ -28,10 +28,10 @@ pub fn is_software_kvm() -> bool {
 pub fn linux_cpuid_mask() -> Option<(CpuidMask, &'static str)> {
     is_software_kvm().then_some((
         CpuidMask {
-            leaf1_ecx: CPUID_1_ECX_CX16,
+            leaf1_ecx: CPUID_1_ECX_CX16 | CPUID_1_ECX_POPCNT,
         },
-        "software KVM (kvm_pvm) detected: hiding CPUID cmpxchg16b from Linux, which this \
-         emulator cannot run (SLUB would fail)",
+        "software KVM (kvm_pvm) detected: hiding CPUID cmpxchg16b and popcnt from Linux, \
+         which this emulator cannot run (SLUB and the bitmap code would fail)",
     ))
 }
 

@@ -727,9 +727,12 @@ fn make_devices(
 /// Builds, starts and waits for a VM: what `hvprobe run` does. With instrumentation, see
 /// [`crate::instrument::run_instrumented`] (which also prints the per-source table).
 pub fn run(config: &VmConfig) -> Result<RunReport, VmError> {
-    if !config.instrument.is_empty() {
+    // On our software KVM a guest's own ring-0 int3 (Linux's int3 self-test, its kprobes,
+    // text_poke) is an emulation failure: the session hands it back to the guest, so every
+    // run there gets one, probes or not.
+    if !config.instrument.is_empty() || crate::platform::is_software_kvm() {
         let (report, ins) = crate::instrument::run_instrumented(config)?;
-        if !config.quiet {
+        if !config.quiet && !config.instrument.is_empty() {
             eprint!("{}", ins.table);
         }
         return Ok(report);

@@ -23,6 +23,8 @@ const EFER_LMA: u64 = 1 << 10;
 
 /// CPUID.1:ECX.CMPXCHG16B.
 pub const CPUID_1_ECX_CX16: u32 = 1 << 13;
+/// CPUID.1:ECX.POPCNT.
+pub const CPUID_1_ECX_POPCNT: u32 = 1 << 23;
 const CPUID_1_ECX_HYPERVISOR: u32 = 1 << 31;
 const CPUID_1_EDX_HTT: u32 = 1 << 28;
 

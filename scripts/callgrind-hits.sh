@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Host-side (user-space) instructions per probe hit, per execute breakpoint hit and per bare
+# PIO exit, measured with callgrind on the `hits` benchmark (vmm/benches/hits.rs).
+#
+# Each variant runs under `valgrind --tool=callgrind` twice, with N1 and N2 calls of `f`;
+# (Ir(N2) - Ir(N1)) / (N2 - N1) is the host instructions each call adds, so VM creation,
+# session setup and teardown cancel out. Callgrind counts user-space instructions of every
+# thread of the process (the vCPU thread does nearly all the per-call work); the kernel's
+# KVM work and the guest's own instructions are not counted.
+#
+# Usage: scripts/callgrind-hits.sh [VARIANT...]   (default: base pio probe hbreak)
+# Env: HVPROBE_CG_N1 (default 200), HVPROBE_CG_N2 (default 2 * N1), CARGO_TARGET_DIR.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+command -v valgrind >/dev/null || { echo "callgrind-hits.sh: valgrind is not installed" >&2; exit 1; }
+[ -r /dev/kvm ] || { echo "callgrind-hits.sh: /dev/kvm is missing or not readable" >&2; exit 1; }
+
+n1=${HVPROBE_CG_N1:-200}
+n2=${HVPROBE_CG_N2:-$((2 * n1))}
+[ "$n2" -gt "$n1" ] || { echo "callgrind-hits.sh: need HVPROBE_CG_N2 > HVPROBE_CG_N1" >&2; exit 1; }
+variants=("$@")
+[ ${#variants[@]} -gt 0 ] || variants=(base pio probe hbreak)
+
+bin=$(cargo bench -p vmm --bench hits --no-run 2>&1 | sed -n 's/^ *Executable benches\/hits\.rs (\(.*\))$/\1/p')
+[ -x "$bin" ] || { echo "callgrind-hits.sh: could not build the hits benchmark" >&2; exit 1; }
+
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+
+# Total Ir of one run of variant $1 with N=$2.
+total_ir() {
+  local file="$out/callgrind.$1.$2"
+  HVPROBE_BENCH_VARIANT=$1 HVPROBE_BENCH_N=$2 HVPROBE_BENCH_ROUNDS=1 \
+    valgrind --tool=callgrind --callgrind-out-file="$file" "$bin" >"$file.log" 2>&1 \
+    || { echo "callgrind-hits.sh: $1 N=$2 failed:" >&2; tail -20 "$file.log" >&2; exit 1; }
+  local ir
+  ir=$(sed -n 's/^\(summary\|totals\): *\([0-9]*\).*/\2/p' "$file" | head -1)
+  [ -n "$ir" ] || { echo "callgrind-hits.sh: no total in $file" >&2; exit 1; }
+  echo "$ir"
+}
+
+printf '%-8s %14s %14s %16s\n' variant "Ir (N=$n1)" "Ir (N=$n2)" "Ir per call"
+declare -A per
+for v in "${variants[@]}"; do
+  a=$(total_ir "$v" "$n1")
+  b=$(total_ir "$v" "$n2")
+  per[$v]=$(( (b - a) / (n2 - n1) ))
+  printf '%-8s %14s %14s %16s\n' "$v" "$a" "$b" "${per[$v]}"
+done
+if [ -n "${per[pio]:-}" ] && [ "${per[pio]}" -gt 0 ]; then
+  for v in probe hbreak; do
+    [ -n "${per[$v]:-}" ] || continue
+    awk -v v="$v" -v h="${per[$v]}" -v p="${per[pio]}" \
+      'BEGIN { printf "%s hit / PIO exit: %.2f x host instructions (%d more per hit)\n", v, h / p, h - p }'
+  done
+fi
+echo "(host user-space instructions only, all threads; KVM's kernel work and guest code are not counted)"
