@@ -14,6 +14,14 @@ use vmm::config::{KernelSource, SerialOutput, VmConfig};
 use vmm::outcome::Outcome;
 use vmm::vm::Vm;
 
+/// One Debian boot at a time: each emulated boot keeps a core busy, and two at once on a
+/// 2-core machine would blur the timings these tests rely on.
+static ONE_BOOT_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serialize() -> std::sync::MutexGuard<'static, ()> {
+    ONE_BOOT_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn kernel_or_skip(what: &str) -> Option<std::path::PathBuf> {
     let k = debian_kernel();
     if k.is_none() {
@@ -43,6 +51,7 @@ fn debian_kernel_early_boot_reaches_setup_arch() {
     let Some(kernel) = kernel_or_skip("Debian kernel early boot") else {
         return;
     };
+    let _one = serialize();
     let mut vm = Vm::new(&linux_config(kernel), None).expect("Debian's bzImage loads");
     assert_eq!(vm.kernel().entry.raw(), 0x100_0000);
     let t = Instant::now();
@@ -180,6 +189,7 @@ fn debian_kernel_breakpoint_probe_and_banner_through_page_tables() {
     use vmm::instrument::IntrospectHook;
 
     let Some(kernel) = kernel_or_skip("Debian kernel introspection") else { return };
+    let _one = serialize();
     let image = std::fs::read(&kernel).unwrap();
     let elf_bytes = vmm::kernel_symbols::kernel_elf(&image).unwrap().into_owned();
     let (symbols, _) = vmm::kernel_symbols::kernel_symbols(&image).unwrap();
@@ -241,13 +251,14 @@ fn debian_kernel_breakpoint_probe_and_banner_through_page_tables() {
 }
 
 /// The same through the command line: `hvprobe run --kernel <Debian bzImage> --hbreak
-/// start_kernel --probe memblock_add_range --events F --format jsonl --timeout 45`.
+/// start_kernel --probe memblock_add_range --events F --format jsonl --timeout 60`.
 #[test]
 fn debian_kernel_cli_probe_and_hbreak_to_jsonl() {
     let Some(kernel) = kernel_or_skip("Debian kernel probes through the CLI") else { return };
+    let _one = serialize();
     let events = std::env::temp_dir().join(format!("hvprobe-debian-events-{}.jsonl", std::process::id()));
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_hvprobe"))
-        .args(["run", "--kernel", kernel.to_str().unwrap(), "--timeout", "45"])
+        .args(["run", "--kernel", kernel.to_str().unwrap(), "--timeout", "60"])
         .args(["--hbreak", "start_kernel", "--probe", "memblock_add_range"])
         .args(["--events", events.to_str().unwrap(), "--format", "jsonl", "--serial-log", "/dev/null"])
         .output()
@@ -259,7 +270,7 @@ fn debian_kernel_cli_probe_and_hbreak_to_jsonl() {
     let lines: Vec<&str> = text.lines().collect();
     assert!(lines.iter().any(|l| l.contains("\"kind\":\"hbreak\"") && l.contains("\"symbol\":\"start_kernel+0x0\"")), "{text}");
     let probes = lines.iter().filter(|l| l.contains("memblock_add_range+0x0")).count();
-    assert!(probes >= 3, "{probes} probe hits in 45 s:\n{text}");
+    assert!(probes >= 3, "{probes} probe hits in 60 s:\n{text}");
     // the per-source table at exit
     assert!(stderr.contains("hbreak start_kernel"), "{stderr}");
     assert!(stderr.contains("probe memblock_add_range"), "{stderr}");
