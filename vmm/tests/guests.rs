@@ -32,6 +32,18 @@ fn config(p: &Program, cpus: u8) -> VmConfig {
     }
 }
 
+/// Turns single-stepping on for vCPU 0 before the guest starts.
+fn single_step_on(vm: &mut Vm) {
+    vm.with_vcpu(0, |v| {
+        let dbg = kvm_guest_debug {
+            control: KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_SINGLESTEP,
+            ..Default::default()
+        };
+        v.set_guest_debug(&dbg).unwrap();
+    })
+    .unwrap();
+}
+
 fn run(
     p: &Program,
     hook: Option<Arc<dyn DebugHook>>,
@@ -175,16 +187,7 @@ fn single_step_reports_every_instruction() {
         emit_exit(a, 5)
     });
     let rec = Arc::new(Recorder::default());
-    let (outcome, _) = run(&p, Some(rec.clone()), |vm| {
-        vm.with_vcpu(0, |v| {
-            let dbg = kvm_guest_debug {
-                control: KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_SINGLESTEP,
-                ..Default::default()
-            };
-            v.set_guest_debug(&dbg).unwrap();
-        })
-        .unwrap();
-    });
+    let (outcome, _) = run(&p, Some(rec.clone()), single_step_on);
     assert_eq!(outcome, Outcome::GuestExit { code: 5 });
     let exits = rec.exits.lock().unwrap();
     assert!(
@@ -266,16 +269,7 @@ fn unexpected_debug_exit_without_a_hook_is_a_crash_with_the_payload() {
         a.nop()?;
         emit_exit(a, 0)
     });
-    let (outcome, _) = run(&p, None, |vm| {
-        vm.with_vcpu(0, |v| {
-            let dbg = kvm_guest_debug {
-                control: KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_SINGLESTEP,
-                ..Default::default()
-            };
-            v.set_guest_debug(&dbg).unwrap();
-        })
-        .unwrap();
-    });
+    let (outcome, _) = run(&p, None, single_step_on);
     match outcome {
         Outcome::Crash { reason, .. } => assert!(
             reason.contains("unexpected debug exit (exception 1"),
@@ -342,15 +336,6 @@ fn hook_can_stop_the_vm() {
         }
     }
     let (p, _) = counter_guest();
-    let (outcome, _) = run(&p, Some(Arc::new(StopAtFirst)), |vm| {
-        vm.with_vcpu(0, |v| {
-            let dbg = kvm_guest_debug {
-                control: KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_SINGLESTEP,
-                ..Default::default()
-            };
-            v.set_guest_debug(&dbg).unwrap();
-        })
-        .unwrap();
-    });
+    let (outcome, _) = run(&p, Some(Arc::new(StopAtFirst)), single_step_on);
     assert_eq!(outcome, Outcome::GuestExit { code: 9 });
 }
