@@ -339,3 +339,48 @@ fn hook_can_stop_the_vm() {
     let (outcome, _) = run(&p, Some(Arc::new(StopAtFirst)), single_step_on);
     assert_eq!(outcome, Outcome::GuestExit { code: 9 });
 }
+
+/// A guest's own int3 (not a probe of ours) reaches the guest's #BP handler: on hardware KVM
+/// it goes there directly; on our software KVM it is an emulation failure that hvprobe's
+/// session hands back (RIP past the int3, #BP injected), as `hvprobe run` does.
+#[test]
+fn the_guests_own_int3_reaches_its_handler() {
+    let idt = 0x4_0000u64;
+    let idtr = 0x4_1000u64;
+    let p = assemble(|a, _| {
+        let mut handler = a.create_label();
+        a.lea(rax, ptr(handler))?;
+        a.mov(rbx, idt)?;
+        // gate 3: offset[15:0] | selector 0x10 << 16 | present DPL0 interrupt gate 0x8e << 40 | offset[31:16] << 48
+        a.mov(rcx, rax)?;
+        a.and(ecx, 0xffff)?;
+        a.mov(rdx, rax)?;
+        a.shr(rdx, 16)?;
+        a.and(edx, 0xffff)?;
+        a.shl(rdx, 48)?;
+        a.or(rcx, rdx)?;
+        a.mov(rdx, 0x8e00_0010_0000u64)?;
+        a.or(rcx, rdx)?;
+        a.mov(qword_ptr(rbx + 3 * 16), rcx)?;
+        a.mov(rdx, rax)?;
+        a.shr(rdx, 32)?;
+        a.mov(qword_ptr(rbx + 3 * 16 + 8), rdx)?;
+        a.mov(rsi, idtr)?;
+        a.mov(word_ptr(rsi), 0xfffu32)?;
+        a.mov(qword_ptr(rsi + 2), rbx)?;
+        a.lidt(ptr(rsi))?;
+        a.int3()?;
+        emit_point(a, 1)?;
+        emit_exit(a, 0)?;
+        a.set_label(&mut handler)?;
+        emit_point(a, 0xb3)?;
+        a.iretq()
+    });
+    let config = config(&p, 1);
+    let report = vmm::vm::run(&config).expect("VM runs");
+    assert_eq!(report.outcome, Outcome::GuestExit { code: 0 });
+    assert_eq!(
+        report.points.iter().map(|p| p.n).collect::<Vec<_>>(),
+        [0xb3, 1]
+    );
+}
