@@ -32,6 +32,7 @@ Exit status:
   64    bad arguments, config file, kernel or initrd
   65    the guest reset the machine (Linux: reboot, or a panic with panic=-1)
   66    the guest crashed (triple fault, KVM internal error)
+  67    a probe or breakpoint handler stopped the guest
   70    hvprobe itself failed (no /dev/kvm, an ioctl failed)
   124   the --timeout elapsed";
 

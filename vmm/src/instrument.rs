@@ -43,7 +43,7 @@ impl IntrospectHook {
 fn action(d: Decision) -> HookAction {
     match d {
         Decision::Continue => HookAction::Continue,
-        Decision::Stop => HookAction::Stop(StopReason::GuestExit(0)),
+        Decision::Stop => HookAction::Stop(StopReason::Handler),
     }
 }
 
@@ -139,7 +139,11 @@ pub struct InstrumentReport {
 /// Builds, instruments, runs and waits for a VM.
 pub fn run_instrumented(config: &VmConfig) -> Result<(RunReport, InstrumentReport), VmError> {
     let spec = session_spec(&config.instrument)?;
-    let symbols = if config.instrument.is_empty() { None } else { load_symbols(config)? };
+    let symbols = if config.instrument.is_empty() {
+        None
+    } else {
+        load_symbols(config)?
+    };
     let out = events_output(&config.instrument)?;
     let sources = Arc::new(Sources::new());
     let (sink, receiver) = events::channel(sources.clone(), events::DEFAULT_CAPACITY);
@@ -211,7 +215,10 @@ pub enum SlideError {
 /// with the link address. hvprobe boots kernels at their link address (the randomization is
 /// the in-guest decompressor's, which hvprobe skips), so this reads 0 for its own boots; a
 /// guest booted otherwise (or a kernel that relocates itself) gives its real slide.
-pub fn guest_kaslr_slide(mem: &crate::memory::GuestMem, kernel: &crate::loader::LoadedKernel) -> Result<u64, SlideError> {
+pub fn guest_kaslr_slide(
+    mem: &crate::memory::GuestMem,
+    kernel: &crate::loader::LoadedKernel,
+) -> Result<u64, SlideError> {
     let start = kernel.load_start;
     let len = usize::try_from(kernel.load_end.raw() - start.raw()).unwrap_or(0);
     let mut bytes = vec![0u8; len];

@@ -12,6 +12,8 @@ pub const EXIT_GUEST_RESET: u8 = 65;
 pub const EXIT_GUEST_CRASH: u8 = 66;
 /// Exit status: hvprobe itself failed (KVM unavailable, an ioctl failed, a thread died).
 pub const EXIT_VMM_FAILURE: u8 = 70;
+/// Exit status: a probe or breakpoint handler stopped the guest.
+pub const EXIT_STOPPED: u8 = 67;
 /// Exit status: the `--timeout` elapsed before the guest ended.
 pub const EXIT_TIMEOUT: u8 = 124;
 
@@ -43,6 +45,13 @@ pub enum Outcome {
     },
     /// The `--timeout` elapsed.
     Timeout,
+    /// A probe or breakpoint handler asked to stop the guest (a debugger's stop).
+    Stopped {
+        /// The vCPU whose handler asked.
+        vcpu: u8,
+        /// Its RIP at the time.
+        rip: u64,
+    },
 }
 
 impl Outcome {
@@ -55,6 +64,7 @@ impl Outcome {
             Outcome::Reset => EXIT_GUEST_RESET,
             Outcome::TripleFault { .. } | Outcome::Crash { .. } => EXIT_GUEST_CRASH,
             Outcome::Timeout => EXIT_TIMEOUT,
+            Outcome::Stopped { .. } => EXIT_STOPPED,
         }
     }
 }
@@ -74,6 +84,9 @@ impl fmt::Display for Outcome {
                 write!(f, "guest crashed on vCPU {vcpu} at rip {rip:#x}: {reason}")
             }
             Outcome::Timeout => write!(f, "timeout: the guest was still running"),
+            Outcome::Stopped { vcpu, rip } => {
+                write!(f, "stopped by a handler on vCPU {vcpu} at rip {rip:#x}")
+            }
         }
     }
 }
@@ -94,6 +107,7 @@ mod tests {
             EXIT_BAD_INPUT,
             EXIT_GUEST_RESET,
             EXIT_GUEST_CRASH,
+            EXIT_STOPPED,
             EXIT_VMM_FAILURE,
             EXIT_TIMEOUT,
         ];

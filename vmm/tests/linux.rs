@@ -19,7 +19,9 @@ use vmm::vm::Vm;
 static ONE_BOOT_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn serialize() -> std::sync::MutexGuard<'static, ()> {
-    ONE_BOOT_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    ONE_BOOT_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn kernel_or_skip(what: &str) -> Option<std::path::PathBuf> {
@@ -188,12 +190,18 @@ fn debian_kernel_breakpoint_probe_and_banner_through_page_tables() {
     use std::sync::Arc;
     use vmm::instrument::IntrospectHook;
 
-    let Some(kernel) = kernel_or_skip("Debian kernel introspection") else { return };
+    let Some(kernel) = kernel_or_skip("Debian kernel introspection") else {
+        return;
+    };
     let _one = serialize();
     let image = std::fs::read(&kernel).unwrap();
-    let elf_bytes = vmm::kernel_symbols::kernel_elf(&image).unwrap().into_owned();
+    let elf_bytes = vmm::kernel_symbols::kernel_elf(&image)
+        .unwrap()
+        .into_owned();
     let (symbols, _) = vmm::kernel_symbols::kernel_symbols(&image).unwrap();
-    let banner_va = symbols.addr_of("linux_banner").expect("linux_banner from kallsyms");
+    let banner_va = symbols
+        .addr_of("linux_banner")
+        .expect("linux_banner from kallsyms");
     let start_kernel = symbols.addr_of("start_kernel").unwrap();
 
     let config = linux_config(kernel);
@@ -209,43 +217,80 @@ fn debian_kernel_breakpoint_probe_and_banner_through_page_tables() {
         hbreaks: vec!["start_kernel".into()],
         watches: Vec::new(),
     };
-    intro.setup(&vm.target(), &spec).expect("both resolve and arm before the first instruction");
+    intro
+        .setup(&vm.target(), &spec)
+        .expect("both resolve and arm before the first instruction");
     let t = Instant::now();
     vm.resume_all().unwrap();
     let needle = "found SMP MP-table";
-    let r = vm.wait_until(Duration::from_secs(150), |vm| vm.console().contains(needle)).unwrap();
+    let r = vm
+        .wait_until(Duration::from_secs(150), |vm| vm.console().contains(needle))
+        .unwrap();
     assert!(r.is_none(), "{r:?}\n{}", vm.console().text());
-    eprintln!("debian instrumented boot reached setup_arch in {:.1} s", t.elapsed().as_secs_f64());
+    eprintln!(
+        "debian instrumented boot reached setup_arch in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
     vm.pause_all().unwrap();
 
-    let hits = |name: &str| sources.iter().find(|(_, s)| s.name() == name).unwrap().1.hits();
+    let hits = |name: &str| {
+        sources
+            .iter()
+            .find(|(_, s)| s.name() == name)
+            .unwrap()
+            .1
+            .hits()
+    };
     assert_eq!(hits("hbreak start_kernel"), 1, "start_kernel runs once");
     let probe_hits = hits("probe memblock_add_range");
-    assert!(probe_hits >= 3, "memblock_add_range ran {probe_hits} times by setup_arch's MP table scan");
+    assert!(
+        probe_hits >= 3,
+        "memblock_add_range ran {probe_hits} times by setup_arch's MP table scan"
+    );
     let events: Vec<_> = std::iter::from_fn(|| receiver.try_recv()).collect();
-    let sk = events.iter().find(|e| e.addr == start_kernel).expect("a start_kernel event");
+    let sk = events
+        .iter()
+        .find(|e| e.addr == start_kernel)
+        .expect("a start_kernel event");
     assert_eq!(sk.symbol.as_deref(), Some("start_kernel+0x0"));
 
     // linux_banner through the guest's page tables (Linux's own by now)
     let (tx, rx) = std::sync::mpsc::channel();
     use introspect::target::Target;
     vm.target()
-        .with_vcpu(0, Box::new(move |v| {
-            let _ = tx.send(v.paging());
-        }))
+        .with_vcpu(
+            0,
+            Box::new(move |v| {
+                let _ = tx.send(v.paging());
+            }),
+        )
         .unwrap();
     let ctx = rx.recv().unwrap().unwrap();
-    assert_ne!(ctx.cr3 & !0xfff, 0x9000, "Linux switched to its own page tables");
+    assert_ne!(
+        ctx.cr3 & !0xfff,
+        0x9000,
+        "Linux switched to its own page tables"
+    );
     let mut walker = PageWalker::new();
     let mut live = [0u8; 64];
-    walker.read_virt(vm.memory(), &ctx, Gva(banner_va), &mut live).expect("linux_banner is mapped");
+    walker
+        .read_virt(vm.memory(), &ctx, Gva(banner_va), &mut live)
+        .expect("linux_banner is mapped");
     let elf = ElfFile::parse(&elf_bytes).unwrap();
-    let seg = elf.load_segments().find(|s| banner_va >= s.vaddr && banner_va < s.vaddr + s.filesz).unwrap();
+    let seg = elf
+        .load_segments()
+        .find(|s| banner_va >= s.vaddr && banner_va < s.vaddr + s.filesz)
+        .unwrap();
     let off = usize::try_from(seg.offset + (banner_va - seg.vaddr)).unwrap();
-    assert_eq!(&live[..], &elf_bytes[off..off + 64], "guest memory matches the image");
+    assert_eq!(
+        &live[..],
+        &elf_bytes[off..off + 64],
+        "guest memory matches the image"
+    );
     assert!(live.starts_with(b"Linux version 6.1"));
     // the KASLR slide, from the kallsyms tables in guest memory: 0, hvprobe boots at the link address
-    let slide = vmm::instrument::guest_kaslr_slide(vm.memory(), vm.kernel()).expect("kallsyms in guest memory");
+    let slide = vmm::instrument::guest_kaslr_slide(vm.memory(), vm.kernel())
+        .expect("kallsyms in guest memory");
     assert_eq!(slide, 0);
     vm.stop();
 }
@@ -254,22 +299,53 @@ fn debian_kernel_breakpoint_probe_and_banner_through_page_tables() {
 /// start_kernel --probe memblock_add_range --events F --format jsonl --timeout 60`.
 #[test]
 fn debian_kernel_cli_probe_and_hbreak_to_jsonl() {
-    let Some(kernel) = kernel_or_skip("Debian kernel probes through the CLI") else { return };
+    let Some(kernel) = kernel_or_skip("Debian kernel probes through the CLI") else {
+        return;
+    };
     let _one = serialize();
-    let events = std::env::temp_dir().join(format!("hvprobe-debian-events-{}.jsonl", std::process::id()));
+    let events = std::env::temp_dir().join(format!(
+        "hvprobe-debian-events-{}.jsonl",
+        std::process::id()
+    ));
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_hvprobe"))
-        .args(["run", "--kernel", kernel.to_str().unwrap(), "--timeout", "60"])
+        .args([
+            "run",
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--timeout",
+            "60",
+        ])
         .args(["--hbreak", "start_kernel", "--probe", "memblock_add_range"])
-        .args(["--events", events.to_str().unwrap(), "--format", "jsonl", "--serial-log", "/dev/null"])
+        .args([
+            "--events",
+            events.to_str().unwrap(),
+            "--format",
+            "jsonl",
+            "--serial-log",
+            "/dev/null",
+        ])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(i32::from(vmm::outcome::EXIT_TIMEOUT)), "{stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(i32::from(vmm::outcome::EXIT_TIMEOUT)),
+        "{stderr}"
+    );
     let text = std::fs::read_to_string(&events).unwrap();
     let _ = std::fs::remove_file(&events);
     let lines: Vec<&str> = text.lines().collect();
-    assert!(lines.iter().any(|l| l.contains("\"kind\":\"hbreak\"") && l.contains("\"symbol\":\"start_kernel+0x0\"")), "{text}");
-    let probes = lines.iter().filter(|l| l.contains("memblock_add_range+0x0")).count();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("\"kind\":\"hbreak\"")
+                && l.contains("\"symbol\":\"start_kernel+0x0\"")),
+        "{text}"
+    );
+    let probes = lines
+        .iter()
+        .filter(|l| l.contains("memblock_add_range+0x0"))
+        .count();
     assert!(probes >= 3, "{probes} probe hits in 60 s:\n{text}");
     // the per-source table at exit
     assert!(stderr.contains("hbreak start_kernel"), "{stderr}");

@@ -47,7 +47,12 @@ impl Session {
         vm.start_paused().unwrap();
         hook.attach(vm.target());
         intro.setup(&vm.target(), spec).unwrap();
-        Session { vm, intro, sources, events }
+        Session {
+            vm,
+            intro,
+            sources,
+            events,
+        }
     }
 
     fn run(&mut self) -> Outcome {
@@ -83,14 +88,41 @@ fn reg(e: &Event, name: &str) -> u64 {
 
 #[test]
 fn probe_hits_carry_registers_symbols_and_counts() {
-    let mut s = Session::new(KernelSource::Embedded, "", 1, &spec(&["tk_probe_target", "tk_loop_body"], &[]));
-    assert_eq!(s.run(), Outcome::GuestExit { code: 0 }, "the probed kernel still passes its own checks");
+    let mut s = Session::new(
+        KernelSource::Embedded,
+        "",
+        1,
+        &spec(&["tk_probe_target", "tk_loop_body"], &[]),
+    );
+    assert_eq!(
+        s.run(),
+        Outcome::GuestExit { code: 0 },
+        "the probed kernel still passes its own checks"
+    );
     let events = s.events();
-    let target: Vec<&Event> = events.iter().filter(|e| e.symbol.as_deref().is_some_and(|n| n.starts_with("tk_probe_target+0x0"))).collect();
+    let target: Vec<&Event> = events
+        .iter()
+        .filter(|e| {
+            e.symbol
+                .as_deref()
+                .is_some_and(|n| n.starts_with("tk_probe_target+0x0"))
+        })
+        .collect();
     assert_eq!(target.len(), 1);
-    assert_eq!((reg(target[0], "rdi"), reg(target[0], "rsi")), (6, 7), "tk_probe_target(6, 7)");
+    assert_eq!(
+        (reg(target[0], "rdi"), reg(target[0], "rsi")),
+        (6, 7),
+        "tk_probe_target(6, 7)"
+    );
     assert_eq!(target[0].kind, EventKind::Probe);
-    let body: Vec<&Event> = events.iter().filter(|e| e.symbol.as_deref().is_some_and(|n| n.starts_with("tk_loop_body+0x0"))).collect();
+    let body: Vec<&Event> = events
+        .iter()
+        .filter(|e| {
+            e.symbol
+                .as_deref()
+                .is_some_and(|n| n.starts_with("tk_loop_body+0x0"))
+        })
+        .collect();
     assert_eq!(body.len(), 100);
     for (i, e) in body.iter().enumerate() {
         assert_eq!(reg(e, "rdi"), i as u64, "tk_loop_body(i) in order");
@@ -102,20 +134,35 @@ fn probe_hits_carry_registers_symbols_and_counts() {
 
 #[test]
 fn several_probes_at_one_address_share_one_int3() {
-    let mut s = Session::new(KernelSource::Embedded, "", 1, &spec(&["tk_loop_body", "tk_loop_body+0", "tk_loop_body+4"], &[]));
+    let mut s = Session::new(
+        KernelSource::Embedded,
+        "",
+        1,
+        &spec(&["tk_loop_body", "tk_loop_body+0", "tk_loop_body+4"], &[]),
+    );
     let probes = s.intro.engine().probes();
     assert_eq!(probes.len(), 3);
     assert_eq!(probes[0].site, probes[1].site, "aggregated");
     // the site holds one int3; hvprobe's reads see the original byte
     let site = probes[0].site;
-    let symbols = vmm::kernel_symbols::kernel_symbols(vmm::test_kernel::TEST_KERNEL).unwrap().0;
+    let symbols = vmm::kernel_symbols::kernel_symbols(vmm::test_kernel::TEST_KERNEL)
+        .unwrap()
+        .0;
     assert_eq!(site.raw(), symbols.addr_of("tk_loop_body").unwrap());
     let mut raw = [0u8; 1];
-    s.vm.memory().read_phys(introspect::Gpa(site.raw()), &mut raw).unwrap();
+    s.vm.memory()
+        .read_phys(introspect::Gpa(site.raw()), &mut raw)
+        .unwrap();
     assert_eq!(raw[0], 0xcc, "the int3 is in guest memory");
     let mut seen = [0u8; 1];
-    s.intro.engine().read_phys(s.vm.memory(), introspect::Gpa(site.raw()), &mut seen).unwrap();
-    assert_eq!(seen[0], 0x55, "recover_probed_instruction gives back `push rbp`");
+    s.intro
+        .engine()
+        .read_phys(s.vm.memory(), introspect::Gpa(site.raw()), &mut seen)
+        .unwrap();
+    assert_eq!(
+        seen[0], 0x55,
+        "recover_probed_instruction gives back `push rbp`"
+    );
     assert_eq!(s.run(), Outcome::GuestExit { code: 0 });
     assert_eq!(s.hits("probe tk_loop_body"), 100);
     assert_eq!(s.hits("probe tk_loop_body+0"), 100);
@@ -124,7 +171,12 @@ fn several_probes_at_one_address_share_one_int3() {
 
 #[test]
 fn hardware_breakpoint_and_probe_on_the_same_instruction() {
-    let mut s = Session::new(KernelSource::Embedded, "", 1, &spec(&["tk_loop_body"], &["tk_loop_body"]));
+    let mut s = Session::new(
+        KernelSource::Embedded,
+        "",
+        1,
+        &spec(&["tk_loop_body"], &["tk_loop_body"]),
+    );
     assert_eq!(s.run(), Outcome::GuestExit { code: 0 });
     assert_eq!(s.hits("probe tk_loop_body"), 100);
     assert_eq!(s.hits("hbreak tk_loop_body"), 100);
@@ -136,7 +188,15 @@ fn hardware_breakpoints_on_four_slots() {
         KernelSource::Embedded,
         "",
         1,
-        &spec(&[], &["tk_probe_target", "tk_loop_body", "tk_leaf", "tk_loop_body+4"]),
+        &spec(
+            &[],
+            &[
+                "tk_probe_target",
+                "tk_loop_body",
+                "tk_leaf",
+                "tk_loop_body+4",
+            ],
+        ),
     );
     assert_eq!(s.run(), Outcome::GuestExit { code: 0 });
     assert_eq!(s.hits("hbreak tk_probe_target"), 1);
@@ -150,14 +210,24 @@ fn hardware_breakpoints_on_four_slots() {
 fn a_fifth_pinned_hardware_breakpoint_is_refused_by_the_cli() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_hvprobe"))
         .args(["run", "--quiet"])
-        .args(["--hbreak", "tk_probe_target", "--hbreak", "tk_loop_body", "--hbreak", "tk_leaf"])
+        .args([
+            "--hbreak",
+            "tk_probe_target",
+            "--hbreak",
+            "tk_loop_body",
+            "--hbreak",
+            "tk_leaf",
+        ])
         .args(["--hbreak", "tk_main", "--hbreak", "tk_loop_body+4"])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(64), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(stderr.contains("No debug register slot free: held by --hbreak tk_probe_target"), "{stderr}");
+    assert!(
+        stderr.contains("No debug register slot free: held by --hbreak tk_probe_target"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -166,7 +236,11 @@ fn probe_refusals_are_one_clear_line() {
         (&["--probe", "no_such_function"][..], "no_such_function"),
         (&["--probe", "tk_probe_target+2"][..], "inside"),
     ] {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_hvprobe")).args(["run", "--quiet"]).args(args).output().unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_hvprobe"))
+            .args(["run", "--quiet"])
+            .args(args)
+            .output()
+            .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(64), "{args:?}: {stderr}");
         assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
@@ -175,7 +249,11 @@ fn probe_refusals_are_one_clear_line() {
 }
 
 fn raw(p: &Program) -> KernelSource {
-    KernelSource::Raw { image: p.code.clone(), load_addr: p.base, entry: p.base }
+    KernelSource::Raw {
+        image: p.code.clone(),
+        load_addr: p.base,
+        entry: p.base,
+    }
 }
 
 /// Probed instructions that cannot simply run anywhere else (call, jmp, jcc, ret,
@@ -216,11 +294,18 @@ fn probes_on_branches_calls_returns_and_rip_relative_loads() {
         a.set_label(&mut data)?;
         a.db(&100u64.to_le_bytes())
     });
-    let sites: Vec<String> = ["call", "riprel", "jmp", "jcc", "ret"].iter().map(|n| format!("{:#x}", p.label(n))).collect();
+    let sites: Vec<String> = ["call", "riprel", "jmp", "jcc", "ret"]
+        .iter()
+        .map(|n| format!("{:#x}", p.label(n)))
+        .collect();
     let probes: Vec<&str> = sites.iter().map(String::as_str).collect();
     let mut s = Session::new(raw(&p), "", 1, &spec(&probes, &[]));
     assert_eq!(s.run(), Outcome::GuestExit { code: 0 });
-    assert_eq!(s.vm.points()[0].n, 10 * (100 + 1), "same result as unprobed");
+    assert_eq!(
+        s.vm.points()[0].n,
+        10 * (100 + 1),
+        "same result as unprobed"
+    );
     for site in &sites {
         assert_eq!(s.hits(&format!("probe {site}")), 10, "{site}");
     }
@@ -270,7 +355,12 @@ fn two_vcpus_run_through_one_probe() {
     assert_eq!(s.run(), Outcome::GuestExit { code: 0 });
     assert_eq!(s.vm.points()[0].n, 100, "vCPU 0's calls all ran");
     let events = s.events();
-    let per_vcpu = |v: u32| events.iter().filter(|e| e.vcpu == v && e.kind == EventKind::Probe).count();
+    let per_vcpu = |v: u32| {
+        events
+            .iter()
+            .filter(|e| e.vcpu == v && e.kind == EventKind::Probe)
+            .count()
+    };
     assert_eq!((per_vcpu(0), per_vcpu(1)), (50, 50));
     assert_eq!(s.hits(&format!("probe {site}")), 100);
 }
@@ -295,18 +385,39 @@ fn disarm_while_the_guest_runs_through_the_probe() {
     s.vm.resume_all().unwrap();
     let name = format!("probe {site}");
     let sources = s.sources.clone();
-    let hits = |sources: &Sources| sources.iter().find(|(_, x)| x.name() == name).unwrap().1.hits();
-    assert!(s.vm.wait_until(Duration::from_secs(20), |_| hits(&sources) >= 20).unwrap().is_none());
+    let hits = |sources: &Sources| {
+        sources
+            .iter()
+            .find(|(_, x)| x.name() == name)
+            .unwrap()
+            .1
+            .hits()
+    };
+    assert!(
+        s.vm.wait_until(Duration::from_secs(20), |_| hits(&sources) >= 20)
+            .unwrap()
+            .is_none()
+    );
     let target = s.vm.target();
     s.intro.engine().disarm(&target, Gva(p.label("f"))).unwrap();
     let after = hits(&sources);
     let mut byte = [0u8; 1];
-    s.vm.memory().read_phys(introspect::Gpa(p.label("f")), &mut byte).unwrap();
+    s.vm.memory()
+        .read_phys(introspect::Gpa(p.label("f")), &mut byte)
+        .unwrap();
     assert_ne!(byte[0], 0xcc, "original byte back");
     let read = |vm: &Vm| vm.memory().read_u64(vmm::memory::Gpa(counter)).unwrap();
     let c0 = read(&s.vm);
-    assert!(s.vm.wait_until(Duration::from_secs(20), |vm| read(vm) > c0 + 1000).unwrap().is_none(), "guest runs on");
-    assert!(hits(&sources) <= after + 1, "no hits after disarm (one may have been in flight)");
+    assert!(
+        s.vm.wait_until(Duration::from_secs(20), |vm| read(vm) > c0 + 1000)
+            .unwrap()
+            .is_none(),
+        "guest runs on"
+    );
+    assert!(
+        hits(&sources) <= after + 1,
+        "no hits after disarm (one may have been in flight)"
+    );
     assert!(target.vcpu_count() == 1);
 }
 
@@ -346,15 +457,32 @@ fn data_watchpoint_fires_on_hardware_kvm() {
         emit_exit(a, 0)
     });
     let spec = SessionSpec {
-        watches: vec![WatchRequest { at: format!("{var:#x}"), len: 8, write_only: true }],
+        watches: vec![WatchRequest {
+            at: format!("{var:#x}"),
+            len: 8,
+            write_only: true,
+        }],
         ..SessionSpec::default()
     };
     let mut s = Session::new(raw(&p), "", 1, &spec);
-    assert_eq!(s.run(), Outcome::GuestExit { code: 0 }, "a watchpoint never breaks the guest");
+    assert_eq!(
+        s.run(),
+        Outcome::GuestExit { code: 0 },
+        "a watchpoint never breaks the guest"
+    );
     if !vmm::platform::is_fast_kvm() {
-        skip("data watchpoint hits", "this KVM never fires data watchpoints (shared/PLATFORM.md); needs hardware KVM");
+        skip(
+            "data watchpoint hits",
+            "this KVM never fires data watchpoints (shared/PLATFORM.md); needs hardware KVM",
+        );
         return;
     }
     let events = s.events();
-    assert_eq!(events.iter().filter(|e| e.kind == EventKind::Watch { write: true }).count(), 5);
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.kind == EventKind::Watch { write: true })
+            .count(),
+        5
+    );
 }

@@ -183,14 +183,22 @@ pub fn setup_secondary_at_entry(
     cr3: u64,
     boot_params: Gpa,
 ) -> Result<(), BootError> {
-    let err = |what: &'static str| move |source| BootError::Vcpu { vcpu: index, what, source };
+    let err = |what: &'static str| {
+        move |source| BootError::Vcpu {
+            vcpu: index,
+            what,
+            source,
+        }
+    };
     setup_boot_vcpu(vcpu, entry, cr3, boot_params)?;
     let mut regs = vcpu.get_regs().map_err(err("KVM_GET_REGS"))?;
     regs.rsp = secondary_stack(index);
     regs.rbp = regs.rsp;
     regs.rdi = u64::from(index);
     vcpu.set_regs(&regs).map_err(err("KVM_SET_REGS"))?;
-    let runnable = kvm_bindings::kvm_mp_state { mp_state: kvm_bindings::KVM_MP_STATE_RUNNABLE };
+    let runnable = kvm_bindings::kvm_mp_state {
+        mp_state: kvm_bindings::KVM_MP_STATE_RUNNABLE,
+    };
     vcpu.set_mp_state(runnable).map_err(err("KVM_SET_MP_STATE"))
 }
 

@@ -140,6 +140,8 @@ pub enum StopReason {
     TripleFault,
     /// KVM could not run the guest.
     Crash(String),
+    /// An introspection handler asked to stop the guest.
+    Handler,
 }
 
 /// Counters of accesses no device claimed (a guest probing for hardware that is not there).

@@ -429,6 +429,7 @@ impl VcpuRunner {
             StopReason::Reset => Outcome::Reset,
             StopReason::TripleFault => Outcome::TripleFault { vcpu, rip },
             StopReason::Crash(reason) => Outcome::Crash { vcpu, rip, reason },
+            StopReason::Handler => Outcome::Stopped { vcpu, rip },
         };
         let _ = self.events.send(VcpuEvent::Ended(outcome));
         self.ended = true;
