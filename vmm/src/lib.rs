@@ -14,6 +14,7 @@ pub mod kernel_symbols;
 pub mod layout;
 pub mod loader;
 pub mod memory;
+pub mod memslots;
 pub mod outcome;
 pub mod phases;
 pub mod platform;

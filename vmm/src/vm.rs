@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use kvm_bindings::{
-    KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY, kvm_pit_config, kvm_userspace_memory_region,
+    KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY, kvm_pit_config,
 };
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use vmm_sys_util::eventfd::EventFd;
@@ -183,6 +183,7 @@ pub struct Vm {
     console: ConsoleCapture,
     test_device: Arc<Mutex<TestDevice>>,
     kernel: LoadedKernel,
+    memslots: Mutex<crate::memslots::Memslots>,
     phases: Phases,
     mem: GuestMem,
     vm_fd: VmFd,
@@ -229,7 +230,8 @@ impl Vm {
         let kvm = open_kvm()?;
         let vm_fd = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
         let mem = GuestMem::new(config.mem_size)?;
-        register_memory(&vm_fd, &mem)?;
+        let mut memslots = crate::memslots::Memslots::new(&mem);
+        memslots.apply(&vm_fd).map_err(|e| VmError::Device { what: "guest memory slots", reason: e.to_string() })?;
         vm_fd
             .set_tss_address(TSS_ADDRESS)
             .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
@@ -325,6 +327,7 @@ impl Vm {
             console,
             test_device,
             kernel,
+            memslots: Mutex::new(memslots),
             phases,
             mem,
             vm_fd,
@@ -487,6 +490,50 @@ impl Vm {
         crate::target::VmTarget::new(self.mem.clone(), controls)
     }
 
+    /// Starts tracing guest RAM `[start, start+len)`: its memory slot goes (or becomes
+    /// read-only for [`crate::memslots::TraceMode::WritesOnly`]), and `device`, mapped on the
+    /// MMIO bus over the range, receives every access that now exits (it performs the access
+    /// on the backing memory and records it). Safe while the guest runs: every vCPU is paused
+    /// around the change, so no access is lost or unrecorded.
+    pub fn trace_ram(
+        &self,
+        start: u64,
+        len: u64,
+        mode: crate::memslots::TraceMode,
+        device: crate::devices::bus::SharedDevice,
+    ) -> Result<(), VmError> {
+        let dev_err = |e: &dyn std::fmt::Display| VmError::Device { what: "RAM tracing", reason: e.to_string() };
+        let mut slots = self.memslots.lock().unwrap_or_else(|p| p.into_inner());
+        slots.add(start, len, mode).map_err(|e| VmError::Config(e.to_string()))?;
+        self.pause_all()?;
+        let result = self
+            .io
+            .mmio
+            .insert(start, len, device)
+            .map_err(|e| dev_err(&e))
+            .and_then(|()| slots.apply(&self.vm_fd).map_err(|e| dev_err(&e)));
+        if result.is_err() {
+            let _ = slots.remove(start);
+            let _ = self.io.mmio.remove(start);
+            let _ = slots.apply(&self.vm_fd);
+        }
+        self.resume_all()?;
+        result
+    }
+
+    /// Stops tracing the RAM range starting at `start`: its slot comes back, the device goes.
+    pub fn untrace_ram(&self, start: u64) -> Result<(), VmError> {
+        let mut slots = self.memslots.lock().unwrap_or_else(|p| p.into_inner());
+        slots.remove(start).map_err(|e| VmError::Config(e.to_string()))?;
+        self.pause_all()?;
+        let result = slots
+            .apply(&self.vm_fd)
+            .map_err(|e| VmError::Device { what: "RAM tracing", reason: e.to_string() });
+        self.io.mmio.remove(start);
+        self.resume_all()?;
+        result
+    }
+
     /// Everything the guest printed on the serial console (bounded).
     pub fn console(&self) -> &ConsoleCapture {
         &self.console
@@ -545,23 +592,6 @@ impl Drop for Vm {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-fn register_memory(vm_fd: &VmFd, mem: &GuestMem) -> Result<(), VmError> {
-    for (slot, (start, len, host)) in mem.regions().enumerate() {
-        let region = kvm_userspace_memory_region {
-            slot: u32::try_from(slot).unwrap_or(u32::MAX),
-            flags: 0,
-            guest_phys_addr: start.raw(),
-            memory_size: len,
-            userspace_addr: host as u64,
-        };
-        // SAFETY: the region is a live host mapping owned by `mem`, which the Vm keeps alive
-        // (and drops after the VM fd) for as long as KVM can access it.
-        unsafe { vm_fd.set_user_memory_region(region) }
-            .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
-    }
-    Ok(())
 }
 
 fn read_file(what: &'static str, path: &Path) -> Result<Vec<u8>, VmError> {

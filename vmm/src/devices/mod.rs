@@ -7,6 +7,7 @@ pub mod bus;
 pub mod legacy;
 pub mod serial;
 pub mod test_device;
+pub mod traced_ram;
 
 /// What a device asks of the VM after a guest write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
