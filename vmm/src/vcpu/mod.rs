@@ -6,6 +6,7 @@
 //! called on the vCPU thread with the vCPU at hand. A kick (see [`kick`]) brings the vCPU out
 //! of KVM_RUN to read its messages; [`crate::vm::Vm::pause_all`] builds on it.
 
+pub mod context;
 pub mod exit;
 pub mod kick;
 
@@ -259,6 +260,17 @@ pub struct VcpuRunner {
     pauses: u32,
     /// This vCPU ended the VM: it never runs again.
     ended: bool,
+    /// KVM syncs the general registers into kvm_run at every exit (turned on with tracing).
+    sync_regs: bool,
+}
+
+/// A traced device access copied out of kvm_run (see `run_once`).
+#[derive(Clone, Copy)]
+enum Pending {
+    IoIn(u16, usize),
+    IoOut(u16, usize),
+    MmioRead(u64, usize),
+    MmioWrite(u64, usize),
 }
 
 impl VcpuRunner {
@@ -278,6 +290,7 @@ impl VcpuRunner {
             events,
             pauses: 0,
             ended: false,
+            sync_regs: false,
         }
     }
 
@@ -303,6 +316,7 @@ impl VcpuRunner {
 
     fn run(mut self, rx: Receiver<VcpuMsg>, paused: bool) {
         kick::publish(std::ptr::from_mut(self.fd.get_kvm_run()));
+        context::set_vcpu(u32::from(self.index));
         self.pauses = u32::from(paused);
         let mut state = if paused {
             VcpuState::Paused
@@ -437,6 +451,11 @@ impl VcpuRunner {
     }
 
     fn run_once(&mut self) -> ExitAction {
+        let tracing = self.io.tracing.load(std::sync::atomic::Ordering::Relaxed);
+        if tracing && !self.sync_regs {
+            self.fd.set_sync_valid_reg(kvm_ioctls::SyncReg::Register);
+            self.sync_regs = true;
+        }
         let io = IoBuses {
             pio: &self.io.pio,
             mmio: &self.io.mmio,
@@ -463,7 +482,77 @@ impl VcpuRunner {
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Exit::Interrupted,
             Err(e) => Exit::Other(format!("KVM_RUN failed: {e}")),
         };
-        exit::dispatch(exit, &io)
+        if !tracing {
+            return exit::dispatch(exit, &io);
+        }
+        // Tracing: copy the access out of kvm_run so its borrow ends, read RIP from the
+        // synced registers, dispatch on the copy, then put read data back into kvm_run.
+        let mut buf = [0u8; 8];
+        let pending = match exit {
+            Exit::IoIn { port, data } if data.len() <= 8 => Pending::IoIn(port, data.len()),
+            Exit::IoOut { port, data } if data.len() <= 8 => {
+                buf[..data.len()].copy_from_slice(data);
+                Pending::IoOut(port, data.len())
+            }
+            Exit::MmioRead { addr, data } if data.len() <= 8 => Pending::MmioRead(addr, data.len()),
+            Exit::MmioWrite { addr, data } if data.len() <= 8 => {
+                buf[..data.len()].copy_from_slice(data);
+                Pending::MmioWrite(addr, data.len())
+            }
+            other => return exit::dispatch(other, &io),
+        };
+        context::set_rip(Some(self.fd.sync_regs().regs.rip));
+        let action = match pending {
+            Pending::IoIn(port, n) => exit::dispatch(
+                Exit::IoIn {
+                    port,
+                    data: &mut buf[..n],
+                },
+                &io,
+            ),
+            Pending::IoOut(port, n) => exit::dispatch(
+                Exit::IoOut {
+                    port,
+                    data: &buf[..n],
+                },
+                &io,
+            ),
+            Pending::MmioRead(addr, n) => exit::dispatch(
+                Exit::MmioRead {
+                    addr,
+                    data: &mut buf[..n],
+                },
+                &io,
+            ),
+            Pending::MmioWrite(addr, n) => exit::dispatch(
+                Exit::MmioWrite {
+                    addr,
+                    data: &buf[..n],
+                },
+                &io,
+            ),
+        };
+        context::set_rip(None);
+        let run = self.fd.get_kvm_run();
+        match pending {
+            Pending::IoIn(_, n) => {
+                // SAFETY: KVM_RUN returned KVM_EXIT_IO, so `io` is the live union member and
+                // `data_offset` points at `n` bytes (size * count, checked <= 8 above) inside
+                // the kvm_run mapping, where KVM reads the result on the next KVM_RUN.
+                unsafe {
+                    let offset = usize::try_from(run.__bindgen_anon_1.io.data_offset).unwrap_or(0);
+                    let dst = std::ptr::from_mut(run).cast::<u8>().add(offset);
+                    std::ptr::copy_nonoverlapping(buf.as_ptr(), dst, n);
+                }
+            }
+            Pending::MmioRead(_, n) => {
+                // SAFETY: KVM_RUN returned KVM_EXIT_MMIO, so `mmio` is the live union member;
+                // its `data` holds 8 bytes and `n` <= 8.
+                unsafe { run.__bindgen_anon_1.mmio.data[..n].copy_from_slice(&buf[..n]) };
+            }
+            Pending::IoOut(..) | Pending::MmioWrite(..) => {}
+        }
+        action
     }
 
     fn internal_error(&mut self) -> InternalError {
