@@ -7,6 +7,9 @@
 //!   function's first byte.
 //! - [`can_probe`]: whether an int3 probe may replace the first byte of the instruction at an
 //!   address (kprobes' `can_probe`), with typed reasons ([`CannotProbe`]) a CLI can print.
+//! - [`Insn::emulation`]: whether a probe hit may complete the instruction on the host
+//!   (kprobes' "boost" / emulation of simple instructions) instead of single-stepping it
+//!   ([`Emulation`]).
 //!
 //! Always analyse the **original** bytes, never our own patches: callers read code through
 //! the probe engine's `recover_probed_instruction`. No iced-x86 type appears in this API.
@@ -15,7 +18,7 @@ use std::fmt;
 
 use iced_x86::{
     Code, Decoder, DecoderError, DecoderOptions, FlowControl, Formatter, Instruction,
-    IntelFormatter, Mnemonic, Register,
+    IntelFormatter, Mnemonic, OpKind, Register,
 };
 
 /// The longest x86 instruction, in bytes.
@@ -93,10 +96,102 @@ pub struct Insn {
     instr: Instruction,
 }
 
+/// A 64-bit general-purpose register.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[allow(missing_docs)]
+pub enum Gpr {
+    Rax,
+    Rcx,
+    Rdx,
+    Rbx,
+    Rsp,
+    Rbp,
+    Rsi,
+    Rdi,
+    R8,
+    R9,
+    R10,
+    R11,
+    R12,
+    R13,
+    R14,
+    R15,
+}
+
+impl Gpr {
+    fn from_iced(r: Register) -> Option<Gpr> {
+        Some(match r {
+            Register::RAX => Gpr::Rax,
+            Register::RCX => Gpr::Rcx,
+            Register::RDX => Gpr::Rdx,
+            Register::RBX => Gpr::Rbx,
+            Register::RSP => Gpr::Rsp,
+            Register::RBP => Gpr::Rbp,
+            Register::RSI => Gpr::Rsi,
+            Register::RDI => Gpr::Rdi,
+            Register::R8 => Gpr::R8,
+            Register::R9 => Gpr::R9,
+            Register::R10 => Gpr::R10,
+            Register::R11 => Gpr::R11,
+            Register::R12 => Gpr::R12,
+            Register::R13 => Gpr::R13,
+            Register::R14 => Gpr::R14,
+            Register::R15 => Gpr::R15,
+            _ => return None,
+        })
+    }
+}
+
+/// How a host can complete an instruction without the guest executing it: only instructions
+/// common at function entries whose whole effect is on general-purpose registers, RIP and
+/// (for `push`) eight bytes of stack. None of them changes RFLAGS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Emulation {
+    /// No effect beyond RIP: `nop` (0x90), the `0f 1f /0` multi-byte nops (the 5-byte
+    /// ftrace nop `0f 1f 44 00 00` included; their memory operand is never accessed) and
+    /// `endbr64`.
+    Nop,
+    /// `push r64` (50+r, REX.B 41 50+r): RSP -= 8, then the register's value (its value
+    /// *before* the push, for `push rsp`) is stored at [RSP].
+    Push(Gpr),
+    /// `mov r64, r64` between general-purpose registers (`mov rbp, rsp`: 48 89 e5).
+    MovReg {
+        /// The register written.
+        dst: Gpr,
+        /// The register read.
+        src: Gpr,
+    },
+}
+
 impl Insn {
     /// The address just past the instruction.
     pub fn next_ip(&self) -> u64 {
         self.instr.next_ip()
+    }
+
+    /// Whether a probe hit on this instruction may be completed by the host (see
+    /// [`Emulation`]); `None` for everything else, which must be executed by the guest.
+    pub fn emulation(&self) -> Option<Emulation> {
+        let i = &self.instr;
+        match i.code() {
+            Code::Nopw
+            | Code::Nopd
+            | Code::Nopq
+            | Code::Nop_rm16
+            | Code::Nop_rm32
+            | Code::Nop_rm64
+            | Code::Endbr64 => Some(Emulation::Nop),
+            Code::Push_r64 => Gpr::from_iced(i.op0_register()).map(Emulation::Push),
+            Code::Mov_rm64_r64 | Code::Mov_r64_rm64
+                if i.op0_kind() == OpKind::Register && i.op1_kind() == OpKind::Register =>
+            {
+                Some(Emulation::MovReg {
+                    dst: Gpr::from_iced(i.op0_register())?,
+                    src: Gpr::from_iced(i.op1_register())?,
+                })
+            }
+            _ => None,
+        }
     }
 }
 

@@ -255,3 +255,68 @@ fn can_probe_refuses_int3_and_undecodable_code() {
         }))
     );
 }
+
+#[test]
+fn emulation_of_entry_instructions() {
+    use Emulation::*;
+    let cases: &[(&[u8], Option<Emulation>)] = &[
+        (&[0x90], Some(Nop)),
+        (&[0x66, 0x90], Some(Nop)),
+        (&[0x48, 0x90], Some(Nop)),
+        (&[0x0f, 0x1f, 0x00], Some(Nop)),
+        (&[0x0f, 0x1f, 0x40, 0x00], Some(Nop)),
+        (&[0x0f, 0x1f, 0x44, 0x00, 0x00], Some(Nop)),
+        (&[0x66, 0x0f, 0x1f, 0x44, 0x00, 0x00], Some(Nop)),
+        (&[0x0f, 0x1f, 0x80, 0, 0, 0, 0], Some(Nop)),
+        (&[0x0f, 0x1f, 0x84, 0, 0, 0, 0, 0], Some(Nop)),
+        (&[0x66, 0x0f, 0x1f, 0x84, 0, 0, 0, 0, 0], Some(Nop)),
+        (&[0x66, 0x2e, 0x0f, 0x1f, 0x84, 0, 0, 0, 0, 0], Some(Nop)),
+        (&[0xf3, 0x0f, 0x1e, 0xfa], Some(Nop)),
+        (&[0x55], Some(Push(Gpr::Rbp))),
+        (&[0x50], Some(Push(Gpr::Rax))),
+        (&[0x54], Some(Push(Gpr::Rsp))),
+        (&[0x41, 0x54], Some(Push(Gpr::R12))),
+        (&[0x41, 0x57], Some(Push(Gpr::R15))),
+        (
+            &[0x48, 0x89, 0xe5],
+            Some(MovReg {
+                dst: Gpr::Rbp,
+                src: Gpr::Rsp,
+            }),
+        ),
+        (
+            &[0x48, 0x8b, 0xec],
+            Some(MovReg {
+                dst: Gpr::Rbp,
+                src: Gpr::Rsp,
+            }),
+        ),
+        (
+            &[0x4c, 0x89, 0xc7],
+            Some(MovReg {
+                dst: Gpr::Rdi,
+                src: Gpr::R8,
+            }),
+        ),
+        // Not emulated: xchg r8d, eax (41 90), pause, the reserved nops 0f 1f /1, a 16-bit
+        // push, push imm, pushf, mov ebp, esp, mov from memory, call, ret, int3.
+        (&[0x41, 0x90], None),
+        (&[0xf3, 0x90], None),
+        (&[0x0f, 0x1f, 0x48, 0x00], None),
+        (&[0x66, 0x55], None),
+        (&[0x6a, 0x01], None),
+        (&[0x9c], None),
+        (&[0x89, 0xe5], None),
+        (&[0x48, 0x8b, 0x45, 0x00], None),
+        (&[0x48, 0x89, 0x45, 0x00], None),
+        (&[0xe8, 0, 0, 0, 0], None),
+        (&[0xc3], None),
+        (&[0xcc], None),
+        (&[0xf3, 0x0f, 0x1e, 0xfb], None),
+    ];
+    for (bytes, want) in cases {
+        let insn = one(bytes);
+        assert_eq!(insn.len, bytes.len(), "{bytes:02x?}");
+        assert_eq!(insn.emulation(), *want, "{bytes:02x?}: {insn}");
+    }
+}

@@ -486,3 +486,82 @@ fn data_watchpoint_fires_on_hardware_kvm() {
         5
     );
 }
+
+/// Probes on the instructions a function entry starts with (`endbr64; push rbp;
+/// mov rbp, rsp; nop5`) complete in the hit's own exit: the host emulates them (no
+/// single-step, the int3 stays armed), and the guest computes what it computes unprobed.
+#[test]
+fn probes_on_function_entry_instructions_take_one_exit() {
+    const CALLS: u64 = 10;
+    let p = assemble(|a, l| {
+        let mut f = a.create_label();
+        let mut done = a.create_label();
+        a.xor(r8, r8)?;
+        a.xor(r9, r9)?;
+        a.xor(edi, edi)?;
+        let mut top = a.create_label();
+        a.set_label(&mut top)?;
+        // rbp = 0x1000 + i going in; f(i) must hand it back unchanged.
+        a.lea(rbp, qword_ptr(rdi + 0x1000))?;
+        a.call(f)?;
+        a.add(r9, rbp)?;
+        a.inc(rdi)?;
+        a.cmp(rdi, CALLS as i32)?;
+        a.jne(top)?;
+        a.jmp(done)?;
+        // f(i): r8 += saved rbp (read back through the frame) + i.
+        a.set_label(&mut f)?;
+        l.name("endbr", f);
+        a.db(&[0xf3, 0x0f, 0x1e, 0xfa])?;
+        l.here(a, "push")?;
+        a.push(rbp)?;
+        l.here(a, "mov")?;
+        a.db(&[0x48, 0x89, 0xe5])?;
+        l.here(a, "nop5")?;
+        a.db(&[0x0f, 0x1f, 0x44, 0x00, 0x00])?;
+        a.mov(rax, qword_ptr(rbp))?;
+        a.add(r8, rax)?;
+        a.add(r8, rdi)?;
+        a.mov(rbp, 0xdead_u64)?;
+        a.pop(rbp)?;
+        a.ret()?;
+        a.set_label(&mut done)?;
+        // Both sums into one number: r8 (= sum of 0x1000 + 2i) + 0x10000 * (r9 == sum).
+        let mut bad = a.create_label();
+        a.cmp(r9, (CALLS * 0x1000 + CALLS * (CALLS - 1) / 2) as i32)?;
+        a.jne(bad)?;
+        a.add(r8, 0x10000)?;
+        a.set_label(&mut bad)?;
+        a.mov(eax, r8d)?;
+        a.mov(dx, 0x600u32)?;
+        a.out(dx, eax)?;
+        emit_exit(a, 0)
+    });
+    let names = ["endbr", "push", "mov", "nop5"];
+    let sites: Vec<String> = names.iter().map(|n| format!("{:#x}", p.label(n))).collect();
+    let probes: Vec<&str> = sites.iter().map(String::as_str).collect();
+    let mut s = Session::new(raw(&p), "", 1, &spec(&probes, &[]));
+    assert_eq!(s.run(), Outcome::GuestExit { code: 0 });
+    let want = 0x10000 + CALLS * 0x1000 + CALLS * (CALLS - 1);
+    assert_eq!(
+        u64::from(s.vm.points()[0].n),
+        want,
+        "same result as unprobed, rbp handed back"
+    );
+    for site in &sites {
+        assert_eq!(s.hits(&format!("probe {site}")), CALLS, "{site}");
+    }
+    let probes = s.intro.engine().probes();
+    assert_eq!(probes.len(), names.len());
+    for info in &probes {
+        assert_eq!(info.stats.hits, CALLS, "{info:?}");
+        assert_eq!(
+            info.stats.emulated, CALLS,
+            "every hit completed in its own exit (no single-step): {info:?}"
+        );
+        assert!(info.armed, "the int3 never left: {info:?}");
+    }
+    let events = s.events();
+    let probe_events = events.iter().filter(|e| e.kind == EventKind::Probe).count();
+    assert_eq!(probe_events as u64, CALLS * names.len() as u64);
+}

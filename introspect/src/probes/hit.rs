@@ -4,14 +4,17 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use super::arch::{BREAKPOINT_INSN, arch_arm, arch_disarm, arch_finish_step, arch_prepare_step};
+use super::arch::{
+    BREAKPOINT_INSN, Emulated, arch_arm, arch_disarm, arch_emulate, arch_finish_step,
+    arch_prepare_step,
+};
 use super::registry::Probe;
 use super::{
     BreakpointOutcome, HitContext, HookDecision, NO_OWNER, ProbeEngine, ProbeError, StepState, lock,
 };
 use crate::addr::Gva;
 use crate::paging;
-use crate::target::{Target, VcpuAccess};
+use crate::target::{Regs, Target, VcpuAccess};
 
 const CONTINUE: BreakpointOutcome = BreakpointOutcome::Handled(HookDecision::Continue);
 
@@ -30,16 +33,30 @@ impl ProbeEngine {
     ) -> Result<BreakpointOutcome, ProbeError> {
         let me = vcpu.index();
         let site = Gva(rip);
-        let probes = {
+        let found = {
             let reg = self.read_reg();
             match reg.site(site) {
-                Some(s) if s.armed.is_some() => Some(s.probes.clone()),
+                Some(s) if s.armed.is_some() => {
+                    Some((s.probes.clone(), s.armed.and_then(|a| a.emulation)))
+                }
                 _ => None,
             }
         };
-        let Some(probes) = probes else {
+        let Some((probes, emulation)) = found else {
             return self.unarmed_hit(target, vcpu, site);
         };
+        // Registers read once per hit, shared by the emulation attempt and the step path.
+        let mut regs = None;
+        if let Some(insn) = emulation {
+            if self.step_owner.load(Ordering::Acquire) == me {
+                return self.reentered(target, site, &probes);
+            }
+            let r = vcpu.regs()?;
+            if let Some(done) = self.emulate_hit(target, vcpu, site, &probes, insn, &r)? {
+                return Ok(done);
+            }
+            regs = Some(r);
+        }
         match self
             .step_owner
             .compare_exchange(NO_OWNER, me, Ordering::AcqRel, Ordering::Acquire)
@@ -53,14 +70,15 @@ impl ProbeEngine {
             sites: Vec::new(),
             paused_others: false,
         });
-        let decision = match self.call_handlers(vcpu, site, &probes) {
-            Ok(d) => d,
+        let regs = match regs.map_or_else(|| vcpu.regs(), Ok) {
+            Ok(r) => r,
             Err(e) => {
-                // The handler error is the one to report; cleaning up is best effort.
+                // The read error is the one to report; cleaning up is best effort.
                 let _ = self.end_step(target, me, None);
-                return Err(e);
+                return Err(e.into());
             }
         };
+        let decision = self.call_handlers(&*vcpu, site, &probes, &regs);
         match self.begin_step(target, vcpu, site) {
             Ok(true) => Ok(BreakpointOutcome::Handled(decision)),
             Ok(false) => {
@@ -73,6 +91,32 @@ impl ProbeEngine {
                 Err(e)
             }
         }
+    }
+
+    /// A hit on a site whose original instruction the host can complete: one exit, the int3
+    /// stays armed, no step lock (nothing in guest memory changes but a push's stack slot,
+    /// so other vCPUs need not pause). Performs the instruction's memory write, calls the
+    /// handlers with the registers at the hit, then sets the registers past the
+    /// instruction. `None`: cannot here (nothing done, no handler called): step it.
+    fn emulate_hit(
+        &self,
+        target: &dyn Target,
+        vcpu: &mut dyn VcpuAccess,
+        site: Gva,
+        probes: &[Arc<Probe>],
+        insn: Emulated,
+        regs: &Regs,
+    ) -> Result<Option<BreakpointOutcome>, ProbeError> {
+        let paging = || vcpu.paging().ok();
+        let Some(after) = arch_emulate(target, paging, insn, regs, self.debug_base()) else {
+            return Ok(None);
+        };
+        let decision = self.call_handlers(&*vcpu, site, probes, regs);
+        for p in probes {
+            p.emulated();
+        }
+        vcpu.set_regs(&after)?;
+        Ok(Some(BreakpointOutcome::Handled(decision)))
     }
 
     /// A single-step exit on `vcpu`: if it was stepping a probed instruction, re-arms the
@@ -96,20 +140,20 @@ impl ProbeEngine {
         Ok(super::hand_back_int3(vcpu)?)
     }
 
-    /// Calls every handler of the site.
+    /// Calls every handler of the site with the registers at the hit.
     fn call_handlers(
         &self,
-        vcpu: &mut dyn VcpuAccess,
+        vcpu: &dyn VcpuAccess,
         site: Gva,
         probes: &[Arc<Probe>],
-    ) -> Result<HookDecision, ProbeError> {
-        let regs = vcpu.regs()?;
+        regs: &Regs,
+    ) -> HookDecision {
         let symbol_offset = self.symbols.as_deref().and_then(|t| t.lookup(site.raw()));
         let mut decision = HookDecision::Continue;
         for p in probes {
             let ctx = HitContext {
                 vcpu: vcpu.index(),
-                regs: &regs,
+                regs,
                 site,
                 symbol_offset,
                 hit_count: p.hit(),
@@ -119,7 +163,7 @@ impl ProbeEngine {
                 decision = HookDecision::StopGuest;
             }
         }
-        Ok(decision)
+        decision
     }
 
     /// With the step lock held: pauses the other vCPUs, restores the site's original byte and

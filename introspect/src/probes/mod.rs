@@ -45,6 +45,15 @@
 //!   others and releases the lock. So **the int3 is never missing while another vCPU runs**.
 //!   A hit on a site while that vCPU is already stepping one (re-entry) counts in `nmissed`,
 //!   as in kprobes, and its instruction is still executed.
+//! - RIP on an armed site whose original instruction is one the host can complete
+//!   (`disasm::Emulation`: nops of every length, `endbr64`, `push r64`, `mov r64, r64`;
+//!   kprobes' "boost"): the hit takes **one exit**. No step lock, no pause, no byte restore
+//!   (the int3 stays armed): the engine reads the registers once, writes a push's 8 bytes to
+//!   the stack through the vCPU's own paging context, calls the handlers, and sets the
+//!   registers past the instruction with one `set_regs`. It falls back to the single-step
+//!   path when the stack does not translate to writable memory, when the guest itself
+//!   single-steps (TF), or for a push when a data watchpoint is armed (it must fire).
+//!   Counted in [`ProbeStats::emulated`].
 //! - RIP on an int3 that is not ours (the guest's self-tests, `text_poke`, its own kprobes):
 //!   [`BreakpointOutcome::GuestInt3`]; the VMM gives it back with [`hand_back_int3`].
 //! - Anything else: [`BreakpointOutcome::NotOurs`]; on our software KVM that is a real
@@ -93,7 +102,8 @@ pub enum HookDecision {
     /// Let the guest run on.
     Continue,
     /// Stop the guest (for a debugger). The displaced instruction is still set up to be
-    /// stepped: when the VMM lets the vCPU run again, the single-step completes the hit.
+    /// stepped: when the VMM lets the vCPU run again, the single-step completes the hit (an
+    /// emulated instruction is already complete: the vCPU stops just past it).
     StopGuest,
 }
 
@@ -324,15 +334,21 @@ impl ProbeEngine {
         let ctx = self.paging_context(target)?;
         let t = paging::translate(target, &ctx, site)
             .map_err(|source| ProbeError::Translate { addr: site, source })?;
-        self.check_translated(target, &ctx, site, &t)?;
+        let insn = self.check_translated(target, &ctx, site, &t)?;
         target.pause_all()?;
-        let armed = self.arm_paused(target, site, t.gpa);
+        let armed = self.arm_paused(target, site, t.gpa, arch::arch_emulation(&insn));
         let resumed = target.resume_all();
         armed?;
         Ok(resumed?)
     }
 
-    fn arm_paused(&self, target: &dyn Target, site: Gva, gpa: Gpa) -> Result<(), ProbeError> {
+    fn arm_paused(
+        &self,
+        target: &dyn Target,
+        site: Gva,
+        gpa: Gpa,
+        emulation: Option<arch::Emulated>,
+    ) -> Result<(), ProbeError> {
         let mut reg = self.write_reg();
         let stepping = match reg.site(site) {
             None => return Err(ProbeError::NoProbeAt(site)),
@@ -362,7 +378,14 @@ impl ProbeEngine {
         if stepping == 0 {
             arch_arm(target, gpa)?;
         }
-        reg.set_armed(site, Armed { gpa, orig: orig[0] });
+        reg.set_armed(
+            site,
+            Armed {
+                gpa,
+                orig: orig[0],
+                emulation,
+            },
+        );
         Ok(())
     }
 

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::ProbeHandler;
+use super::arch::Emulated;
 use crate::addr::{Gpa, Gva};
 
 /// A registered probe.
@@ -31,6 +32,9 @@ pub struct ProbeStats {
     /// Hits that did not run its handler (kprobes' `nmissed`): a hit on a vCPU already in the
     /// middle of another probe's hit (re-entry). The probed instruction still ran.
     pub nmissed: u64,
+    /// Hits whose probed instruction the host emulated (one exit, no single-step; see
+    /// `disasm::Emulation`). Counted once per probe of the site.
+    pub emulated: u64,
 }
 
 /// What [`super::ProbeEngine::probes`] reports about one probe.
@@ -52,12 +56,18 @@ pub(super) struct Probe {
     pub(super) handler: Box<dyn ProbeHandler>,
     hits: AtomicU64,
     nmissed: AtomicU64,
+    emulated: AtomicU64,
 }
 
 impl Probe {
     /// Counts a hit; returns the count including it.
     pub(super) fn hit(&self) -> u64 {
         self.hits.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Counts a hit whose instruction the host emulated.
+    pub(super) fn emulated(&self) {
+        self.emulated.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a missed hit.
@@ -69,6 +79,7 @@ impl Probe {
         ProbeStats {
             hits: self.hits.load(Ordering::Relaxed),
             nmissed: self.nmissed.load(Ordering::Relaxed),
+            emulated: self.emulated.load(Ordering::Relaxed),
         }
     }
 }
@@ -80,6 +91,9 @@ pub(super) struct Armed {
     pub(super) gpa: Gpa,
     /// The original byte.
     pub(super) orig: u8,
+    /// How a hit completes the original instruction on the host, when it can (decided from
+    /// the original bytes when the site was checked and armed).
+    pub(super) emulation: Option<Emulated>,
 }
 
 /// One probed address.
@@ -220,6 +234,7 @@ impl ProbeRegistry {
             handler,
             hits: AtomicU64::new(0),
             nmissed: AtomicU64::new(0),
+            emulated: AtomicU64::new(0),
         });
         let s = self.sites.entry(site).or_insert_with(|| Site {
             probes: Arc::new([]),

@@ -31,14 +31,17 @@ const SPIN_END: u64 = SPIN + 11;
 const SPIN_SITE: u64 = SPIN + 4;
 const EXC_INT3: u64 = KERNEL + 0x100;
 const TEXT_POKE: u64 = KERNEL + 0x140;
+/// A function made of instructions the host completes itself ([`EMUL_CODE`]).
+const EMUL: u64 = KERNEL + 0x180;
 const ENTRY: u64 = KERNEL + 0x200;
 const TABLE_IN_TEXT: u64 = KERNEL + 0x300;
 const ETEXT: u64 = KERNEL + 0x400;
 
-/// `push rbp`, `mov rbp, rsp` (the site most tests use), `mov rax, [rip+counter]`, ...
+/// `push rbp`, `add rbp, rsp` (the site most tests use: an instruction the host does not
+/// emulate, so hits single-step it), `mov rax, [rip+counter]`, ...
 const SITE: u64 = FUNC_A + 1;
 const SITE_GPA: Gpa = Gpa(TEXT_GPA + 1);
-/// The first byte of `mov rbp, rsp` (REX.W).
+/// The first byte of `add rbp, rsp` (REX.W).
 const SITE_ORIG: u8 = 0x48;
 const MOV_RIP: u64 = FUNC_A + 4;
 
@@ -57,7 +60,7 @@ fn load_text(t: &MockTarget) {
     let func_a = asm(FUNC_A, |a| {
         let mut counter = a.create_label();
         a.push(rbp)?;
-        a.mov(rbp, rsp)?;
+        a.add(rbp, rsp)?;
         a.mov(rax, qword_ptr(counter))?;
         a.add(rax, 1)?;
         a.mov(qword_ptr(counter), rax)?;
@@ -85,6 +88,7 @@ fn load_text(t: &MockTarget) {
         })
     };
     t.poke(gpa_of(FUNC_A), &func_a);
+    t.poke(gpa_of(EMUL), EMUL_CODE);
     t.poke(gpa_of(SPIN), &spin);
     for ip in [EXC_INT3, TEXT_POKE, ENTRY, TABLE_IN_TEXT] {
         t.poke(gpa_of(ip), &short(ip));
@@ -100,6 +104,7 @@ fn symbols() -> SymbolTable {
         Symbol::new("spin", SPIN, 't'),
         Symbol::new("exc_int3", EXC_INT3, 'T'),
         Symbol::new("text_poke_bp_batch.constprop.0", TEXT_POKE, 't'),
+        Symbol::new("emul", EMUL, 'T'),
         Symbol::new("__entry_text_start", ENTRY, 'T'),
         Symbol::new("entry_SYSCALL_64", ENTRY, 'T'),
         Symbol::new("__entry_text_end", ENTRY + 0x40, 'T'),
@@ -268,10 +273,10 @@ fn a_guest_reading_its_own_text_sees_the_int3() {
     // The guest reads guest memory directly (here: the mock's RAM through PhysMem).
     let mut guest_view = [0; 3];
     t.read_phys(SITE_GPA, &mut guest_view).unwrap();
-    assert_eq!(guest_view, [0xcc, 0x89, 0xe5]);
+    assert_eq!(guest_view, [0xcc, 0x01, 0xe5]);
     let mut ours = [0; 3];
     e.read_phys(t.as_ref(), SITE_GPA, &mut ours).unwrap();
-    assert_eq!(ours, [SITE_ORIG, 0x89, 0xe5]);
+    assert_eq!(ours, [SITE_ORIG, 0x01, 0xe5]);
 }
 
 #[test]
@@ -315,7 +320,8 @@ fn several_probes_at_one_address_share_one_int3() {
         e.stats(p1),
         Some(ProbeStats {
             hits: 2,
-            nmissed: 0
+            nmissed: 0,
+            emulated: 0,
         })
     );
     // Removing one probe keeps the int3 for the other; removing the last disarms.
@@ -324,7 +330,8 @@ fn several_probes_at_one_address_share_one_int3() {
         e.unregister(t.as_ref(), p1),
         Ok(ProbeStats {
             hits: 2,
-            nmissed: 0
+            nmissed: 0,
+            emulated: 0,
         })
     );
     assert_eq!(t.take_log(), []);
@@ -399,7 +406,7 @@ fn a_hit_steps_the_original_instruction_and_rearms() {
         }]
     );
 
-    // The guest executes `mov rbp, rsp`; the single-step exit re-arms.
+    // The guest executes `add rbp, rsp`; the single-step exit re-arms.
     v.regs.rip = SITE + 3;
     assert_eq!(
         e.on_single_step(t.as_ref(), &mut v),
@@ -414,7 +421,8 @@ fn a_hit_steps_the_original_instruction_and_rearms() {
         e.stats(id),
         Some(ProbeStats {
             hits: 1,
-            nmissed: 0
+            nmissed: 0,
+            emulated: 0,
         })
     );
 }
@@ -504,7 +512,8 @@ fn a_reentrant_hit_is_missed_but_still_stepped() {
         e.stats(pb),
         Some(ProbeStats {
             hits: 0,
-            nmissed: 1
+            nmissed: 1,
+            emulated: 0,
         })
     );
     assert_eq!(byte_at(&t, gpa_of(MOV_RIP)), 0x48, "restored for the step");
@@ -523,7 +532,8 @@ fn a_reentrant_hit_is_missed_but_still_stepped() {
         e.stats(pa),
         Some(ProbeStats {
             hits: 1,
-            nmissed: 0
+            nmissed: 0,
+            emulated: 0,
         })
     );
     assert_eq!(seen_a.lock().unwrap().len(), 1);
@@ -864,6 +874,348 @@ fn two_vcpus_run_through_one_probe() {
     let hits = hits.load(Ordering::Relaxed);
     assert!(executed.iter().all(|&n| n > 0), "{executed:?}");
     assert_eq!(executed.iter().sum::<u64>(), hits);
-    assert_eq!(e.stats(id), Some(ProbeStats { hits, nmissed: 0 }));
+    assert_eq!(
+        e.stats(id),
+        Some(ProbeStats {
+            hits,
+            nmissed: 0,
+            emulated: 0
+        })
+    );
     assert_eq!(byte_at(&t, gpa_of(SPIN_SITE)), 0xcc);
+}
+
+// ---- Hits completed on the host (emulated instructions) ----
+
+/// `emul`: endbr64; push rbp; mov rbp, top; nop5 (ftrace); nop10; nop; push r12; push top;
+/// mov rdi, r8; add rbp, top; ret. Offsets in [`EMUL_SITES`].
+const EMUL_CODE: &[u8] = &[
+    0xf3, 0x0f, 0x1e, 0xfa, // 0: endbr64
+    0x55, // 4: push rbp
+    0x48, 0x89, 0xe5, // 5: mov rbp, top
+    0x0f, 0x1f, 0x44, 0x00, 0x00, // 8: nop5
+    0x66, 0x2e, 0x0f, 0x1f, 0x84, 0x00, 0x00, 0x00, 0x00, 0x00, // 13: cs nopw [rax+rax]
+    0x90, // 23: nop
+    0x41, 0x54, // 24: push r12
+    0x54, // 26: push top
+    0x4c, 0x89, 0xc7, // 27: mov rdi, r8
+    0x48, 0x01, 0xe5, // 30: add rbp, top (not emulated)
+    0xc3, // 33: ret
+];
+const E_ENDBR: u64 = EMUL;
+const E_PUSH_RBP: u64 = EMUL + 4;
+const E_MOV: u64 = EMUL + 5;
+const E_NOP5: u64 = EMUL + 8;
+const E_NOP10: u64 = EMUL + 13;
+const E_NOP: u64 = EMUL + 23;
+const E_PUSH_R12: u64 = EMUL + 24;
+const E_PUSH_RSP: u64 = EMUL + 26;
+const E_MOV_R8: u64 = EMUL + 27;
+
+/// Two stack pages, mapped to non-adjacent frames (the upper page below the lower one).
+const STACK: u64 = 0xffff_c900_0010_0000;
+const STACK_LO_GPA: u64 = 0x30_2000;
+const STACK_HI_GPA: u64 = 0x30_0000;
+
+fn setup_stack(t: &MockTarget) {
+    t.map(Gva(STACK), Gpa(STACK_LO_GPA), 0x1000, false);
+    t.map(Gva(STACK + 0x1000), Gpa(STACK_HI_GPA), 0x1000, false);
+}
+
+/// A vCPU at `rip` with distinct values in every register.
+fn busy_vcpu(t: &MockTarget, rip: u64, top: u64) -> MockVcpu {
+    let mut v = at(t, 0, rip);
+    let r = &mut v.regs;
+    (r.rax, r.rbx, r.rcx, r.rdx) = (0xa0, 0xb0, 0xc0, 0xd0);
+    (r.rsi, r.rdi, r.rbp, r.rsp) = (0x51, 0xd1, 0xbbbb_0000, top);
+    (r.r8, r.r9, r.r10, r.r11) = (0x8888, 0x9, 0x10, 0x11);
+    (r.r12, r.r13, r.r14, r.r15) = (0x1212_1212_3434_3434, 0x13, 0x14, 0x15);
+    r.rflags = 0x246;
+    v
+}
+
+/// Probes `site`, hits it once with `v`, and checks it completed in the exit: the handler
+/// ran once with the registers at the hit, exactly one set_regs (with `want`) and the
+/// `writes` (gpa, bytes) in the log, no debug state, no byte restored, the int3 armed.
+fn emulated_hit(
+    t: &MockTarget,
+    e: &ProbeEngine,
+    mut v: MockVcpu,
+    want: Regs,
+    writes: &[(u64, Vec<u8>)],
+) {
+    let site = v.regs.rip;
+    let (h, seen) = recorder(HookDecision::Continue);
+    let id = e.register(Gva(site), h);
+    e.arm(t, Gva(site)).unwrap();
+    t.take_log();
+    assert_eq!(
+        e.on_breakpoint(t, &mut v, site),
+        Ok(BreakpointOutcome::Handled(HookDecision::Continue))
+    );
+    let mut expect: Vec<Call> = writes
+        .iter()
+        .map(|(gpa, bytes)| Call::WritePhys {
+            gpa: Gpa(*gpa),
+            bytes: bytes.clone(),
+        })
+        .collect();
+    expect.push(Call::SetRegs {
+        vcpu: 0,
+        regs: want,
+    });
+    assert_eq!(t.take_log(), expect, "{site:#x}");
+    assert_eq!(v.regs, want);
+    assert_eq!(seen.lock().unwrap().len(), 1);
+    assert_eq!(seen.lock().unwrap()[0].rip, site);
+    assert_eq!(byte_at(t, gpa_of(site)), 0xcc, "the int3 stays armed");
+    assert_eq!(e.stepping_vcpu(), None);
+    assert_eq!(
+        e.stats(id),
+        Some(ProbeStats {
+            hits: 1,
+            nmissed: 0,
+            emulated: 1
+        })
+    );
+}
+
+#[test]
+fn nops_and_endbr64_complete_in_the_exit() {
+    let (t, e) = setup(1);
+    for (site, len) in [(E_ENDBR, 4), (E_NOP5, 5), (E_NOP10, 10), (E_NOP, 1)] {
+        let v = busy_vcpu(&t, site, 0);
+        let want = Regs {
+            rip: site + len,
+            ..v.regs
+        };
+        emulated_hit(&t, &e, v, want, &[]);
+    }
+}
+
+#[test]
+fn mov_between_registers_completes_in_the_exit() {
+    let (t, e) = setup(1);
+    let v = busy_vcpu(&t, E_MOV, STACK + 0x800);
+    let want = Regs {
+        rip: E_MOV + 3,
+        rbp: STACK + 0x800,
+        ..v.regs
+    };
+    emulated_hit(&t, &e, v, want, &[]);
+    let v = busy_vcpu(&t, E_MOV_R8, STACK + 0x800);
+    let want = Regs {
+        rip: E_MOV_R8 + 3,
+        rdi: 0x8888,
+        ..v.regs
+    };
+    emulated_hit(&t, &e, v, want, &[]);
+}
+
+#[test]
+fn push_writes_the_stack_through_the_vcpus_page_tables() {
+    let (t, e) = setup(1);
+    setup_stack(&t);
+    let top = STACK + 0x800;
+    let v = busy_vcpu(&t, E_PUSH_RBP, top);
+    let want = Regs {
+        rip: E_PUSH_RBP + 1,
+        rsp: top - 8,
+        ..v.regs
+    };
+    let slot = STACK_LO_GPA + 0x7f8;
+    emulated_hit(
+        &t,
+        &e,
+        v,
+        want,
+        &[(slot, 0xbbbb_0000u64.to_le_bytes().to_vec())],
+    );
+    assert_eq!(t.peek(Gpa(slot), 8), 0xbbbb_0000u64.to_le_bytes());
+    // REX.B push.
+    let v = busy_vcpu(&t, E_PUSH_R12, top);
+    let want = Regs {
+        rip: E_PUSH_R12 + 2,
+        rsp: top - 8,
+        ..v.regs
+    };
+    let r12v = 0x1212_1212_3434_3434u64.to_le_bytes().to_vec();
+    emulated_hit(&t, &e, v, want, &[(slot, r12v)]);
+    // `push top` stores RSP as it was before the push.
+    let v = busy_vcpu(&t, E_PUSH_RSP, top);
+    let want = Regs {
+        rip: E_PUSH_RSP + 1,
+        rsp: top - 8,
+        ..v.regs
+    };
+    emulated_hit(&t, &e, v, want, &[(slot, top.to_le_bytes().to_vec())]);
+}
+
+#[test]
+fn a_push_across_a_page_boundary_writes_both_frames() {
+    let (t, e) = setup(1);
+    setup_stack(&t);
+    // [top-8, top) = the last 5 bytes of the lower page and the first 3 of the upper one.
+    let top = STACK + 0x1003;
+    let v = busy_vcpu(&t, E_PUSH_R12, top);
+    let want = Regs {
+        rip: E_PUSH_R12 + 2,
+        rsp: top - 8,
+        ..v.regs
+    };
+    let bytes = 0x1212_1212_3434_3434u64.to_le_bytes();
+    emulated_hit(
+        &t,
+        &e,
+        v,
+        want,
+        &[
+            (STACK_LO_GPA + 0xffb, bytes[..5].to_vec()),
+            (STACK_HI_GPA, bytes[5..].to_vec()),
+        ],
+    );
+}
+
+/// Expects a hit on `site` with `v` to take the single-step path: byte restored, step on,
+/// no set_regs, nothing counted as emulated.
+fn stepped_hit(t: &MockTarget, e: &ProbeEngine, mut v: MockVcpu) {
+    let site = v.regs.rip;
+    let (h, _) = counter();
+    let id = e.register(Gva(site), h);
+    e.arm(t, Gva(site)).unwrap();
+    let orig = EMUL_CODE[usize::try_from(site - EMUL).unwrap()];
+    t.take_log();
+    assert_eq!(
+        e.on_breakpoint(t, &mut v, site),
+        Ok(BreakpointOutcome::Handled(HookDecision::Continue))
+    );
+    assert_eq!(
+        t.take_log(),
+        [write(gpa_of(site), orig), set_debug(0, true)],
+        "{site:#x}"
+    );
+    assert_eq!(
+        e.on_single_step(t, &mut v),
+        Ok(Some(HookDecision::Continue))
+    );
+    assert_eq!(
+        t.take_log(),
+        [write(gpa_of(site), 0xcc), set_debug(0, false)]
+    );
+    assert_eq!(
+        e.stats(id),
+        Some(ProbeStats {
+            hits: 1,
+            nmissed: 0,
+            emulated: 0
+        })
+    );
+}
+
+#[test]
+fn a_push_onto_an_unmapped_stack_falls_back_to_the_step() {
+    let (t, e) = setup(1);
+    // No stack mapped at all.
+    stepped_hit(&t, &e, busy_vcpu(&t, E_PUSH_RBP, STACK + 0x800));
+    // The lower page is mapped, the upper is not: the crossing push writes nothing.
+    let (t, e) = setup(1);
+    t.map(Gva(STACK), Gpa(STACK_LO_GPA), 0x1000, false);
+    let before = t.peek(Gpa(STACK_LO_GPA), 0x1000);
+    stepped_hit(&t, &e, busy_vcpu(&t, E_PUSH_RBP, STACK + 0x1004));
+    assert_eq!(t.peek(Gpa(STACK_LO_GPA), 0x1000), before);
+}
+
+#[test]
+fn guest_single_step_and_data_watchpoints_keep_the_step_path() {
+    // The guest's own TF: its #DB must come after the instruction.
+    let (t, e) = setup(1);
+    let mut v = busy_vcpu(&t, E_NOP5, 0);
+    v.regs.rflags |= crate::target::RFLAGS_TF;
+    stepped_hit(&t, &e, v);
+    // A write watchpoint (DR7: slot 0 enabled, R/W = 01) must see the push's store; a nop
+    // is still emulated.
+    let (t, e) = setup(1);
+    setup_stack(&t);
+    let base = GuestDebug {
+        hw_breakpoints: true,
+        dr: [STACK + 0x7f8, 0, 0, 0],
+        dr7: 0b01 | (0b01 << 16) | (0b11 << 18),
+        ..GuestDebug::default()
+    };
+    e.set_debug_base(base);
+    let site = E_PUSH_RBP;
+    let mut v = busy_vcpu(&t, site, STACK + 0x800);
+    e.register(Gva(site), counter().0);
+    e.arm(t.as_ref(), Gva(site)).unwrap();
+    t.take_log();
+    assert_eq!(
+        e.on_breakpoint(t.as_ref(), &mut v, site),
+        Ok(BreakpointOutcome::Handled(HookDecision::Continue))
+    );
+    assert!(v.debug.single_step);
+    e.on_single_step(t.as_ref(), &mut v).unwrap();
+    let v = busy_vcpu(&t, E_NOP, 0);
+    let want = Regs {
+        rip: E_NOP + 1,
+        ..v.regs
+    };
+    emulated_hit(&t, &e, v, want, &[]);
+}
+
+#[test]
+fn a_handler_can_stop_the_guest_on_an_emulated_hit() {
+    let (t, e) = setup(1);
+    let (h, seen) = recorder(HookDecision::StopGuest);
+    e.register(Gva(E_NOP5), h);
+    e.arm(t.as_ref(), Gva(E_NOP5)).unwrap();
+    let mut v = busy_vcpu(&t, E_NOP5, 0);
+    let before = v.regs;
+    t.take_log();
+    assert_eq!(
+        e.on_breakpoint(t.as_ref(), &mut v, E_NOP5),
+        Ok(BreakpointOutcome::Handled(HookDecision::StopGuest))
+    );
+    assert_eq!(seen.lock().unwrap().len(), 1);
+    // Complete already: the vCPU stops just past the instruction, nothing left to step.
+    let after = Regs {
+        rip: E_NOP5 + 5,
+        ..before
+    };
+    assert_eq!(
+        t.take_log(),
+        [Call::SetRegs {
+            vcpu: 0,
+            regs: after
+        }]
+    );
+    assert_eq!(e.stepping_vcpu(), None);
+    assert_eq!(e.on_single_step(t.as_ref(), &mut v), Ok(None));
+}
+
+#[test]
+fn an_emulated_hit_needs_no_step_lock() {
+    // vCPU 1 holds the step lock (stepping SITE); vCPU 0 hits an emulated site meanwhile:
+    // completed at once, not retried, nothing paused.
+    let (t, e) = setup(2);
+    e.register(Gva(SITE), counter().0);
+    e.arm(t.as_ref(), Gva(SITE)).unwrap();
+    let (h, n) = counter();
+    e.register(Gva(E_NOP), h);
+    e.arm(t.as_ref(), Gva(E_NOP)).unwrap();
+    let mut v1 = at(&t, 1, SITE);
+    e.on_breakpoint(t.as_ref(), &mut v1, SITE).unwrap();
+    assert_eq!(e.stepping_vcpu(), Some(1));
+    t.take_log();
+    let mut v0 = busy_vcpu(&t, E_NOP, 0);
+    assert_eq!(
+        e.on_breakpoint(t.as_ref(), &mut v0, E_NOP),
+        Ok(BreakpointOutcome::Handled(HookDecision::Continue))
+    );
+    assert_eq!(n.load(Ordering::Relaxed), 1);
+    assert_eq!(v0.regs.rip, E_NOP + 1);
+    assert!(matches!(
+        t.take_log().as_slice(),
+        [Call::SetRegs { vcpu: 0, .. }]
+    ));
+    e.on_single_step(t.as_ref(), &mut v1).unwrap();
 }
