@@ -50,19 +50,33 @@ pub struct VcpuCtx<'a> {
     /// vCPU index (0 is the boot vCPU).
     pub index: u8,
     fd: &'a mut VcpuFd,
+    /// The registers KVM synced into kvm_run at this exit are current (no KVM_GET_REGS
+    /// needed); false once anything sets registers, and outside an exit.
+    synced: std::cell::Cell<bool>,
 }
 
 impl<'a> VcpuCtx<'a> {
     /// Lends vCPU `index` (its thread not started, or from the thread itself).
     pub fn new(index: u8, fd: &'a mut VcpuFd) -> Self {
-        VcpuCtx { index, fd }
+        VcpuCtx { index, fd, synced: std::cell::Cell::new(false) }
     }
-    /// General-purpose registers.
+
+    /// Lends the vCPU at an exit after which KVM synced its registers into kvm_run.
+    fn at_exit(index: u8, fd: &'a mut VcpuFd, synced: bool) -> Self {
+        VcpuCtx { index, fd, synced: std::cell::Cell::new(synced) }
+    }
+
+    /// General-purpose registers (from kvm_run when KVM synced them at this exit).
     pub fn regs(&self) -> Result<kvm_regs, kvm_ioctls::Error> {
-        self.fd.get_regs()
+        if self.synced.get() {
+            Ok(self.fd.sync_regs().regs)
+        } else {
+            self.fd.get_regs()
+        }
     }
     /// Sets general-purpose registers.
     pub fn set_regs(&self, regs: &kvm_regs) -> Result<(), kvm_ioctls::Error> {
+        self.synced.set(false);
         self.fd.set_regs(regs)
     }
     /// Segment and control registers.
@@ -372,10 +386,7 @@ impl VcpuRunner {
             }
             VcpuMsg::Stop => VcpuState::Stopped,
             VcpuMsg::With(job) => {
-                job(&mut VcpuCtx {
-                    index: self.index,
-                    fd: &mut self.fd,
-                });
+                job(&mut VcpuCtx::new(self.index, &mut self.fd));
                 state
             }
         }
@@ -393,10 +404,7 @@ impl VcpuRunner {
             ExitAction::Debug(d) => {
                 let action = match &self.hook {
                     Some(h) => h.on_debug(
-                        &mut VcpuCtx {
-                            index: self.index,
-                            fd: &mut self.fd,
-                        },
+                        &mut VcpuCtx::at_exit(self.index, &mut self.fd, self.sync_regs),
                         &d,
                     ),
                     None => HookAction::Stop(StopReason::Crash(format!(
@@ -409,10 +417,7 @@ impl VcpuRunner {
             ExitAction::InternalError(e) => {
                 let claimed = self.hook.as_ref().and_then(|h| {
                     h.on_internal_error(
-                        &mut VcpuCtx {
-                            index: self.index,
-                            fd: &mut self.fd,
-                        },
+                        &mut VcpuCtx::at_exit(self.index, &mut self.fd, self.sync_regs),
                         &e,
                     )
                 });
@@ -452,7 +457,9 @@ impl VcpuRunner {
 
     fn run_once(&mut self) -> ExitAction {
         let tracing = self.io.tracing.load(std::sync::atomic::Ordering::Relaxed);
-        if tracing && !self.sync_regs {
+        // A debug hook reads registers at nearly every exit it sees: let KVM sync them into
+        // kvm_run instead of paying a KVM_GET_REGS each time.
+        if (tracing || self.hook.is_some()) && !self.sync_regs {
             self.fd.set_sync_valid_reg(kvm_ioctls::SyncReg::Register);
             self.sync_regs = true;
         }
