@@ -272,9 +272,9 @@ fn main() {
          per call"
     );
     println!(
-        "this software KVM: an int3 hit is two exits (emulation failure on the int3, then a \
-         single-step of the displaced instruction); an execute breakpoint hit is two exits (RF \
-         ignored: disable the slot, single-step, re-arm). On hardware KVM an execute breakpoint \
-         hit with RF is one exit."
+        "exits per hit: the probe on `nop` is one (the int3 exit; the nop is emulated on the \
+         host), two for instructions that must be single-stepped; an execute breakpoint hit is \
+         two on this software KVM (RF ignored: disable the slot, single-step, re-arm) and one on \
+         hardware KVM (RF)."
     );
 }
