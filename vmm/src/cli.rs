@@ -4,7 +4,9 @@
 //! Everything a user can get wrong is reported here as a [`CliError`] naming the flag, or the
 //! file, line and field, so `main` prints one line and exits with
 //! [`EXIT_BAD_INPUT`](crate::outcome::EXIT_BAD_INPUT). Kernel and initrd files are only checked
-//! to be readable files; their contents are the loader's business.
+//! to be readable files; their contents are the loader's business. Probe, watch and trace
+//! specs (`--probe`, `--mmiotrace`, ...) are checked for syntax only: symbols, addresses and
+//! RAM ranges are checked against the guest when the VM is set up.
 
 use std::error::Error;
 use std::ffi::OsString;
@@ -45,12 +47,20 @@ or decimal). Symbols come from the kernel's symbol table or, for bzImage, its ka
   --probe start_kernel --probe memblock_add_range:int3 --probe 0xffffffff81000000:jump
   --hbreak start_kernel+0x4 --watch jiffies:8:w --events events.jsonl --format jsonl
 
+TARGET (--mmiotrace) is an emulated device, traced at the bus: edu (the PCI device's memory
+BAR), uart (COM1, ports 0x3f8-0x3ff) or testdev (the test device's ports and MMIO page); or a
+guest RAM range GPA:LEN[:w] (0x hex or decimal, LEN may be 4K, 2M, 1G; both 4 KiB-aligned),
+taken out of KVM's memory slots so every access exits; :w traces only writes.
+  --mmiotrace edu --trace t.txt --trace-format mmiotrace --cmdline hvtest=edu
+  --mmiotrace uart --mmiotrace 0x200000:4K:w --trace t.jsonl --trace-format jsonl
+
 A config file (--config) takes the same settings as the flags, as TOML keys: kernel, initrd,
-cmdline, mem, cpus, timeout, serial_log, quiet, probe, hbreak, watch, events, format (probe,
-hbreak and watch are arrays of strings: probe = [\"start_kernel\", \"0x1000:int3\"]).
+cmdline, mem, cpus, timeout, serial_log, quiet, probe, hbreak, watch, events, format,
+mmiotrace, trace, trace_format (probe, hbreak, watch and mmiotrace are arrays of strings:
+probe = [\"start_kernel\", \"0x1000:int3\"], mmiotrace = [\"edu\", \"0x200000:4K:w\"]).
 Relative paths in it are relative to the file's directory. Flags win over the file, except
---probe, --hbreak and --watch, which add to the file's lists. See configs/*.toml for
-commented examples.";
+--probe, --hbreak, --watch and --mmiotrace, which add to the file's lists. See
+configs/*.toml for commented examples.";
 
 /// `hvprobe`: runs guest kernels on KVM and instruments them from outside.
 #[derive(Debug, Parser)]
@@ -143,9 +153,23 @@ pub struct RunArgs {
     /// [default: text]
     #[arg(long, value_name = "text|jsonl")]
     pub format: Option<String>,
+    /// Trace every access to TARGET: an emulated device (edu, uart, testdev) or a guest RAM
+    /// range GPA:LEN[:w] (4 KiB-aligned; w: writes only). Repeatable; adds to the config
+    /// file's `mmiotrace` list
+    #[arg(long, value_name = "DEVICE|GPA:LEN[:w]")]
+    pub mmiotrace: Vec<String>,
+    /// Write the trace to FILE (created or truncated) [default: stderr]
+    #[arg(long, value_name = "FILE")]
+    pub trace: Option<PathBuf>,
+    /// Trace format: mmiotrace (the kernel's mmiotrace text), jsonl (one JSON object per
+    /// access) or chrome (Chrome trace JSON) [default: mmiotrace]
+    #[arg(long, value_name = "mmiotrace|jsonl|chrome")]
+    pub trace_format: Option<String>,
 }
 
 /// What the command line asks for.
+// Built once per process and matched at once: boxing the config would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum Request {
     /// Run a VM.
@@ -259,18 +283,18 @@ pub enum CliError {
     IsDirectory {
         /// Where it came from.
         origin: Origin,
-        /// `kernel`, `initrd`, `serial log` or `events file`.
+        /// `kernel`, `initrd`, `serial log`, `events file` or `trace file`.
         what: &'static str,
         /// The path, as resolved.
         path: PathBuf,
     },
-    /// The directory an output file (serial log, events file) would be created in is missing
-    /// or not a directory.
+    /// The directory an output file (serial log, events or trace file) would be created in is
+    /// missing or not a directory.
     #[error("{origin}: cannot create {what} {}: bad directory {}", .path.display(), .dir.display())]
     OutputDir {
         /// Where it came from.
         origin: Origin,
-        /// `serial log` or `events file`.
+        /// `serial log`, `events file` or `trace file`.
         what: &'static str,
         /// The output file's path, as resolved.
         path: PathBuf,
@@ -280,8 +304,8 @@ pub enum CliError {
         #[source]
         source: io::Error,
     },
-    /// A `--probe`, `--hbreak`, `--watch` or `--format` value is malformed, e.g.
-    /// `--watch jiffies:3:w: length must be 1, 2, 4 or 8`.
+    /// A `--probe`, `--hbreak`, `--watch`, `--format`, `--mmiotrace` or `--trace-format`
+    /// value is malformed, e.g. `--watch jiffies:3:w: length must be 1, 2, 4 or 8`.
     #[error("{origin} {}", shown(.value))]
     BadSpec {
         /// Where it came from.
@@ -515,6 +539,28 @@ pub fn merge(
     }) {
         instrument.format = parse_spec(&format, origin)?;
     }
+
+    let trace = &mut config.trace;
+    for (value, origin) in listed(&args.mmiotrace, "--mmiotrace", file, "mmiotrace", |f| {
+        &f.mmiotrace
+    }) {
+        trace.targets.push(parse_spec(value, origin)?);
+    }
+    if let Some((path, origin)) = pick(args.trace.as_ref(), "--trace", file, "trace", |f| {
+        f.trace.as_ref()
+    }) {
+        check_output_file(&path, "trace file", origin)?;
+        trace.file = Some(path);
+    }
+    if let Some((format, origin)) = pick(
+        args.trace_format.as_ref(),
+        "--trace-format",
+        file,
+        "trace_format",
+        |f| f.trace_format.as_ref(),
+    ) {
+        trace.format = parse_spec(&format, origin)?;
+    }
     Ok(config)
 }
 
@@ -552,7 +598,7 @@ fn check_input_file(path: &Path, what: &'static str, origin: Origin) -> Result<(
     Ok(())
 }
 
-/// An output file (`what`: serial log, events file) is not a directory and its parent
+/// An output file (`what`: serial log, events file, trace file) is not a directory and its parent
 /// directory exists.
 fn check_output_file(path: &Path, what: &'static str, origin: Origin) -> Result<(), CliError> {
     if path.is_dir() {
@@ -587,8 +633,8 @@ fn check_output_file(path: &Path, what: &'static str, origin: Origin) -> Result<
 mod tests {
     use super::*;
     use crate::config::{
-        DEFAULT_MEM_SIZE, EventFormat, Instrumentation, Location, ProbeMode, ProbeSpec, WatchSpec,
-        fmt_size,
+        DEFAULT_MEM_SIZE, EventFormat, Instrumentation, Location, ProbeMode, ProbeSpec,
+        TraceConfig, TraceFormatChoice, TraceTarget, WatchSpec, fmt_size,
     };
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -706,6 +752,7 @@ mod tests {
                 serial: SerialOutput::File(log),
                 quiet: true,
                 instrument: Instrumentation::default(),
+                trace: TraceConfig::default(),
             }
         );
     }
@@ -948,6 +995,11 @@ mod tests {
             "--watch <LOCATION:LEN:w|rw>",
             "--events <FILE>",
             "--format <text|jsonl>",
+            "--mmiotrace <DEVICE|GPA:LEN[:w]>",
+            "--trace <FILE>",
+            "--trace-format <mmiotrace|jsonl|chrome>",
+            "0x200000:4K:w",
+            "trace_format",
             "int3",
             "add to the file's lists",
             default_cmdline,
@@ -1004,6 +1056,7 @@ quiet = true
                 serial: SerialOutput::File(scratch.0.join("serial.log")),
                 quiet: true,
                 instrument: Instrumentation::default(),
+                trace: TraceConfig::default(),
             }
         );
     }
@@ -1191,6 +1244,7 @@ quiet = true
             config.instrument.is_empty(),
             "the examples are commented out"
         );
+        assert!(config.trace.is_empty(), "the examples are commented out");
 
         // The commented instrumentation examples are valid once uncommented.
         for (name, expected) in [
@@ -1207,9 +1261,18 @@ quiet = true
             let uncommented: String = text
                 .lines()
                 .map(|line| {
-                    let key = ["probe", "hbreak", "watch", "events", "format"]
-                        .iter()
-                        .find(|key| line.starts_with(&format!("# {key} = ")));
+                    let key = [
+                        "probe",
+                        "hbreak",
+                        "watch",
+                        "events",
+                        "format",
+                        "mmiotrace",
+                        "trace",
+                        "trace_format",
+                    ]
+                    .iter()
+                    .find(|key| line.starts_with(&format!("# {key} = ")));
                     match key {
                         Some(_) => format!("{}\n", &line[2..]),
                         None => format!("{line}\n"),
@@ -1232,6 +1295,33 @@ quiet = true
             assert_eq!(summary, expected, "{name}");
             assert_eq!(i.format, EventFormat::Jsonl, "{name}");
             assert!(i.events.is_some(), "{name}");
+        }
+
+        // So are the commented trace examples.
+        for (name, targets, format) in [
+            ("test-kernel.toml", "edu", TraceFormatChoice::Mmiotrace),
+            ("debian-kernel.toml", "uart", TraceFormatChoice::Jsonl),
+        ] {
+            let text = std::fs::read_to_string(dir.join(name)).unwrap();
+            let uncommented: String = text
+                .lines()
+                .map(|line| {
+                    let key = ["mmiotrace", "trace", "trace_format"]
+                        .iter()
+                        .find(|key| line.starts_with(&format!("# {key} = ")));
+                    match key {
+                        Some(_) => format!("{}\n", &line[2..]),
+                        None => format!("{line}\n"),
+                    }
+                })
+                .collect();
+            let file = ConfigFile::parse(&uncommented, &dir.join(name)).unwrap();
+            let config = merge(&args, Some(&file), None).unwrap();
+            let t = &config.trace;
+            let shown: Vec<_> = t.targets.iter().map(ToString::to_string).collect();
+            assert_eq!(shown.join(" "), targets, "{name}");
+            assert_eq!(t.format, format, "{name}");
+            assert!(t.file.is_some(), "{name}");
         }
     }
 
@@ -1460,6 +1550,287 @@ quiet = true
             CliError::OutputDir {
                 origin: Origin::File {
                     field: "events",
+                    line: 1,
+                    ..
+                },
+                ..
+            }
+        ));
+    }
+
+    fn ram(gpa: u64, len: u64, writes_only: bool) -> TraceTarget {
+        TraceTarget::Ram {
+            gpa,
+            len,
+            writes_only,
+        }
+    }
+
+    #[test]
+    fn trace_flags() {
+        let scratch = Scratch::new("trace-flags");
+        let out = scratch.0.join("t.txt");
+        let config = run(&[
+            "--mmiotrace",
+            "edu",
+            "--mmiotrace",
+            "0x200000:4K:w",
+            "--mmiotrace",
+            "uart",
+            "--mmiotrace",
+            "1048576:0x2000",
+            "--mmiotrace",
+            "testdev",
+            "--trace",
+            out.to_str().unwrap(),
+            "--trace-format",
+            "chrome",
+        ])
+        .unwrap();
+        assert_eq!(
+            config.trace,
+            TraceConfig {
+                targets: vec![
+                    TraceTarget::Device("edu".into()),
+                    ram(0x20_0000, 4096, true),
+                    TraceTarget::Device("uart".into()),
+                    ram(0x10_0000, 0x2000, false),
+                    TraceTarget::Device("testdev".into()),
+                ],
+                file: Some(out),
+                format: TraceFormatChoice::Chrome,
+            }
+        );
+        assert!(config.instrument.is_empty());
+        assert!(run(&[]).unwrap().trace.is_empty());
+        for (format, expected) in [
+            ("mmiotrace", TraceFormatChoice::Mmiotrace),
+            ("jsonl", TraceFormatChoice::Jsonl),
+            ("chrome", TraceFormatChoice::Chrome),
+        ] {
+            let config = run(&["--mmiotrace", "edu", "--trace-format", format]).unwrap();
+            assert_eq!(config.trace.format, expected);
+            assert_eq!(config.trace.file, None, "stderr by default");
+        }
+        // --trace and --trace-format alone are accepted and trace nothing.
+        let config = run(&["--trace", "t.txt", "--trace-format", "jsonl"]).unwrap();
+        assert!(config.trace.is_empty());
+        assert_eq!(config.trace.file, Some("t.txt".into()));
+        assert_eq!(config.trace.format, TraceFormatChoice::Jsonl);
+        // Duplicates are kept as given (the VM setup decides what they mean).
+        let config = run(&["--mmiotrace", "edu", "--mmiotrace", "edu"]).unwrap();
+        assert_eq!(config.trace.targets.len(), 2);
+    }
+
+    #[test]
+    fn trace_errors_name_the_flag_and_value() {
+        for (argv, expected) in [
+            (
+                &["--mmiotrace", "0x1000:0x800"][..],
+                "--mmiotrace 0x1000:0x800: length must be a multiple of 4 KiB",
+            ),
+            (
+                &["--mmiotrace", "0x1800:4K"],
+                "--mmiotrace 0x1800:4K: address 0x1800 is not 4 KiB-aligned (use 0x1000)",
+            ),
+            (
+                &["--mmiotrace", "0x1000:0"],
+                "--mmiotrace 0x1000:0: length must not be zero",
+            ),
+            (
+                &["--mmiotrace", "serial"],
+                "--mmiotrace serial: unknown device `serial`: the devices are edu, uart, testdev",
+            ),
+            (
+                &["--mmiotrace", "0x1000:4K:r"],
+                "--mmiotrace 0x1000:4K:r: only `w` (trace writes only) may follow the length, \
+                 not \"r\"",
+            ),
+            (
+                &["--mmiotrace", "0x1000:4X"],
+                "--mmiotrace 0x1000:4X: `4X` is not a length",
+            ),
+            (
+                &["--mmiotrace", "0xg000:4K"],
+                "--mmiotrace 0xg000:4K: `0xg000` is not an address",
+            ),
+            (
+                &["--mmiotrace", "0x1000"],
+                "--mmiotrace 0x1000: expected a device (edu, uart, testdev) or a guest RAM range",
+            ),
+            (&["--mmiotrace", ""], "--mmiotrace \"\": expected a device"),
+            (
+                &["--mmiotrace", "edu:w"],
+                "--mmiotrace edu:w: a device takes no suffix",
+            ),
+            (
+                &["--mmiotrace", "0xfffffffffffff000:8K"],
+                "--mmiotrace 0xfffffffffffff000:8K: the range runs past the end",
+            ),
+            (
+                &["--trace-format", "text"],
+                "--trace-format text: trace format must be mmiotrace, jsonl or chrome",
+            ),
+        ] {
+            let err = run(argv).unwrap_err();
+            assert!(
+                matches!(&err, CliError::BadSpec { origin: Origin::Flag(f), value, .. }
+                    if *f == argv[0] && value == argv[1]),
+                "{argv:?}: {err:?}"
+            );
+            let line = error_line(&err);
+            assert!(line.starts_with(expected), "{argv:?}: {line}");
+            assert!(!line.contains('\n'), "{line}");
+        }
+        // The first bad value is reported, after any good ones.
+        let err = run(&[
+            "--mmiotrace",
+            "edu",
+            "--mmiotrace",
+            "0x1000:1K",
+            "--mmiotrace",
+            "x",
+        ])
+        .unwrap_err();
+        assert!(
+            error_line(&err).starts_with("--mmiotrace 0x1000:1K: "),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn trace_file() {
+        let scratch = Scratch::new("trace-file");
+        let trace = scratch.0.join("missing-dir").join("t.txt");
+        let err = run(&["--trace", trace.to_str().unwrap()]).unwrap_err();
+        assert!(
+            matches!(&err, CliError::OutputDir { what: "trace file", path, origin, .. }
+                if *path == trace && *origin == flag("--trace")),
+            "{err:?}"
+        );
+        assert!(error_line(&err).starts_with("--trace: cannot create trace file"));
+        let err = run(&["--trace", scratch.0.to_str().unwrap()]).unwrap_err();
+        assert!(matches!(
+            err,
+            CliError::IsDirectory {
+                what: "trace file",
+                ..
+            }
+        ));
+        let plain = scratch.file("plain", "");
+        let err = run(&["--trace", plain.join("t.txt").to_str().unwrap()]).unwrap_err();
+        assert!(matches!(err, CliError::OutputDir { .. }));
+        // An existing file is fine (it is truncated when the VM runs).
+        assert_eq!(
+            run(&["--trace", plain.to_str().unwrap()])
+                .unwrap()
+                .trace
+                .file,
+            Some(plain)
+        );
+    }
+
+    #[test]
+    fn trace_in_the_config_file() {
+        let scratch = Scratch::new("trace-file-keys");
+        std::fs::create_dir(scratch.0.join("out")).unwrap();
+        let path = scratch.file(
+            "vm.toml",
+            "mmiotrace = [\"edu\", \"0x200000:4K:w\"]\ntrace = \"out/t.txt\"\n\
+             trace_format = \"chrome\"\n",
+        );
+        let path = path.to_str().unwrap();
+        let config = run(&["--config", path]).unwrap();
+        assert_eq!(
+            config.trace,
+            TraceConfig {
+                targets: vec![
+                    TraceTarget::Device("edu".into()),
+                    ram(0x20_0000, 4096, true)
+                ],
+                file: Some(scratch.0.join("out/t.txt")),
+                format: TraceFormatChoice::Chrome,
+            }
+        );
+
+        // Flags add to the list and win for the file and the format.
+        let config = run(&[
+            "--mmiotrace",
+            "uart",
+            "--config",
+            path,
+            "--trace",
+            "other.jsonl",
+            "--trace-format",
+            "jsonl",
+            "--mmiotrace",
+            "0x0:8K",
+        ])
+        .unwrap();
+        let t = &config.trace;
+        assert_eq!(
+            t.targets
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            ["edu", "0x200000:0x1000:w", "uart", "0x0:0x2000"]
+        );
+        assert_eq!(t.file, Some("other.jsonl".into()));
+        assert_eq!(t.format, TraceFormatChoice::Jsonl);
+
+        // Errors name the file, the line of the entry and the field.
+        let bad = scratch.file(
+            "bad.toml",
+            "mmiotrace = [\n  \"edu\",\n  \"0x1000:0x800\",\n]\n",
+        );
+        let err = run(&["--config", bad.to_str().unwrap()]).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                CliError::BadSpec {
+                    origin: Origin::File {
+                        line: 3,
+                        field: "mmiotrace",
+                        ..
+                    },
+                    source: SpecError::UnalignedTraceLen(0x800),
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(
+            error_line(&err).ends_with(
+                "bad.toml:3: mmiotrace 0x1000:0x800: length must be a multiple of 4 KiB"
+            ),
+            "{}",
+            error_line(&err)
+        );
+        let bad = scratch.file("device.toml", "\n\nmmiotrace = [\"e1000\"]\n");
+        let err = run(&["--config", bad.to_str().unwrap()]).unwrap_err();
+        assert!(
+            error_line(&err).contains("device.toml:3: mmiotrace e1000: unknown device `e1000`"),
+            "{}",
+            error_line(&err)
+        );
+        let bad = scratch.file("format.toml", "\ntrace_format = \"perfetto\"\n");
+        let err = run(&["--config", bad.to_str().unwrap()]).unwrap_err();
+        assert!(
+            error_line(&err).contains("format.toml:2: trace_format perfetto: trace format must be"),
+            "{}",
+            error_line(&err)
+        );
+        // ... unless a flag replaces it.
+        let bad = bad.to_str().unwrap();
+        assert!(run(&["--config", bad, "--trace-format", "mmiotrace"]).is_ok());
+        let bad = scratch.file("trace.toml", "trace = \"nodir/t.txt\"\n");
+        let err = run(&["--config", bad.to_str().unwrap()]).unwrap_err();
+        assert!(matches!(
+            err,
+            CliError::OutputDir {
+                what: "trace file",
+                origin: Origin::File {
+                    field: "trace",
                     line: 1,
                     ..
                 },

@@ -57,6 +57,8 @@ pub struct VmConfig {
     pub quiet: bool,
     /// Probes, hardware breakpoints and watchpoints to arm, and where their events go.
     pub instrument: Instrumentation,
+    /// Devices and guest RAM ranges whose accesses are traced, and where the trace goes.
+    pub trace: TraceConfig,
 }
 
 /// Default guest RAM: 256 MiB.
@@ -79,6 +81,7 @@ impl Default for VmConfig {
             serial: SerialOutput::Stdout,
             quiet: false,
             instrument: Instrumentation::default(),
+            trace: TraceConfig::default(),
         }
     }
 }
@@ -383,6 +386,49 @@ pub enum SpecError {
     /// An event format other than `text` or `jsonl`.
     #[error("event format must be text or jsonl")]
     BadFormat(String),
+    /// A trace target that is neither a device name nor `GPA:LEN[:w]` (empty, or an address
+    /// without a length).
+    #[error(
+        "expected a device ({}) or a guest RAM range GPA:LEN[:w] (e.g. 0x200000:4K:w)",
+        TRACE_DEVICES.join(", ")
+    )]
+    TraceSyntax,
+    /// A trace target name that is not one of [`TRACE_DEVICES`].
+    #[error(
+        "unknown device `{0}`: the devices are {devices} (or give a guest RAM range GPA:LEN[:w])",
+        devices = TRACE_DEVICES.join(", ")
+    )]
+    UnknownDevice(String),
+    /// `DEVICE:...`: devices take no suffix.
+    #[error("a device takes no suffix: `:w` (writes only) is for guest RAM ranges; give `{0}`")]
+    DeviceSuffix(String),
+    /// The length of a traced RAM range is not a number with an optional K/M/G suffix.
+    #[error(
+        "`{0}` is not a length: expected hex with 0x (0x1000), decimal digits (4096), or a K, M \
+         or G suffix (4K, 2M)"
+    )]
+    BadTraceLen(String),
+    /// A traced RAM range of zero bytes.
+    #[error("length must not be zero")]
+    ZeroTraceLen,
+    /// A traced RAM range whose length is not a whole number of pages.
+    #[error("length must be a multiple of 4 KiB")]
+    UnalignedTraceLen(u64),
+    /// A traced RAM range that does not start on a page boundary.
+    #[error(
+        "address {0:#x} is not 4 KiB-aligned (use {aligned:#x})",
+        aligned = .0 & !(TRACE_ALIGN - 1)
+    )]
+    UnalignedTraceGpa(u64),
+    /// A traced RAM range that runs past the top of the 64-bit address space.
+    #[error("the range runs past the end of the 64-bit address space")]
+    TraceRangeWraps,
+    /// Something other than `w` after `GPA:LEN:`.
+    #[error("only `w` (trace writes only) may follow the length, not {0:?}")]
+    BadTraceAccess(String),
+    /// A trace format other than `mmiotrace`, `jsonl` or `chrome`.
+    #[error("trace format must be mmiotrace, jsonl or chrome")]
+    BadTraceFormat(String),
 }
 
 /// `0x` hex (`0X` too) or decimal digits, nothing else (no sign, no spaces).
@@ -578,6 +624,202 @@ impl fmt::Display for EventFormat {
     }
 }
 
+/// The emulated devices `--mmiotrace` knows by name: `edu` (the PCI device's memory BAR),
+/// `uart` (COM1's ports 0x3f8-0x3ff) and `testdev` (the test device's ports and MMIO page).
+pub const TRACE_DEVICES: [&str; 3] = ["edu", "uart", "testdev"];
+
+/// Traced guest RAM ranges start and end on this boundary (the page size).
+pub const TRACE_ALIGN: u64 = 4096;
+
+/// What accesses to trace and where the trace goes (`--mmiotrace`, `--trace`,
+/// `--trace-format`, or the keys `mmiotrace`, `trace`, `trace_format` in the config file).
+/// Only syntax is checked here: ranges are checked against the guest when the VM is set up.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TraceConfig {
+    /// What to trace (`--mmiotrace DEVICE|GPA:LEN[:w]`), file entries first, then the flags'.
+    pub targets: Vec<TraceTarget>,
+    /// Where the trace is written (`--trace FILE`, created or truncated). `None`: stderr.
+    pub file: Option<PathBuf>,
+    /// How the trace is written (`--trace-format`).
+    pub format: TraceFormatChoice,
+}
+
+impl TraceConfig {
+    /// Nothing is traced (a file or format alone traces nothing, so they do not count).
+    pub fn is_empty(&self) -> bool {
+        self.targets.is_empty()
+    }
+}
+
+/// One `--mmiotrace`: an emulated device, or a range of guest RAM.
+///
+/// ```
+/// use vmm::config::TraceTarget;
+/// assert_eq!("edu".parse(), Ok(TraceTarget::Device("edu".into())));
+/// let ram: TraceTarget = "0x200000:4K:w".parse().unwrap();
+/// assert_eq!(ram, TraceTarget::Ram { gpa: 0x20_0000, len: 4096, writes_only: true });
+/// assert_eq!(ram.to_string(), "0x200000:0x1000:w");
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum TraceTarget {
+    /// A named emulated device, one of [`TRACE_DEVICES`]: every access to it is traced at
+    /// the bus (MMIO and port I/O).
+    Device(String),
+    /// A guest RAM range (`GPA:LEN[:w]`), both 4 KiB-aligned: taken out of KVM's memory
+    /// slots so every access exits and is traced.
+    Ram {
+        /// Guest-physical address of the first byte.
+        gpa: u64,
+        /// Length in bytes (non-zero, a multiple of 4 KiB).
+        len: u64,
+        /// `:w`: only writes are traced (reads run at native speed).
+        writes_only: bool,
+    },
+}
+
+/// How the trace is written (`--trace-format`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum TraceFormatChoice {
+    /// The kernel's mmiotrace text (the default).
+    #[default]
+    Mmiotrace,
+    /// One JSON object per line.
+    Jsonl,
+    /// Chrome's Trace Event Format (JSON; pid = VM, tid = vCPU).
+    Chrome,
+}
+
+/// A length: `0x` hex or decimal, optionally with a binary unit (K, M, G, KiB, MiB, GiB;
+/// case-insensitive).
+fn parse_trace_len(text: &str) -> Result<u64, SpecError> {
+    const UNITS: [(&str, u32); 6] = [
+        ("kib", 10),
+        ("mib", 20),
+        ("gib", 30),
+        ("k", 10),
+        ("m", 20),
+        ("g", 30),
+    ];
+    let lower = text.to_ascii_lowercase();
+    let (digits, shift) = UNITS
+        .iter()
+        .find_map(|&(unit, shift)| {
+            lower
+                .strip_suffix(unit)
+                .map(|rest| (&text[..rest.len()], shift))
+        })
+        .unwrap_or((text, 0));
+    let count = parse_number(digits)
+        .unwrap_or_else(|| Err(SpecError::BadTraceLen(text.to_owned())))
+        .map_err(|err| match err {
+            SpecError::TooLarge(_) => SpecError::TooLarge(text.to_owned()),
+            other => other,
+        })?;
+    count
+        .checked_mul(1u64 << shift)
+        .ok_or_else(|| SpecError::TooLarge(text.to_owned()))
+}
+
+impl FromStr for TraceTarget {
+    type Err = SpecError;
+
+    /// `DEVICE` (one of [`TRACE_DEVICES`]) or `GPA:LEN[:w]`.
+    fn from_str(text: &str) -> Result<TraceTarget, SpecError> {
+        let (head, rest) = match text.split_once(':') {
+            Some((head, rest)) => (head, Some(rest)),
+            None => (text, None),
+        };
+        if TRACE_DEVICES.contains(&head) {
+            return match rest {
+                None => Ok(TraceTarget::Device(head.to_owned())),
+                Some(_) => Err(SpecError::DeviceSuffix(head.to_owned())),
+            };
+        }
+        let Some(rest) = rest else {
+            return match head.chars().next() {
+                None => Err(SpecError::TraceSyntax),
+                Some(c) if c.is_ascii_digit() => Err(SpecError::TraceSyntax),
+                Some(_) => Err(SpecError::UnknownDevice(head.to_owned())),
+            };
+        };
+        let (len, access) = match rest.split_once(':') {
+            Some((len, access)) => (len, Some(access)),
+            None => (rest, None),
+        };
+        if head.is_empty() {
+            return Err(SpecError::TraceSyntax);
+        }
+        let gpa =
+            parse_number(head).unwrap_or_else(|| Err(SpecError::BadAddress(head.to_owned())))?;
+        let len = parse_trace_len(len)?;
+        let writes_only = match access {
+            None => false,
+            Some("w") => true,
+            Some(other) => return Err(SpecError::BadTraceAccess(other.to_owned())),
+        };
+        if len == 0 {
+            return Err(SpecError::ZeroTraceLen);
+        }
+        if len % TRACE_ALIGN != 0 {
+            return Err(SpecError::UnalignedTraceLen(len));
+        }
+        if gpa % TRACE_ALIGN != 0 {
+            return Err(SpecError::UnalignedTraceGpa(gpa));
+        }
+        if gpa.checked_add(len - 1).is_none() {
+            return Err(SpecError::TraceRangeWraps);
+        }
+        Ok(TraceTarget::Ram {
+            gpa,
+            len,
+            writes_only,
+        })
+    }
+}
+
+impl fmt::Display for TraceTarget {
+    /// The device name, or `GPA:LEN[:w]` in hex.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TraceTarget::Device(name) => f.write_str(name),
+            TraceTarget::Ram {
+                gpa,
+                len,
+                writes_only,
+            } => {
+                write!(f, "{gpa:#x}:{len:#x}")?;
+                if *writes_only {
+                    f.write_str(":w")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl FromStr for TraceFormatChoice {
+    type Err = SpecError;
+
+    fn from_str(text: &str) -> Result<TraceFormatChoice, SpecError> {
+        match text {
+            "mmiotrace" => Ok(TraceFormatChoice::Mmiotrace),
+            "jsonl" => Ok(TraceFormatChoice::Jsonl),
+            "chrome" => Ok(TraceFormatChoice::Chrome),
+            other => Err(SpecError::BadTraceFormat(other.to_owned())),
+        }
+    }
+}
+
+impl fmt::Display for TraceFormatChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TraceFormatChoice::Mmiotrace => "mmiotrace",
+            TraceFormatChoice::Jsonl => "jsonl",
+            TraceFormatChoice::Chrome => "chrome",
+        })
+    }
+}
+
 /// One setting read from a config file, with the line it was on (1-based), for messages.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Setting<T> {
@@ -589,7 +831,8 @@ pub struct Setting<T> {
 
 /// A TOML config file for `hvprobe run`, as written: the same settings as the flags
 /// (`kernel`, `initrd`, `cmdline`, `mem`, `cpus`, `timeout`, `serial_log`, `quiet`, `probe`,
-/// `hbreak`, `watch`, `events`, `format`), every one optional. Values are checked when merged with the flags (`cli`), so errors can name the
+/// `hbreak`, `watch`, `events`, `format`, `mmiotrace`, `trace`, `trace_format`), every one
+/// optional. Values are checked when merged with the flags (`cli`), so errors can name the
 /// file, the line and the field; unknown keys and type errors are rejected here.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ConfigFile {
@@ -622,6 +865,13 @@ pub struct ConfigFile {
     pub events: Option<Setting<PathBuf>>,
     /// `format`: event format as written (`text` or `jsonl`), unchecked.
     pub format: Option<Setting<String>>,
+    /// `mmiotrace`: trace targets as written (`"DEVICE"` or `"GPA:LEN[:w]"`), each with its
+    /// line; empty if absent.
+    pub mmiotrace: Vec<Setting<String>>,
+    /// `trace`: file for the trace, resolved against the file's directory.
+    pub trace: Option<Setting<PathBuf>>,
+    /// `trace_format`: trace format as written (`mmiotrace`, `jsonl` or `chrome`), unchecked.
+    pub trace_format: Option<Setting<String>>,
 }
 
 /// Why a config file could not be read.
@@ -693,6 +943,10 @@ struct RawConfigFile {
     watch: Vec<toml::Spanned<String>>,
     events: Option<toml::Spanned<PathBuf>>,
     format: Option<toml::Spanned<String>>,
+    #[serde(default)]
+    mmiotrace: Vec<toml::Spanned<String>>,
+    trace: Option<toml::Spanned<PathBuf>>,
+    trace_format: Option<toml::Spanned<String>>,
 }
 
 impl ConfigFile {
@@ -754,6 +1008,13 @@ impl ConfigFile {
             watch: raw.watch.into_iter().map(|s| setting(text, s)).collect(),
             events: raw.events.map(path_setting),
             format: raw.format.map(|s| setting(text, s)),
+            mmiotrace: raw
+                .mmiotrace
+                .into_iter()
+                .map(|s| setting(text, s))
+                .collect(),
+            trace: raw.trace.map(path_setting),
+            trace_format: raw.trace_format.map(|s| setting(text, s)),
         })
     }
 }
@@ -1132,6 +1393,202 @@ mod tests {
             "watch = [1]",
             "format = 1",
             "probes = []",
+        ] {
+            assert!(
+                matches!(
+                    ConfigFile::parse(bad, Path::new("x.toml")),
+                    Err(ConfigFileError::Parse { line: Some(1), .. })
+                ),
+                "{bad}"
+            );
+        }
+    }
+
+    fn ram(gpa: u64, len: u64, writes_only: bool) -> TraceTarget {
+        TraceTarget::Ram {
+            gpa,
+            len,
+            writes_only,
+        }
+    }
+
+    #[test]
+    fn trace_targets() {
+        for (text, target, shown) in [
+            ("edu", TraceTarget::Device("edu".into()), "edu"),
+            ("uart", TraceTarget::Device("uart".into()), "uart"),
+            ("testdev", TraceTarget::Device("testdev".into()), "testdev"),
+            (
+                "0x200000:4K:w",
+                ram(0x20_0000, 4096, true),
+                "0x200000:0x1000:w",
+            ),
+            (
+                "0x200000:4k",
+                ram(0x20_0000, 4096, false),
+                "0x200000:0x1000",
+            ),
+            ("0x1000:0x1000", ram(0x1000, 0x1000, false), "0x1000:0x1000"),
+            ("4096:8192", ram(4096, 8192, false), "0x1000:0x2000"),
+            ("0:2M", ram(0, 2 << 20, false), "0x0:0x200000"),
+            (
+                "0X100000:1MiB:w",
+                ram(0x10_0000, 1 << 20, true),
+                "0x100000:0x100000:w",
+            ),
+            (
+                "0x40000000:1G",
+                ram(1 << 30, 1 << 30, false),
+                "0x40000000:0x40000000",
+            ),
+            ("0x8000:8kib", ram(0x8000, 8192, false), "0x8000:0x2000"),
+            (
+                "0xfffffffffffff000:4K",
+                ram(0xffff_ffff_ffff_f000, 4096, false),
+                "0xfffffffffffff000:0x1000",
+            ),
+        ] {
+            assert_eq!(text.parse::<TraceTarget>(), Ok(target.clone()), "{text}");
+            assert_eq!(target.to_string(), shown, "{text}");
+            assert_eq!(
+                shown.parse::<TraceTarget>(),
+                Ok(target),
+                "{text} round trip"
+            );
+        }
+        for (text, err) in [
+            ("", SpecError::TraceSyntax),
+            ("0x1000", SpecError::TraceSyntax),
+            (":4K", SpecError::TraceSyntax),
+            ("serial", SpecError::UnknownDevice("serial".into())),
+            ("EDU", SpecError::UnknownDevice("EDU".into())),
+            ("edu ", SpecError::UnknownDevice("edu ".into())),
+            ("edu:w", SpecError::DeviceSuffix("edu".into())),
+            ("uart:0x1000", SpecError::DeviceSuffix("uart".into())),
+            ("foo:4K", SpecError::BadAddress("foo".into())),
+            ("0xzz:4K", SpecError::BadAddress("0xzz".into())),
+            ("0x1000:", SpecError::BadTraceLen("".into())),
+            ("0x1000:K", SpecError::BadTraceLen("K".into())),
+            ("0x1000:4KB", SpecError::BadTraceLen("4KB".into())),
+            ("0x1000:-4K", SpecError::BadTraceLen("-4K".into())),
+            ("0x1000:4T", SpecError::BadTraceLen("4T".into())),
+            ("0x1000:1.5M", SpecError::BadTraceLen("1.5M".into())),
+            (
+                "0x10000000000000000:4K",
+                SpecError::TooLarge("0x10000000000000000".into()),
+            ),
+            (
+                "0x1000:99999999999999999999",
+                SpecError::TooLarge("99999999999999999999".into()),
+            ),
+            (
+                "0x1000:0x10000000000000000K",
+                SpecError::TooLarge("0x10000000000000000K".into()),
+            ),
+            (
+                "0x1000:17179869184G",
+                SpecError::TooLarge("17179869184G".into()),
+            ),
+            ("0x1000:0", SpecError::ZeroTraceLen),
+            ("0x1000:0K", SpecError::ZeroTraceLen),
+            ("0x1000:0x800", SpecError::UnalignedTraceLen(0x800)),
+            ("0x8000:0x2K", SpecError::UnalignedTraceLen(0x800)),
+            ("0x1000:4097", SpecError::UnalignedTraceLen(4097)),
+            ("0x1800:4K", SpecError::UnalignedTraceGpa(0x1800)),
+            ("0x1000:4K:r", SpecError::BadTraceAccess("r".into())),
+            ("0x1000:4K:rw", SpecError::BadTraceAccess("rw".into())),
+            ("0x1000:4K:W", SpecError::BadTraceAccess("W".into())),
+            ("0x1000:4K:", SpecError::BadTraceAccess("".into())),
+            ("0x1000:4K:w:w", SpecError::BadTraceAccess("w:w".into())),
+            ("0xfffffffffffff000:8K", SpecError::TraceRangeWraps),
+        ] {
+            assert_eq!(text.parse::<TraceTarget>(), Err(err), "{text:?}");
+        }
+        assert_eq!(
+            SpecError::UnalignedTraceLen(0x800).to_string(),
+            "length must be a multiple of 4 KiB"
+        );
+        let message = SpecError::UnknownDevice("serial".into()).to_string();
+        assert!(message.contains("edu, uart, testdev"), "{message}");
+        let message = SpecError::UnalignedTraceGpa(0x1800).to_string();
+        assert!(
+            message.contains("0x1800") && message.contains("use 0x1000"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn trace_formats() {
+        assert_eq!(TraceFormatChoice::default(), TraceFormatChoice::Mmiotrace);
+        for (text, format) in [
+            ("mmiotrace", TraceFormatChoice::Mmiotrace),
+            ("jsonl", TraceFormatChoice::Jsonl),
+            ("chrome", TraceFormatChoice::Chrome),
+        ] {
+            assert_eq!(text.parse(), Ok(format));
+            assert_eq!(format.to_string(), text);
+        }
+        for bad in ["text", "json", "Chrome", "", "mmio"] {
+            assert_eq!(
+                bad.parse::<TraceFormatChoice>(),
+                Err(SpecError::BadTraceFormat(bad.into()))
+            );
+        }
+        assert_eq!(
+            SpecError::BadTraceFormat("x".into()).to_string(),
+            "trace format must be mmiotrace, jsonl or chrome"
+        );
+    }
+
+    #[test]
+    fn trace_config_is_empty() {
+        let mut t = TraceConfig::default();
+        assert!(t.is_empty());
+        assert_eq!(t.file, None);
+        assert_eq!(t.format, TraceFormatChoice::Mmiotrace);
+        t.file = Some("t.txt".into());
+        t.format = TraceFormatChoice::Chrome;
+        assert!(t.is_empty(), "a trace file alone traces nothing");
+        t.targets.push(TraceTarget::Device("edu".into()));
+        assert!(!t.is_empty());
+        assert!(VmConfig::default().trace.is_empty());
+    }
+
+    #[test]
+    fn trace_keys() {
+        let file = ConfigFile::parse(
+            "mmiotrace = [\"edu\",\n  \"0x200000:4K:w\"]\ntrace = \"out/t.txt\"\n\
+             trace_format = \"yaml\"\n",
+            Path::new("/etc/hv/vm.toml"),
+        )
+        .unwrap();
+        let lines = file
+            .mmiotrace
+            .iter()
+            .map(|s| (s.value.as_str(), s.line))
+            .collect::<Vec<_>>();
+        assert_eq!(lines, [("edu", 1), ("0x200000:4K:w", 2)]);
+        assert_eq!(
+            file.trace,
+            Some(Setting {
+                value: PathBuf::from("/etc/hv/out/t.txt"),
+                line: 3
+            })
+        );
+        assert_eq!(
+            file.trace_format.map(|f| (f.value, f.line)),
+            Some(("yaml".into(), 4)),
+            "checked later"
+        );
+        let empty = ConfigFile::parse("", Path::new("x.toml")).unwrap();
+        assert!(empty.mmiotrace.is_empty() && empty.trace.is_none());
+        for bad in [
+            "mmiotrace = \"edu\"",
+            "mmiotrace = [1]",
+            "trace = 1",
+            "trace_format = [\"chrome\"]",
+            "trace-format = \"chrome\"",
+            "mmio_trace = []",
         ] {
             assert!(
                 matches!(

@@ -288,6 +288,94 @@ fn bad_instrumentation() {
 }
 
 #[test]
+fn bad_tracing() {
+    assert_bad_input(
+        &["run", "--mmiotrace", "0x1000:0x800"],
+        &["--mmiotrace 0x1000:0x800: length must be a multiple of 4 KiB"],
+    );
+    assert_bad_input(
+        &["run", "--mmiotrace", "0x1800:4K"],
+        &["--mmiotrace 0x1800:4K", "not 4 KiB-aligned", "use 0x1000"],
+    );
+    assert_bad_input(
+        &["run", "--mmiotrace", "0x1000:0"],
+        &["--mmiotrace 0x1000:0", "must not be zero"],
+    );
+    assert_bad_input(
+        &["run", "--mmiotrace", "e1000"],
+        &[
+            "--mmiotrace e1000",
+            "unknown device",
+            "edu",
+            "uart",
+            "testdev",
+        ],
+    );
+    assert_bad_input(
+        &["run", "--mmiotrace", "0x1000:4K:rw"],
+        &["--mmiotrace 0x1000:4K:rw", "only `w`"],
+    );
+    assert_bad_input(
+        &["run", "--mmiotrace", "0x1000:4Q"],
+        &["--mmiotrace 0x1000:4Q", "`4Q` is not a length"],
+    );
+    assert_bad_input(
+        &["run", "--mmiotrace", "0x10000000000000000:4K"],
+        &["--mmiotrace", "64 bits"],
+    );
+    assert_bad_input(
+        &["run", "--mmiotrace", "0x1000"],
+        &["--mmiotrace 0x1000", "GPA:LEN[:w]"],
+    );
+    assert_bad_input(
+        &["run", "--mmiotrace", "uart:w"],
+        &["--mmiotrace uart:w", "no suffix"],
+    );
+    assert_bad_input(&["run", "--mmiotrace"], &["--mmiotrace"]);
+    assert_bad_input(
+        &["run", "--trace-format", "text"],
+        &["--trace-format text", "mmiotrace, jsonl or chrome"],
+    );
+
+    let scratch = Scratch::new("trace");
+    let trace = scratch.path("no-dir/t.txt");
+    assert_bad_input(
+        &["run", "--trace", &trace],
+        &["--trace", "trace file", &trace, "No such file"],
+    );
+    let dir = scratch.0.to_str().unwrap();
+    assert_bad_input(&["run", "--trace", dir], &["--trace", "is a directory"]);
+
+    let config = scratch.file(
+        "trace.toml",
+        "mmiotrace = [\n  \"edu\",\n  \"0x200000:4K:x\",\n]\n",
+    );
+    let config = config.to_str().unwrap();
+    assert_bad_input(
+        &["run", "--config", config],
+        &[&format!("{config}:3: mmiotrace 0x200000:4K:x"), "only `w`"],
+    );
+    let config = scratch.file("format.toml", "trace_format = \"perfetto\"\n");
+    let config = config.to_str().unwrap();
+    assert_bad_input(
+        &["run", "--config", config],
+        &[&format!("{config}:1: trace_format perfetto"), "chrome"],
+    );
+    let config = scratch.file("scalar.toml", "mmiotrace = \"edu\"\n");
+    let config = config.to_str().unwrap();
+    assert_bad_input(
+        &["run", "--config", config],
+        &[&format!("{config}:1"), "mmiotrace"],
+    );
+    let config = scratch.file("dir.toml", "trace = \"missing/t.txt\"\n");
+    let config = config.to_str().unwrap();
+    assert_bad_input(
+        &["run", "--config", config],
+        &[&format!("{config}:1: trace"), "No such file"],
+    );
+}
+
+#[test]
 fn usage_errors() {
     assert_bad_input(&[], &["no command"]);
     assert_bad_input(&["frobnicate"], &["frobnicate"]);
@@ -310,7 +398,7 @@ fn help_and_version() {
         let stdout = String::from_utf8(out.stdout).unwrap();
         let expected = match args {
             ["--version"] => "hvprobe 0.1.0",
-            ["run", "--help"] => "--watch <LOCATION:LEN:w|rw>",
+            ["run", "--help"] => "--mmiotrace <DEVICE|GPA:LEN[:w]>",
             _ => "run",
         };
         assert!(stdout.contains(expected), "{args:?}: {stdout}");
