@@ -139,7 +139,7 @@ pub struct InstrumentReport {
 /// Builds, instruments, runs and waits for a VM.
 pub fn run_instrumented(config: &VmConfig) -> Result<(RunReport, InstrumentReport), VmError> {
     let spec = session_spec(&config.instrument)?;
-    let symbols = if config.instrument.is_empty() {
+    let symbols = if config.instrument.is_empty() && config.trace.is_empty() {
         None
     } else {
         load_symbols(config)?
@@ -155,9 +155,14 @@ pub fn run_instrumented(config: &VmConfig) -> Result<(RunReport, InstrumentRepor
         what: "the event writer",
         reason: e.to_string(),
     })?;
-    let intro = Arc::new(Introspector::new(symbols, usize::from(config.cpus), sink));
+    let intro = Arc::new(Introspector::new(symbols.clone(), usize::from(config.cpus), sink));
     let hook = Arc::new(IntrospectHook::new(intro.clone()));
     let mut vm = Vm::new(config, Some(hook.clone()))?;
+    let trace = if config.trace.is_empty() {
+        None
+    } else {
+        Some(crate::tracer::attach(&vm, &config.trace, symbols)?)
+    };
     vm.start_paused()?;
     let target = vm.target();
     hook.attach(target.clone());
@@ -173,6 +178,13 @@ pub fn run_instrumented(config: &VmConfig) -> Result<(RunReport, InstrumentRepor
     vm.resume_all()?;
     let outcome = vm.wait(config.timeout)?;
     intro.finish();
+    if let Some(t) = trace {
+        let s = t.finish();
+        vm.phases().log(format_args!("trace: {} records written, {} lost", s.written, s.lost));
+        if let Some(e) = s.error {
+            vm.phases().log(format_args!("trace: output failed: {e}"));
+        }
+    }
     let report = writer.finish();
     if let Some(e) = &report.error {
         vm.phases().log(format_args!("events: output failed: {e}"));

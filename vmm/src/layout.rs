@@ -10,6 +10,7 @@
 //! 0x0010_0000  kernel (ELF PT_LOAD p_paddr) ...
 //! 0xc000_0000  32-bit MMIO hole start: RAM above 3 GiB moves to 4 GiB
 //! 0xd000_0000  test device MMIO page
+//! 0xe000_0000  edu's BAR0 (1 MiB) where the test kernel programs it (`EDU_BAR_DEFAULT`)
 //! 0xfec0_0000  IOAPIC, 0xfee0_0000 LAPIC (in-kernel irqchip)
 //! ```
 //!
@@ -50,6 +51,11 @@ pub const MMIO_HOLE_START: u64 = 0xc000_0000;
 pub const MMIO_HOLE_END: u64 = 0x1_0000_0000;
 /// Test device MMIO page (see `devices::test_device`).
 pub const TEST_DEVICE_MMIO_BASE: u64 = 0xd000_0000;
+/// Where the test kernel's `edu` driver programs the `edu` PCI device's BAR0 (1 MiB, see
+/// `devices::edu`). Nothing else is mapped in `[EDU_BAR_DEFAULT, EDU_BAR_DEFAULT + 1 MiB)`;
+/// the device comes out of reset with BAR0 = 0 (unmapped), as on real hardware without
+/// firmware.
+pub const EDU_BAR_DEFAULT: u64 = 0xe000_0000;
 /// IOAPIC base.
 pub const IOAPIC_START: u64 = 0xfec0_0000;
 /// Local APIC base.

@@ -20,5 +20,7 @@ pub mod phases;
 pub mod platform;
 pub mod target;
 pub mod test_kernel;
+pub mod trace;
+pub mod tracer;
 pub mod vcpu;
 pub mod vm;

@@ -22,6 +22,12 @@ pub static TEST_KERNEL: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/test-k
 /// - `mmio`: test device MMIO accesses of widths 1, 2, 4 and 8, each value read printed; EXIT 0.
 /// - `pio`: the same with port I/O of widths 1, 2 and 4; EXIT 0.
 /// - `mark`: one MARK line, `hello from the test kernel`; EXIT 0.
+/// - `edu`: a driver for the `edu` PCI device (`devices::edu`): finds 1234:11e8 on bus 0
+///   through 0xcf8/0xcfc, sizes BAR0, programs it at [`crate::layout::EDU_BAR_DEFAULT`] and
+///   enables memory space (MAP), then makes exactly the MMIO accesses of
+///   [`EDU_MMIO_SEQUENCE`] with MARK lines between phases, then disables memory space
+///   (UNMAP) and sets BAR0 to 0; every value read printed (`edu: ... = 0x..., ok`); EXIT 0,
+///   or 1 if a check failed.
 /// - `triple-fault`: loads an empty IDT and executes `ud2`: shutdown.
 /// - `reset`: writes 0xFE to i8042 port 0x64, then spins.
 /// - `spin`: loops forever (`pause`).
@@ -37,12 +43,89 @@ pub const SCENARIOS: &[&str] = &[
     "mmio",
     "pio",
     "mark",
+    "edu",
     "triple-fault",
     "reset",
     "spin",
     "hlt",
     "panic",
 ];
+
+/// One MMIO access of the `edu` scenario, at an offset from BAR0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EduAccess {
+    /// The MARK line the test kernel writes just before this access (without `\n`).
+    pub mark_before: Option<&'static str>,
+    /// A write (else a read).
+    pub write: bool,
+    /// Access width in bytes.
+    pub width: u8,
+    /// Offset from BAR0.
+    pub offset: u64,
+    /// The value written, or the value the read returns.
+    pub value: u64,
+}
+
+const fn edu_access(
+    mark_before: Option<&'static str>,
+    write: bool,
+    width: u8,
+    offset: u64,
+    value: u64,
+) -> EduAccess {
+    EduAccess {
+        mark_before,
+        write,
+        width,
+        offset,
+        value,
+    }
+}
+
+/// Every MMIO access the `edu` scenario makes on BAR0, in order (the table in
+/// `tests/test-kernel/src/edu.rs`). BAR0 is at [`crate::layout::EDU_BAR_DEFAULT`]; it is
+/// mapped after the MARK line `edu: probe` and unmapped after `edu: unmap`, and the MARK line
+/// `edu: done` follows. DMA uses guest RAM at [`EDU_DMA_SRC_RAM`] and [`EDU_DMA_DST_RAM`].
+pub const EDU_MMIO_SEQUENCE: &[EduAccess] = &[
+    edu_access(Some("edu: id"), false, 4, 0x00, 0x0100_00ed),
+    edu_access(Some("edu: liveness"), true, 4, 0x04, 0x1234_5678),
+    edu_access(None, false, 4, 0x04, 0xedcb_a987),
+    edu_access(Some("edu: factorial"), true, 4, 0x08, 5),
+    edu_access(None, false, 4, 0x20, 0x1),
+    edu_access(None, false, 4, 0x20, 0x0),
+    edu_access(None, false, 4, 0x08, 120),
+    edu_access(Some("edu: interrupt"), true, 4, 0x60, 0x1),
+    edu_access(None, false, 4, 0x24, 0x1),
+    edu_access(None, true, 4, 0x64, 0x1),
+    edu_access(None, false, 4, 0x24, 0x0),
+    edu_access(Some("edu: dma"), true, 8, 0x80, EDU_DMA_SRC_RAM),
+    edu_access(None, true, 8, 0x88, 0x4_0000),
+    edu_access(None, true, 8, 0x90, 16),
+    edu_access(None, true, 8, 0x98, 0x1),
+    edu_access(None, false, 8, 0x98, 0x0),
+    edu_access(None, true, 8, 0x80, 0x4_0000),
+    edu_access(None, true, 8, 0x88, EDU_DMA_DST_RAM),
+    edu_access(None, true, 8, 0x90, 16),
+    edu_access(None, true, 8, 0x98, 0x3),
+    edu_access(None, false, 8, 0x98, 0x2),
+];
+
+/// The MARK lines of the `edu` scenario, in order.
+pub const EDU_MARKS: &[&str] = &[
+    "edu: probe",
+    "edu: id",
+    "edu: liveness",
+    "edu: factorial",
+    "edu: interrupt",
+    "edu: dma",
+    "edu: unmap",
+    "edu: done",
+];
+
+/// Guest RAM the `edu` scenario's DMA reads (16 bytes, `hvprobe edu DMA!`).
+pub const EDU_DMA_SRC_RAM: u64 = 0x6_0000;
+/// Guest RAM the `edu` scenario's DMA writes back to.
+pub const EDU_DMA_DST_RAM: u64 = 0x6_1000;
 
 #[cfg(test)]
 mod tests {
@@ -171,5 +254,40 @@ mod tests {
                 "{name} not in the test kernel"
             );
         }
+    }
+
+    #[test]
+    fn edu_sequence_matches_the_device_model() {
+        use crate::devices::BusDevice;
+        use crate::devices::edu::EduDevice;
+        use crate::memory::{Gpa, GuestMem};
+        let mem = GuestMem::new(16 << 20).unwrap();
+        mem.write(Gpa(EDU_DMA_SRC_RAM), b"hvprobe edu DMA!")
+            .unwrap();
+        let mut edu = EduDevice::new(mem.clone(), None);
+        for (i, a) in EDU_MMIO_SEQUENCE.iter().enumerate() {
+            let mut data = vec![0u8; usize::from(a.width)];
+            if a.write {
+                let n = data.len();
+                data.copy_from_slice(&a.value.to_le_bytes()[..n]);
+                edu.write(a.offset, &data);
+            } else {
+                edu.read(a.offset, &mut data);
+                assert_eq!(
+                    crate::devices::le_value(&data),
+                    a.value,
+                    "access {}: {a:?}",
+                    i + 1
+                );
+            }
+        }
+        let mut back = [0u8; 16];
+        mem.read(Gpa(EDU_DMA_DST_RAM), &mut back).unwrap();
+        assert_eq!(&back, b"hvprobe edu DMA!");
+        let marks: Vec<_> = EDU_MMIO_SEQUENCE
+            .iter()
+            .filter_map(|a| a.mark_before)
+            .collect();
+        assert_eq!(marks, EDU_MARKS[1..EDU_MARKS.len() - 2]);
     }
 }

@@ -13,16 +13,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
-use kvm_bindings::{
-    KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY, kvm_pit_config,
-};
+use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY, kvm_pit_config};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::boot::{self, BootError, cpu::CpuidMask, params::BootParamsInput};
 use crate::config::{DEFAULT_LINUX_CMDLINE, KernelSource, SerialOutput, VmConfig};
 use crate::devices::bus::Bus;
-use crate::devices::legacy::{I8042, NoPci};
+use crate::devices::edu;
+use crate::devices::legacy::I8042;
+use crate::devices::pci::{PCI_CONFIG_ADDRESS_PORT, PCI_CONFIG_PORTS_LEN, PciBus};
 use crate::devices::serial::{COM1_IRQ, COM1_PORT, ConsoleCapture, ConsoleSink, SerialDevice};
 use crate::devices::test_device::{
     Point, TEST_DEVICE_MMIO_LEN, TEST_DEVICE_PORT, TEST_DEVICE_PORT_LEN, TestDevice,
@@ -49,6 +49,14 @@ pub struct IoDevices {
     pub mmio: Bus,
     /// Accesses no device claimed.
     pub unclaimed: Unclaimed,
+    /// PCI bus 0 (config ports 0xcf8..0xd00, `edu` at 00:01.0): BAR map / unmap listener
+    /// and PCIDEV summaries.
+    pub pci: Option<Arc<crate::devices::pci::PciBus>>,
+    /// A tracer is attached: vCPUs record their RIP for every device access
+    /// ([`crate::vcpu::context`]).
+    pub tracing: std::sync::atomic::AtomicBool,
+    /// The tracer, set once before the vCPUs start ([`crate::tracer`]).
+    pub observer: std::sync::OnceLock<Arc<dyn crate::tracer::AccessObserver>>,
 }
 
 /// Errors of building and running a VM.
@@ -231,7 +239,10 @@ impl Vm {
         let vm_fd = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
         let mem = GuestMem::new(config.mem_size)?;
         let mut memslots = crate::memslots::Memslots::new(&mem);
-        memslots.apply(&vm_fd).map_err(|e| VmError::Device { what: "guest memory slots", reason: e.to_string() })?;
+        memslots.apply(&vm_fd).map_err(|e| VmError::Device {
+            what: "guest memory slots",
+            reason: e.to_string(),
+        })?;
         vm_fd
             .set_tss_address(TSS_ADDRESS)
             .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
@@ -256,9 +267,13 @@ impl Vm {
             (None, true) => DEFAULT_LINUX_CMDLINE.to_string(),
             (None, false) => String::new(),
         };
-        if let (true, Some((word, why))) = (is_linux, crate::platform::linux_cmdline_extra()) {
-            if !cmdline.split_whitespace().any(|w| w == word) {
-                cmdline = format!("{} {word}", cmdline.trim_end());
+        if let (true, Some((words, why))) = (is_linux, crate::platform::linux_cmdline_extra()) {
+            let missing: Vec<&str> = words
+                .split_whitespace()
+                .filter(|w| !cmdline.split_whitespace().any(|c| c == *w))
+                .collect();
+            if !missing.is_empty() {
+                cmdline = format!("{} {}", cmdline.trim_end(), missing.join(" "));
                 phases.log(format_args!("note: {why}"));
             }
         }
@@ -281,7 +296,7 @@ impl Vm {
         }
 
         let console = ConsoleCapture::default();
-        let (io, serial, test_device) = make_devices(&vm_fd, config, &console, &phases)?;
+        let (io, serial, test_device) = make_devices(&vm_fd, config, &console, &phases, &mem)?;
 
         let mask = if is_linux {
             crate::platform::linux_cpuid_mask()
@@ -502,10 +517,18 @@ impl Vm {
         mode: crate::memslots::TraceMode,
         device: crate::devices::bus::SharedDevice,
     ) -> Result<(), VmError> {
-        let dev_err = |e: &dyn std::fmt::Display| VmError::Device { what: "RAM tracing", reason: e.to_string() };
+        let dev_err = |e: &dyn std::fmt::Display| VmError::Device {
+            what: "RAM tracing",
+            reason: e.to_string(),
+        };
         let mut slots = self.memslots.lock().unwrap_or_else(|p| p.into_inner());
-        slots.add(start, len, mode).map_err(|e| VmError::Config(e.to_string()))?;
+        slots
+            .add(start, len, mode)
+            .map_err(|e| VmError::Config(e.to_string()))?;
         self.pause_all()?;
+        self.io
+            .tracing
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let result = self
             .io
             .mmio
@@ -524,14 +547,22 @@ impl Vm {
     /// Stops tracing the RAM range starting at `start`: its slot comes back, the device goes.
     pub fn untrace_ram(&self, start: u64) -> Result<(), VmError> {
         let mut slots = self.memslots.lock().unwrap_or_else(|p| p.into_inner());
-        slots.remove(start).map_err(|e| VmError::Config(e.to_string()))?;
+        slots
+            .remove(start)
+            .map_err(|e| VmError::Config(e.to_string()))?;
         self.pause_all()?;
-        let result = slots
-            .apply(&self.vm_fd)
-            .map_err(|e| VmError::Device { what: "RAM tracing", reason: e.to_string() });
+        let result = slots.apply(&self.vm_fd).map_err(|e| VmError::Device {
+            what: "RAM tracing",
+            reason: e.to_string(),
+        });
         self.io.mmio.remove(start);
         self.resume_all()?;
         result
+    }
+
+    /// Calls `listener` with every complete MARK line the guest writes to the test device.
+    pub fn set_mark_listener(&self, listener: crate::devices::test_device::MarkListener) {
+        self.test_device.lock().unwrap_or_else(|p| p.into_inner()).set_mark_listener(listener);
     }
 
     /// Everything the guest printed on the serial console (bounded).
@@ -693,6 +724,7 @@ fn make_devices(
     config: &VmConfig,
     console: &ConsoleCapture,
     phases: &Phases,
+    mem: &GuestMem,
 ) -> Result<Devices, VmError> {
     let dev_err = |what: &'static str| {
         move |e: &dyn std::fmt::Display| VmError::Device {
@@ -721,7 +753,21 @@ fn make_devices(
         ConsoleSink::new(out, console.clone()),
     )));
     let test_device = Arc::new(Mutex::new(TestDevice::new(phases.clone())));
-    let io = IoDevices::default();
+    let edu_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| dev_err("edu")(&e))?;
+    vm_fd
+        .register_irqfd(&edu_irq, u32::from(edu::EDU_IRQ))
+        .map_err(|e| dev_err("the edu interrupt")(&e))?;
+    let edu = Arc::new(Mutex::new(edu::EduDevice::new(mem.clone(), Some(edu_irq))));
+    // The PCI bus maps BARs on the MMIO bus of the same IoDevices, which it holds weakly.
+    let io = Arc::new_cyclic(|io: &std::sync::Weak<IoDevices>| IoDevices {
+        pci: Some(Arc::new(PciBus::new(io.clone()))),
+        ..IoDevices::default()
+    });
+    let pci = io
+        .pci
+        .clone()
+        .ok_or_else(|| dev_err("the PCI bus")(&"missing"))?;
+    edu::EduDevice::attach(edu, &pci).map_err(|e| dev_err("edu")(&e))?;
     let bus_err = |what: &'static str| {
         move |e: crate::devices::bus::BusError| VmError::Device {
             what,
@@ -735,7 +781,11 @@ fn make_devices(
         .insert(0x60, 5, Arc::new(Mutex::new(I8042)))
         .map_err(bus_err("i8042"))?;
     io.pio
-        .insert(0xcf8, 8, Arc::new(Mutex::new(NoPci)))
+        .insert(
+            u64::from(PCI_CONFIG_ADDRESS_PORT),
+            PCI_CONFIG_PORTS_LEN,
+            pci.config_io(),
+        )
         .map_err(bus_err("PCI config ports"))?;
     io.pio
         .insert(
@@ -751,7 +801,7 @@ fn make_devices(
             test_device.clone(),
         )
         .map_err(bus_err("test device MMIO"))?;
-    Ok((Arc::new(io), serial, test_device))
+    Ok((io, serial, test_device))
 }
 
 /// Builds, starts and waits for a VM: what `hvprobe run` does. With instrumentation, see
@@ -760,7 +810,7 @@ pub fn run(config: &VmConfig) -> Result<RunReport, VmError> {
     // On our software KVM a guest's own ring-0 int3 (Linux's int3 self-test, its kprobes,
     // text_poke) is an emulation failure: the session hands it back to the guest, so every
     // run there gets one, probes or not.
-    if !config.instrument.is_empty() || crate::platform::is_software_kvm() {
+    if !config.instrument.is_empty() || !config.trace.is_empty() || crate::platform::is_software_kvm() {
         let (report, ins) = crate::instrument::run_instrumented(config)?;
         if !config.quiet && !config.instrument.is_empty() {
             eprint!("{}", ins.table);

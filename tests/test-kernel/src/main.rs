@@ -6,6 +6,8 @@
 #![no_main]
 
 mod bootparams;
+mod edu;
+mod pci;
 mod port;
 mod scenarios;
 mod serial;

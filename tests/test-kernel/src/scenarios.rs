@@ -27,6 +27,7 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("mmio", mmio_widths),
     ("pio", pio_widths),
     ("mark", mark),
+    ("edu", edu),
     ("triple-fault", triple_fault),
     ("reset", reset),
     ("spin", spin),
@@ -254,6 +255,12 @@ fn mark(_: &Context) -> ! {
     testdev::mark(b"hello from the test kernel\n");
     kprintln!("mark: done");
     testdev::exit(0)
+}
+
+/// Drives the `edu` PCI device: probe, BAR programming, every register, DMA, unmap (see
+/// [`crate::edu`]); EXIT 0, or 1 if a check failed.
+fn edu(_: &Context) -> ! {
+    crate::edu::run()
 }
 
 /// An empty IDT, then `ud2`: #UD cannot be delivered, so #GP, #DF, triple fault (shutdown).

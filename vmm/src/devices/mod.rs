@@ -4,7 +4,9 @@
 //! never calls back into a bus, and no code holds two device mutexes at once.
 
 pub mod bus;
+pub mod edu;
 pub mod legacy;
+pub mod pci;
 pub mod serial;
 pub mod test_device;
 pub mod traced_ram;

@@ -53,7 +53,11 @@ pub struct TestDevice {
     marks: Vec<String>,
     mark_line: Vec<u8>,
     scratch: u64,
+    mark_listener: Option<MarkListener>,
 }
+
+/// Called with each complete MARK line (a tracer writes it into the trace).
+pub type MarkListener = Box<dyn Fn(&str) + Send>;
 
 impl TestDevice {
     /// A new device logging through `phases`.
@@ -64,7 +68,13 @@ impl TestDevice {
             marks: Vec::new(),
             mark_line: Vec::new(),
             scratch: 0,
+            mark_listener: None,
         }
+    }
+
+    /// Calls `listener` with every complete MARK line from now on.
+    pub fn set_mark_listener(&mut self, listener: MarkListener) {
+        self.mark_listener = Some(listener);
     }
 
     /// Points reached so far, in order.
@@ -103,6 +113,9 @@ impl BusDevice for TestDevice {
                     if b == b'\n' || self.mark_line.len() >= MAX_MARK_LINE {
                         let line = String::from_utf8_lossy(&self.mark_line).into_owned();
                         self.phases.log(format_args!("guest mark: {line}"));
+                        if let Some(l) = &self.mark_listener {
+                            l(&line);
+                        }
                         self.marks.push(line);
                         self.mark_line.clear();
                     }

@@ -5,6 +5,7 @@
 //! buses: tests feed it synthetic exits without a VM.
 
 use crate::devices::DeviceAction;
+use crate::trace::Space;
 use crate::devices::bus::Bus;
 
 /// The whole `kvm_debug_exit_arch` payload of a debug exit.
@@ -161,6 +162,14 @@ pub struct IoBuses<'a> {
     pub mmio: &'a Bus,
     /// Unclaimed access counters.
     pub unclaimed: &'a Unclaimed,
+    /// The tracer, if one is attached: it sees every access after the device handled it.
+    pub observer: Option<&'a dyn crate::tracer::AccessObserver>,
+}
+
+fn observe(io: &IoBuses<'_>, space: Space, write: bool, addr: u64, data: &[u8]) {
+    if let Some(o) = io.observer {
+        o.observe(space, write, addr, data);
+    }
 }
 
 fn device_action(a: Option<DeviceAction>, unclaimed: &std::sync::atomic::AtomicU64) -> ExitAction {
@@ -185,20 +194,26 @@ pub fn dispatch(exit: Exit<'_>, io: &IoBuses<'_>) -> ExitAction {
                 data.fill(0xff);
                 io.unclaimed.pio.fetch_add(1, Relaxed);
             }
+            observe(io, Space::Pio, false, u64::from(port), data);
             ExitAction::Continue
         }
         Exit::IoOut { port, data } => {
-            device_action(io.pio.write(u64::from(port), data), &io.unclaimed.pio)
+            let action = device_action(io.pio.write(u64::from(port), data), &io.unclaimed.pio);
+            observe(io, Space::Pio, true, u64::from(port), data);
+            action
         }
         Exit::MmioRead { addr, data } => {
             if !io.mmio.read(addr, data) {
                 data.fill(0xff);
                 io.unclaimed.mmio.fetch_add(1, Relaxed);
             }
+            observe(io, Space::Mmio, false, addr, data);
             ExitAction::Continue
         }
         Exit::MmioWrite { addr, data } => {
-            device_action(io.mmio.write(addr, data), &io.unclaimed.mmio)
+            let action = device_action(io.mmio.write(addr, data), &io.unclaimed.mmio);
+            observe(io, Space::Mmio, true, addr, data);
+            action
         }
         Exit::Debug(d) => ExitAction::Debug(d),
         Exit::InternalError(e) => ExitAction::InternalError(e),
@@ -246,6 +261,7 @@ mod tests {
             pio: &pio,
             mmio: &mmio,
             unclaimed: &un,
+            observer: None,
         };
         let mut id = [0u8; 4];
         assert_eq!(
@@ -311,6 +327,7 @@ mod tests {
             pio: &pio,
             mmio: &mmio,
             unclaimed: &un,
+            observer: None,
         };
         let d = DebugExit {
             exception: 1,

@@ -58,12 +58,20 @@ pub struct VcpuCtx<'a> {
 impl<'a> VcpuCtx<'a> {
     /// Lends vCPU `index` (its thread not started, or from the thread itself).
     pub fn new(index: u8, fd: &'a mut VcpuFd) -> Self {
-        VcpuCtx { index, fd, synced: std::cell::Cell::new(false) }
+        VcpuCtx {
+            index,
+            fd,
+            synced: std::cell::Cell::new(false),
+        }
     }
 
     /// Lends the vCPU at an exit after which KVM synced its registers into kvm_run.
     fn at_exit(index: u8, fd: &'a mut VcpuFd, synced: bool) -> Self {
-        VcpuCtx { index, fd, synced: std::cell::Cell::new(synced) }
+        VcpuCtx {
+            index,
+            fd,
+            synced: std::cell::Cell::new(synced),
+        }
     }
 
     /// General-purpose registers (from kvm_run when KVM synced them at this exit).
@@ -467,6 +475,7 @@ impl VcpuRunner {
             pio: &self.io.pio,
             mmio: &self.io.mmio,
             unclaimed: &self.io.unclaimed,
+            observer: self.io.observer.get().map(|o| o.as_ref()),
         };
         let exit = match self.fd.run() {
             Ok(VcpuExit::IoIn(port, data)) => Exit::IoIn { port, data },

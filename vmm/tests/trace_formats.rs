@@ -1,0 +1,208 @@
+//! Every trace format, written through the real writer thread to a file, checked by the
+//! external tools in scripts/trace-check: the kernel documentation's gawk filter, a parser
+//! following envytools' demmio rules, and a Chrome Trace Event Format schema check.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use vmm::trace::{
+    Access, PciDevInfo, Space, TraceFormat, TraceRecord, TraceReport, TraceSink, TraceWriter,
+};
+
+fn scripts() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/trace-check")
+}
+
+fn temp_path(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!(
+        "hvprobe-trace-formats-{}-{name}",
+        std::process::id()
+    ))
+}
+
+fn access(time_ns: u64, vcpu: u32, write: bool, addr: u64, width: u8, value: u64) -> Access {
+    Access {
+        time_ns,
+        vcpu,
+        space: Space::Mmio,
+        write,
+        addr,
+        width,
+        value,
+        rip: Some(0xffff_ffff_c000_1234),
+        symbol: Some("edu_probe+0x34".into()),
+        map_id: Some(1),
+    }
+}
+
+/// A small trace with every record type: what a driver probing the edu device looks like.
+fn records() -> Vec<TraceRecord> {
+    let edu = PciDevInfo {
+        bus: 0,
+        devfn: 0x20,
+        vendor: 0x1234,
+        device: 0x11e8,
+        irq: 0xb,
+        bars: [0xfea0_0000, 0, 0, 0, 0, 0, 0],
+        sizes: [0x10_0000, 0, 0, 0, 0, 0, 0],
+        driver: Some("edu".into()),
+    };
+    let host_bridge = PciDevInfo {
+        devfn: 0,
+        vendor: 0x8086,
+        device: 0x1237,
+        irq: 0,
+        bars: [0; 7],
+        sizes: [0; 7],
+        driver: None,
+        ..edu.clone()
+    };
+    vec![
+        TraceRecord::PciDev(host_bridge),
+        TraceRecord::PciDev(edu),
+        TraceRecord::Map {
+            time_ns: 1_000_000_000,
+            id: 1,
+            phys: 0xfea0_0000,
+            virt: 0xffff_c900_0010_0000,
+            len: 0x10_0000,
+            pc: 0xffff_ffff_c000_1200,
+        },
+        TraceRecord::Mark {
+            time_ns: 1_000_100_000,
+            text: "edu: probe".into(),
+        },
+        TraceRecord::Access(access(1_000_200_000, 0, false, 0xfea0_0000, 4, 0x0100_00ed)),
+        TraceRecord::Access(access(1_000_300_400, 0, true, 0xfea0_0004, 4, 0x1234_5678)),
+        TraceRecord::Access(access(1_000_400_000, 1, false, 0xfea0_0004, 4, 0xedcb_a987)),
+        TraceRecord::Access(access(1_000_500_000, 1, true, 0xfea0_0008, 8, u64::MAX)),
+        TraceRecord::Access(access(1_000_600_000, 1, true, 0xfea0_0020, 1, 0x80)),
+        TraceRecord::Access(Access {
+            space: Space::Pio,
+            addr: 0x3f8,
+            width: 1,
+            value: 0x41,
+            map_id: None,
+            ..access(1_000_700_000, 0, true, 0, 1, 0)
+        }),
+        TraceRecord::Lost {
+            time_ns: 1_000_800_000,
+            count: 3,
+        },
+        TraceRecord::Unmap {
+            time_ns: 2_000_000_000,
+            id: 1,
+            pc: 0xffff_ffff_c000_1300,
+        },
+    ]
+}
+
+fn write_trace(format: TraceFormat, test: &str) -> (PathBuf, TraceReport) {
+    let path = temp_path(&format!("{test}.{format}"));
+    let file = std::fs::File::create(&path).expect("create the trace file");
+    let (sink, receiver) = TraceSink::new();
+    let writer = TraceWriter::spawn(receiver, file, format);
+    for record in records() {
+        assert!(sink.record(record));
+    }
+    drop(sink);
+    let report = writer.finish();
+    assert!(report.error.is_none(), "{:?}", report.error);
+    (path, report)
+}
+
+/// Runs `program args`, or returns None after a loud SKIPPED line if `program` is missing.
+fn run(program: &str, args: &[&Path]) -> Option<(bool, String, String)> {
+    let output = match Command::new(program).args(args).output() {
+        Ok(output) => output,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            let line = format!(
+                "\n*** SKIPPED (not tested): {program} not installed (scripts/test.sh installs it) ***\n"
+            );
+            let _ = std::io::stderr().write_all(line.as_bytes());
+            return None;
+        }
+        Err(err) => panic!("cannot run {program}: {err}"),
+    };
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    Some((output.status.success(), stdout, stderr))
+}
+
+fn gawk_installed() -> bool {
+    let found = Command::new("gawk").arg("--version").output().is_ok();
+    if !found {
+        let _ = std::io::stderr().write_all(
+            b"\n*** SKIPPED (not tested): gawk not installed (apt-get install gawk) ***\n",
+        );
+    }
+    found
+}
+
+#[test]
+fn mmiotrace_passes_the_documented_gawk_filter() {
+    let (path, report) = write_trace(TraceFormat::Mmiotrace, "gawk");
+    assert_eq!((report.written, report.skipped), (11, 1));
+    if !gawk_installed() {
+        return;
+    }
+    let script = scripts().join("mmiotrace-gawk.sh");
+    let (ok, stdout, stderr) = run("bash", &[&script, &path]).expect("bash");
+    assert!(ok, "gawk filter failed: {stderr}\n{stdout}");
+    assert_eq!(
+        stdout,
+        "W 4 1.000300 1 0xfea00004 0x12345678 0xffffffffc0001234 0\n\
+         --- grep -i lost:\n\
+         MARK 0.000000 Lost 3 events.\n"
+    );
+    let _ = std::fs::remove_file(path);
+}
+
+#[test]
+fn mmiotrace_passes_the_demmio_rules() {
+    let (path, _) = write_trace(TraceFormat::Mmiotrace, "demmio");
+    let script = scripts().join("demmio_check.py");
+    let Some((ok, stdout, stderr)) = run("python3", &[&script, &path]) else {
+        return;
+    };
+    assert!(ok, "demmio check failed: {stderr}");
+    assert_eq!(stdout, "MAP=1 MARK=2 PCIDEV=2 R=2 UNMAP=1 VERSION=1 W=3\n");
+    let _ = std::fs::remove_file(path);
+}
+
+#[test]
+fn chrome_trace_passes_the_schema_check() {
+    let (path, report) = write_trace(TraceFormat::Chrome, "chrome");
+    assert_eq!(report.written, 12);
+    let script = scripts().join("chrome_check.py");
+    let Some((ok, stdout, stderr)) = run("python3", &[&script, &path]) else {
+        return;
+    };
+    assert!(ok, "chrome check failed: {stderr}");
+    // 12 records, process_name, and thread names for the VMM pseudo-thread and vCPUs 0, 1.
+    assert_eq!(stdout, "16 events: M=4 i=12\n");
+    let _ = std::fs::remove_file(path);
+}
+
+#[test]
+fn jsonl_has_one_object_per_record() {
+    let (path, report) = write_trace(TraceFormat::Jsonl, "jsonl");
+    assert_eq!(report.written, 12);
+    let text = std::fs::read_to_string(&path).expect("read the trace");
+    let kinds: Vec<String> = text
+        .lines()
+        .map(|line| {
+            let value: serde_json::Value = serde_json::from_str(line).expect("one JSON object");
+            value["kind"].as_str().expect("kind").to_owned()
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "pcidev", "pcidev", "map", "mark", "read", "write", "read", "write", "write", "write",
+            "lost", "unmap"
+        ]
+    );
+    let _ = std::fs::remove_file(path);
+}
