@@ -12,7 +12,7 @@ rustup component add rustfmt clippy
 
 step "apt packages"
 need=()
-for pkg in build-essential pkg-config xz-utils dpkg; do
+for pkg in build-essential pkg-config xz-utils dpkg gawk; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
