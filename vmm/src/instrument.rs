@@ -155,7 +155,11 @@ pub fn run_instrumented(config: &VmConfig) -> Result<(RunReport, InstrumentRepor
         what: "the event writer",
         reason: e.to_string(),
     })?;
-    let intro = Arc::new(Introspector::new(symbols.clone(), usize::from(config.cpus), sink));
+    let intro = Arc::new(Introspector::new(
+        symbols.clone(),
+        usize::from(config.cpus),
+        sink,
+    ));
     let hook = Arc::new(IntrospectHook::new(intro.clone()));
     let mut vm = Vm::new(config, Some(hook.clone()))?;
     let trace = if config.trace.is_empty() {
@@ -180,7 +184,10 @@ pub fn run_instrumented(config: &VmConfig) -> Result<(RunReport, InstrumentRepor
     intro.finish();
     if let Some(t) = trace {
         let s = t.finish();
-        vm.phases().log(format_args!("trace: {} records written, {} lost", s.written, s.lost));
+        vm.phases().log(format_args!(
+            "trace: {} records written, {} lost",
+            s.written, s.lost
+        ));
         if let Some(e) = s.error {
             vm.phases().log(format_args!("trace: output failed: {e}"));
         }

@@ -42,7 +42,13 @@ pub struct Tracer {
 impl Tracer {
     /// A tracer writing to `sink`, symbolizing RIPs with `symbols`.
     pub fn new(sink: TraceSink, symbols: Option<Arc<SymbolTable>>) -> Self {
-        Tracer { sink, symbols, ranges: RwLock::new(Vec::new()), any: AtomicBool::new(false), next_id: AtomicU32::new(0) }
+        Tracer {
+            sink,
+            symbols,
+            ranges: RwLock::new(Vec::new()),
+            any: AtomicBool::new(false),
+            next_id: AtomicU32::new(0),
+        }
     }
 
     /// The sink (for MARK and PCIDEV records).
@@ -56,10 +62,22 @@ impl Tracer {
         let map_id = (space == Space::Mmio).then(|| self.next_id.fetch_add(1, Ordering::Relaxed));
         if let Some(id) = map_id {
             let pc = crate::vcpu::context::current().rip.unwrap_or(0);
-            self.sink.record(TraceRecord::Map { time_ns: self.sink.now_ns(), id, phys: start, virt: 0, len, pc });
+            self.sink.record(TraceRecord::Map {
+                time_ns: self.sink.now_ns(),
+                id,
+                phys: start,
+                virt: 0,
+                len,
+                pc,
+            });
         }
         let mut ranges = self.ranges.write().unwrap_or_else(|p| p.into_inner());
-        ranges.push(Range { space, start, len, map_id });
+        ranges.push(Range {
+            space,
+            start,
+            len,
+            map_id,
+        });
         self.any.store(true, Ordering::Release);
         map_id
     }
@@ -67,11 +85,18 @@ impl Tracer {
     /// Stops tracing the range starting at `start` (an UNMAP record for MMIO ranges).
     pub fn remove_range(&self, space: Space, start: u64) {
         let mut ranges = self.ranges.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(i) = ranges.iter().position(|r| r.space == space && r.start == start) {
+        if let Some(i) = ranges
+            .iter()
+            .position(|r| r.space == space && r.start == start)
+        {
             let r = ranges.remove(i);
             if let Some(id) = r.map_id {
                 let pc = crate::vcpu::context::current().rip.unwrap_or(0);
-                self.sink.record(TraceRecord::Unmap { time_ns: self.sink.now_ns(), id, pc });
+                self.sink.record(TraceRecord::Unmap {
+                    time_ns: self.sink.now_ns(),
+                    id,
+                    pc,
+                });
             }
         }
         self.any.store(!ranges.is_empty(), Ordering::Release);
@@ -79,7 +104,10 @@ impl Tracer {
 
     /// Writes a MARK record.
     pub fn mark(&self, text: &str) {
-        self.sink.record(TraceRecord::Mark { time_ns: self.sink.now_ns(), text: text.to_string() });
+        self.sink.record(TraceRecord::Mark {
+            time_ns: self.sink.now_ns(),
+            text: text.to_string(),
+        });
     }
 }
 
@@ -90,7 +118,10 @@ impl AccessObserver for Tracer {
         }
         let map_id = {
             let ranges = self.ranges.read().unwrap_or_else(|p| p.into_inner());
-            match ranges.iter().find(|r| r.space == space && addr >= r.start && addr - r.start < r.len) {
+            match ranges
+                .iter()
+                .find(|r| r.space == space && addr >= r.start && addr - r.start < r.len)
+            {
                 Some(r) => r.map_id,
                 None => return,
             }
@@ -132,11 +163,17 @@ pub struct TraceSummary {
     pub error: Option<String>,
 }
 
-fn trace_output(cfg: &crate::config::TraceConfig) -> Result<Box<dyn std::io::Write + Send>, crate::vm::VmError> {
+fn trace_output(
+    cfg: &crate::config::TraceConfig,
+) -> Result<Box<dyn std::io::Write + Send>, crate::vm::VmError> {
     match &cfg.file {
-        Some(p) => std::fs::File::create(p).map(|f| Box::new(f) as Box<dyn std::io::Write + Send>).map_err(|e| {
-            crate::vm::VmError::ReadFile { what: "trace file", path: p.display().to_string(), reason: e.to_string() }
-        }),
+        Some(p) => std::fs::File::create(p)
+            .map(|f| Box::new(f) as Box<dyn std::io::Write + Send>)
+            .map_err(|e| crate::vm::VmError::ReadFile {
+                what: "trace file",
+                path: p.display().to_string(),
+                reason: e.to_string(),
+            }),
         None => Ok(Box::new(std::io::stderr())),
     }
 }
@@ -162,21 +199,25 @@ pub fn attach(
     let io = vm.io();
     if let Some(pci) = &io.pci {
         for d in pci.devices() {
-            tracer.sink.record(TraceRecord::PciDev(crate::trace::PciDevInfo {
-                bus: d.bus,
-                devfn: d.devfn,
-                vendor: d.vendor,
-                device: d.device,
-                irq: d.irq,
-                bars: d.bars,
-                sizes: d.sizes,
-                driver: Some(d.name.to_string()),
-            }));
+            tracer
+                .sink
+                .record(TraceRecord::PciDev(crate::trace::PciDevInfo {
+                    bus: d.bus,
+                    devfn: d.devfn,
+                    vendor: d.vendor,
+                    device: d.device,
+                    irq: d.irq,
+                    bars: d.bars,
+                    sizes: d.sizes,
+                    driver: Some(d.name.to_string()),
+                }));
         }
     }
     let observer: Arc<dyn AccessObserver> = tracer.clone();
     if io.observer.set(observer).is_err() {
-        return Err(VmError::Config("A tracer is already attached to this VM".into()));
+        return Err(VmError::Config(
+            "A tracer is already attached to this VM".into(),
+        ));
     }
     io.tracing.store(true, Ordering::Relaxed);
     for target in &cfg.targets {
@@ -188,19 +229,41 @@ pub fn attach(
                     tracer.add_range(Space::Pio, base, 8);
                 }
                 "testdev" => {
-                    use crate::devices::test_device::{TEST_DEVICE_MMIO_LEN, TEST_DEVICE_PORT, TEST_DEVICE_PORT_LEN};
-                    tracer.add_range(Space::Pio, u64::from(TEST_DEVICE_PORT), TEST_DEVICE_PORT_LEN);
-                    tracer.add_range(Space::Mmio, crate::layout::TEST_DEVICE_MMIO_BASE, TEST_DEVICE_MMIO_LEN);
+                    use crate::devices::test_device::{
+                        TEST_DEVICE_MMIO_LEN, TEST_DEVICE_PORT, TEST_DEVICE_PORT_LEN,
+                    };
+                    tracer.add_range(
+                        Space::Pio,
+                        u64::from(TEST_DEVICE_PORT),
+                        TEST_DEVICE_PORT_LEN,
+                    );
+                    tracer.add_range(
+                        Space::Mmio,
+                        crate::layout::TEST_DEVICE_MMIO_BASE,
+                        TEST_DEVICE_MMIO_LEN,
+                    );
                 }
-                other => return Err(VmError::Config(format!("--mmiotrace {other}: no such device"))),
+                other => {
+                    return Err(VmError::Config(format!(
+                        "--mmiotrace {other}: no such device"
+                    )));
+                }
             },
-            TraceTarget::Ram { gpa, len, writes_only } => {
+            TraceTarget::Ram {
+                gpa,
+                len,
+                writes_only,
+            } => {
                 let mode = if *writes_only {
                     crate::memslots::TraceMode::WritesOnly
                 } else {
                     crate::memslots::TraceMode::All
                 };
-                let dev = crate::devices::traced_ram::TracedRam::new(vm.memory().clone(), *gpa, Box::new(|_| {}));
+                let dev = crate::devices::traced_ram::TracedRam::new(
+                    vm.memory().clone(),
+                    *gpa,
+                    Box::new(|_| {}),
+                );
                 vm.trace_ram(*gpa, *len, mode, Arc::new(std::sync::Mutex::new(dev)))?;
                 tracer.add_range(Space::Mmio, *gpa, *len);
             }
@@ -215,16 +278,25 @@ pub fn attach(
 fn trace_edu(vm: &crate::vm::Vm, tracer: &Arc<Tracer>) -> Result<(), crate::vm::VmError> {
     use crate::devices::edu::EDU_BDF;
     use crate::devices::pci::PciEvent;
-    let pci = vm.io().pci.clone().ok_or_else(|| crate::vm::VmError::Config("--mmiotrace edu: this VM has no PCI bus".into()))?;
+    let pci = vm.io().pci.clone().ok_or_else(|| {
+        crate::vm::VmError::Config("--mmiotrace edu: this VM has no PCI bus".into())
+    })?;
     if let Some(base) = pci.bar_mapping(EDU_BDF, 0) {
         tracer.add_range(Space::Mmio, base, crate::devices::edu::EDU_BAR_SIZE);
     }
     let t = tracer.clone();
     pci.set_listener(Box::new(move |ev| match ev {
-        PciEvent::Map { bdf, bar: 0, base, len } if bdf == EDU_BDF => {
+        PciEvent::Map {
+            bdf,
+            bar: 0,
+            base,
+            len,
+        } if bdf == EDU_BDF => {
             t.add_range(Space::Mmio, base, len);
         }
-        PciEvent::Unmap { bdf, bar: 0, base } if bdf == EDU_BDF => t.remove_range(Space::Mmio, base),
+        PciEvent::Unmap { bdf, bar: 0, base } if bdf == EDU_BDF => {
+            t.remove_range(Space::Mmio, base)
+        }
         _ => {}
     }));
     Ok(())
@@ -240,7 +312,11 @@ impl TraceSession {
     pub fn finish(self) -> TraceSummary {
         let lost = self.tracer.sink.lost();
         let report = self.writer.finish();
-        TraceSummary { written: report.written, lost, error: report.error.map(|e| e.to_string()) }
+        TraceSummary {
+            written: report.written,
+            lost,
+            error: report.error.map(|e| e.to_string()),
+        }
     }
 }
 
@@ -274,12 +350,15 @@ mod tests {
         t.add_range(Space::Pio, 0x3f8, 8);
         t.observe(Space::Mmio, true, 0x1004, &[2, 0, 0, 0]);
         t.observe(Space::Mmio, false, 0x2000, &[3]);
-        t.observe(Space::Pio, true, 0x3f8, &[b'a']);
+        t.observe(Space::Pio, true, 0x3f8, b"a");
         t.remove_range(Space::Mmio, 0x1000);
         t.observe(Space::Mmio, true, 0x1004, &[4]);
         writer.finish();
         let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
-        let recs: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let recs: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         let kinds: Vec<&str> = recs.iter().map(|r| r["kind"].as_str().unwrap()).collect();
         assert_eq!(kinds, ["map", "write", "write", "unmap"], "{text}");
         assert_eq!(recs[0]["id"].as_u64(), Some(u64::from(id)));

@@ -562,7 +562,10 @@ impl Vm {
 
     /// Calls `listener` with every complete MARK line the guest writes to the test device.
     pub fn set_mark_listener(&self, listener: crate::devices::test_device::MarkListener) {
-        self.test_device.lock().unwrap_or_else(|p| p.into_inner()).set_mark_listener(listener);
+        self.test_device
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .set_mark_listener(listener);
     }
 
     /// Everything the guest printed on the serial console (bounded).
@@ -810,7 +813,10 @@ pub fn run(config: &VmConfig) -> Result<RunReport, VmError> {
     // On our software KVM a guest's own ring-0 int3 (Linux's int3 self-test, its kprobes,
     // text_poke) is an emulation failure: the session hands it back to the guest, so every
     // run there gets one, probes or not.
-    if !config.instrument.is_empty() || !config.trace.is_empty() || crate::platform::is_software_kvm() {
+    if !config.instrument.is_empty()
+        || !config.trace.is_empty()
+        || crate::platform::is_software_kvm()
+    {
         let (report, ins) = crate::instrument::run_instrumented(config)?;
         if !config.quiet && !config.instrument.is_empty() {
             eprint!("{}", ins.table);

@@ -506,7 +506,7 @@ fn probes_on_function_entry_instructions_take_one_exit() {
         a.call(f)?;
         a.add(r9, rbp)?;
         a.inc(rdi)?;
-        a.cmp(rdi, CALLS as i32)?;
+        a.cmp(rdi, i32::try_from(CALLS).unwrap())?;
         a.jne(top)?;
         a.jmp(done)?;
         // f(i): r8 += saved rbp (read back through the frame) + i.
@@ -528,7 +528,7 @@ fn probes_on_function_entry_instructions_take_one_exit() {
         a.set_label(&mut done)?;
         // Both sums into one number: r8 (= sum of 0x1000 + 2i) + 0x10000 * (r9 == sum).
         let mut bad = a.create_label();
-        a.cmp(r9, (CALLS * 0x1000 + CALLS * (CALLS - 1) / 2) as i32)?;
+        a.cmp(r9, i32::try_from(CALLS * 0x1000 + CALLS * (CALLS - 1) / 2).unwrap())?;
         a.jne(bad)?;
         a.add(r8, 0x10000)?;
         a.set_label(&mut bad)?;

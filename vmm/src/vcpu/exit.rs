@@ -5,8 +5,8 @@
 //! buses: tests feed it synthetic exits without a VM.
 
 use crate::devices::DeviceAction;
-use crate::trace::Space;
 use crate::devices::bus::Bus;
+use crate::trace::Space;
 
 /// The whole `kvm_debug_exit_arch` payload of a debug exit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
