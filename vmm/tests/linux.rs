@@ -351,3 +351,48 @@ fn debian_kernel_cli_probe_and_hbreak_to_jsonl() {
     assert!(stderr.contains("hbreak start_kernel"), "{stderr}");
     assert!(stderr.contains("probe memblock_add_range"), "{stderr}");
 }
+
+/// A real driver's port I/O: Linux's 8250 driver printing the early boot log, traced at the
+/// bus (`--mmiotrace uart`, JSON lines). The bytes written to the transmit register (DLAB
+/// clear) are exactly what the serial console received.
+#[test]
+fn debian_kernel_uart_port_io_trace_matches_the_console() {
+    let Some(kernel) = kernel_or_skip("Debian kernel UART trace") else { return };
+    let _one = serialize();
+    let dir = std::env::temp_dir().join(format!("hvprobe-uart-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (trace, console) = (dir.join("uart.jsonl"), dir.join("console.txt"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hvprobe"))
+        .args(["run", "--kernel", kernel.to_str().unwrap(), "--timeout", "35"])
+        .args(["--mmiotrace", "uart", "--trace", trace.to_str().unwrap(), "--trace-format", "jsonl"])
+        .args(["--serial-log", console.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(i32::from(vmm::outcome::EXIT_TIMEOUT)), "{stderr}");
+    assert!(stderr.contains(", 0 lost"), "no trace record lost: {stderr}");
+    let trace = std::fs::read_to_string(&trace).unwrap();
+    let console = std::fs::read(&console).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut dlab = false;
+    let mut sent = Vec::new();
+    let mut reads = 0;
+    for line in trace.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        if v["space"] != "pio" {
+            continue;
+        }
+        let port = u64::from_str_radix(v["addr"].as_str().unwrap().trim_start_matches("0x"), 16).unwrap();
+        let value = u64::from_str_radix(v["value"].as_str().unwrap().trim_start_matches("0x"), 16).unwrap();
+        match (v["kind"].as_str().unwrap(), port) {
+            ("write", 0x3fb) => dlab = value & 0x80 != 0,
+            ("write", 0x3f8) if !dlab => sent.push(u8::try_from(value).unwrap()),
+            ("read", _) => reads += 1,
+            _ => {}
+        }
+        assert!(v["symbol"].as_str().is_some(), "RIPs symbolized from kallsyms: {line}");
+    }
+    assert!(sent.len() > 1000, "{} bytes", sent.len());
+    assert!(reads > 0, "the driver polls LSR");
+    assert_eq!(String::from_utf8_lossy(&sent), String::from_utf8_lossy(&console), "trace and console agree byte for byte");
+}
