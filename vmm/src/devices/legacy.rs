@@ -1,5 +1,4 @@
-//! Small legacy PC devices: the i8042 controller (only its reset line) and PCI configuration
-//! ports that answer "no device".
+//! Small legacy PC devices: the i8042 controller (only its reset line).
 
 use super::{BusDevice, DeviceAction, put_le};
 
@@ -32,21 +31,6 @@ impl BusDevice for I8042 {
     }
 }
 
-/// PCI configuration mechanism #1 ports (0xcf8..0xd00) with no PCI host bridge behind them:
-/// every read is all-ones, so the guest finds no devices.
-#[derive(Default)]
-pub struct NoPci;
-
-impl BusDevice for NoPci {
-    fn read(&mut self, _offset: u64, data: &mut [u8]) {
-        data.fill(0xff);
-    }
-
-    fn write(&mut self, _offset: u64, _data: &[u8]) -> DeviceAction {
-        DeviceAction::None
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -57,13 +41,5 @@ mod tests {
         assert_eq!(k.write(4, &[0xfe]), DeviceAction::Reset);
         assert_eq!(k.write(4, &[0xd1]), DeviceAction::None);
         assert_eq!(k.write(0, &[0xfe]), DeviceAction::None);
-    }
-
-    #[test]
-    fn no_pci_reads_all_ones() {
-        let mut p = NoPci;
-        let mut d = [0u8; 4];
-        p.read(4, &mut d);
-        assert_eq!(d, [0xff; 4]);
     }
 }
