@@ -15,8 +15,8 @@ pub static TEST_KERNEL: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/test-k
 /// The scenarios the test kernel knows, for `hvtest=NAME`:
 ///
 /// - `hello` (the default): prints the e820 map and command line, calls the `tk_*` probe
-///   targets and checks their results, checks the test device over PIO and MMIO; POINTs 1, 2,
-///   3; EXIT 0, or 1 if a check failed.
+///   targets and checks their results, checks the test device over PIO and MMIO, drives the
+///   `edu` device as `edu` does; POINTs 1, 2, 3; EXIT 0, or 1 if a check failed.
 /// - `exit`: EXIT with `code=N` from the command line (default 7; 2 if N is not a number).
 /// - `points`: POINT 1..=5, EXIT 0.
 /// - `mmio`: test device MMIO accesses of widths 1, 2, 4 and 8, each value read printed; EXIT 0.

@@ -168,6 +168,10 @@ fn hello(cx: &Context) -> ! {
         kprintln!("hello: test device checks failed");
         testdev::exit(1);
     }
+    if !crate::edu::drive() {
+        kprintln!("hello: edu checks failed");
+        testdev::exit(1);
+    }
     testdev::point(3);
     kprintln!("hello: done");
     testdev::exit(0)
