@@ -357,20 +357,42 @@ fn debian_kernel_cli_probe_and_hbreak_to_jsonl() {
 /// clear) are exactly what the serial console received.
 #[test]
 fn debian_kernel_uart_port_io_trace_matches_the_console() {
-    let Some(kernel) = kernel_or_skip("Debian kernel UART trace") else { return };
+    let Some(kernel) = kernel_or_skip("Debian kernel UART trace") else {
+        return;
+    };
     let _one = serialize();
     let dir = std::env::temp_dir().join(format!("hvprobe-uart-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (trace, console) = (dir.join("uart.jsonl"), dir.join("console.txt"));
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_hvprobe"))
-        .args(["run", "--kernel", kernel.to_str().unwrap(), "--timeout", "35"])
-        .args(["--mmiotrace", "uart", "--trace", trace.to_str().unwrap(), "--trace-format", "jsonl"])
+        .args([
+            "run",
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--timeout",
+            "35",
+        ])
+        .args([
+            "--mmiotrace",
+            "uart",
+            "--trace",
+            trace.to_str().unwrap(),
+            "--trace-format",
+            "jsonl",
+        ])
         .args(["--serial-log", console.to_str().unwrap()])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(i32::from(vmm::outcome::EXIT_TIMEOUT)), "{stderr}");
-    assert!(stderr.contains(", 0 lost"), "no trace record lost: {stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(i32::from(vmm::outcome::EXIT_TIMEOUT)),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(", 0 lost"),
+        "no trace record lost: {stderr}"
+    );
     let trace = std::fs::read_to_string(&trace).unwrap();
     let console = std::fs::read(&console).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
@@ -382,17 +404,26 @@ fn debian_kernel_uart_port_io_trace_matches_the_console() {
         if v["space"] != "pio" {
             continue;
         }
-        let port = u64::from_str_radix(v["addr"].as_str().unwrap().trim_start_matches("0x"), 16).unwrap();
-        let value = u64::from_str_radix(v["value"].as_str().unwrap().trim_start_matches("0x"), 16).unwrap();
+        let port =
+            u64::from_str_radix(v["addr"].as_str().unwrap().trim_start_matches("0x"), 16).unwrap();
+        let value =
+            u64::from_str_radix(v["value"].as_str().unwrap().trim_start_matches("0x"), 16).unwrap();
         match (v["kind"].as_str().unwrap(), port) {
             ("write", 0x3fb) => dlab = value & 0x80 != 0,
             ("write", 0x3f8) if !dlab => sent.push(u8::try_from(value).unwrap()),
             ("read", _) => reads += 1,
             _ => {}
         }
-        assert!(v["symbol"].as_str().is_some(), "RIPs symbolized from kallsyms: {line}");
+        assert!(
+            v["symbol"].as_str().is_some(),
+            "RIPs symbolized from kallsyms: {line}"
+        );
     }
     assert!(sent.len() > 1000, "{} bytes", sent.len());
     assert!(reads > 0, "the driver polls LSR");
-    assert_eq!(String::from_utf8_lossy(&sent), String::from_utf8_lossy(&console), "trace and console agree byte for byte");
+    assert_eq!(
+        String::from_utf8_lossy(&sent),
+        String::from_utf8_lossy(&console),
+        "trace and console agree byte for byte"
+    );
 }

@@ -190,12 +190,20 @@ fn external_check(program: &str, script: &str, text: &str) {
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let file = std::env::temp_dir().join(format!("hvprobe-check-{}-{n}", std::process::id()));
     std::fs::write(&file, text).unwrap();
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/trace-check").join(script);
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../scripts/trace-check")
+        .join(script);
     let out = match Command::new(program).arg(&script).arg(&file).output() {
         Ok(o) => o,
         Err(_) => {
-            assert!(std::env::var_os("CI").is_none(), "CI must install {program}");
-            let _ = writeln!(std::io::stderr(), "SKIPPED (not tested): {program} not installed");
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI must install {program}"
+            );
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED (not tested): {program} not installed"
+            );
             return;
         }
     };

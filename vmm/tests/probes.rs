@@ -528,7 +528,10 @@ fn probes_on_function_entry_instructions_take_one_exit() {
         a.set_label(&mut done)?;
         // Both sums into one number: r8 (= sum of 0x1000 + 2i) + 0x10000 * (r9 == sum).
         let mut bad = a.create_label();
-        a.cmp(r9, i32::try_from(CALLS * 0x1000 + CALLS * (CALLS - 1) / 2).unwrap())?;
+        a.cmp(
+            r9,
+            i32::try_from(CALLS * 0x1000 + CALLS * (CALLS - 1) / 2).unwrap(),
+        )?;
         a.jne(bad)?;
         a.add(r8, 0x10000)?;
         a.set_label(&mut bad)?;
