@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 
-use crossbeam_channel::{Receiver, Sender, TryRecvError, select};
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
 
 pub use sink::{DEFAULT_CAPACITY, TraceReceiver, TraceSink};
 use sink::{Msg, Shared};
@@ -390,6 +390,13 @@ fn run<W: Write>(
     let header = output.encoder.header();
     output.put(&header);
     let TraceReceiver { rx, shared } = receiver;
+    // The writer polls instead of blocking on the channel: a blocked receiver would be woken
+    // (a futex call and a context switch) by every record a vCPU sends, which costs more than
+    // the exit being traced. Polling every POLL and flushing at most every FLUSH_EVERY keeps
+    // the vCPU's side to one try_send; the channel's capacity absorbs the pauses.
+    const POLL: std::time::Duration = std::time::Duration::from_millis(2);
+    const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
+    let mut last_flush = std::time::Instant::now();
     loop {
         match rx.try_recv() {
             Ok(msg) => {
@@ -397,14 +404,17 @@ fn run<W: Write>(
                 continue;
             }
             Err(TryRecvError::Disconnected) => break,
-            Err(TryRecvError::Empty) => output.flush(),
+            Err(TryRecvError::Empty) => {
+                if last_flush.elapsed() >= FLUSH_EVERY {
+                    output.flush();
+                    last_flush = std::time::Instant::now();
+                }
+            }
         }
-        select! {
-            recv(rx) -> msg => match msg {
-                Ok(msg) => output.handle(msg),
-                Err(_) => break,
-            },
-            recv(stop) -> _ => {
+        match stop.recv_timeout(POLL) {
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+            // Asked to stop (or the writer handle is gone): drain and end.
+            _ => {
                 while let Ok(msg) = rx.try_recv() {
                     output.handle(msg);
                 }
