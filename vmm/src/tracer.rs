@@ -33,18 +33,16 @@ struct Range {
 /// The traced ranges and the trace they go to.
 pub struct Tracer {
     sink: TraceSink,
-    symbols: Option<Arc<SymbolTable>>,
     ranges: RwLock<Vec<Range>>,
     any: AtomicBool,
     next_id: AtomicU32,
 }
 
 impl Tracer {
-    /// A tracer writing to `sink`, symbolizing RIPs with `symbols`.
-    pub fn new(sink: TraceSink, symbols: Option<Arc<SymbolTable>>) -> Self {
+    /// A tracer writing to `sink`.
+    pub fn new(sink: TraceSink) -> Self {
         Tracer {
             sink,
-            symbols,
             ranges: RwLock::new(Vec::new()),
             any: AtomicBool::new(false),
             next_id: AtomicU32::new(0),
@@ -127,10 +125,8 @@ impl AccessObserver for Tracer {
             }
         };
         let ctx = crate::vcpu::context::current();
-        let symbol = match (&self.symbols, ctx.rip) {
-            (Some(s), Some(rip)) => s.lookup(rip).map(|so| so.to_string()),
-            _ => None,
-        };
+        // The writer symbolizes the RIP (TraceWriter::spawn_with_symbols), off this path.
+        let symbol = None;
         self.sink.record(TraceRecord::Access(Access {
             time_ns: self.sink.now_ns(),
             vcpu: ctx.vcpu.unwrap_or(0),
@@ -194,8 +190,8 @@ pub fn attach(
     };
     let out = trace_output(cfg)?;
     let (sink, receiver) = TraceSink::new();
-    let writer = crate::trace::TraceWriter::spawn(receiver, out, format);
-    let tracer = Arc::new(Tracer::new(sink, symbols));
+    let writer = crate::trace::TraceWriter::spawn_with_symbols(receiver, out, format, symbols);
+    let tracer = Arc::new(Tracer::new(sink));
     let io = vm.io();
     if let Some(pci) = &io.pci {
         for d in pci.devices() {
@@ -344,7 +340,7 @@ mod tests {
         let (sink, rx) = TraceSink::new();
         let out = Buf::default();
         let writer = TraceWriter::spawn(rx, out.clone(), TraceFormat::Jsonl);
-        let t = Tracer::new(sink, None);
+        let t = Tracer::new(sink);
         t.observe(Space::Mmio, true, 0x1000, &[1]);
         let id = t.add_range(Space::Mmio, 0x1000, 0x100).unwrap();
         t.add_range(Space::Pio, 0x3f8, 8);

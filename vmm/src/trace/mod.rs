@@ -218,11 +218,22 @@ impl TraceWriter {
         out: impl Write + Send + 'static,
         format: TraceFormat,
     ) -> TraceWriter {
+        Self::spawn_with_symbols(receiver, out, format, None)
+    }
+
+    /// Like [`TraceWriter::spawn`], and fills in each access's `symbol` from its RIP with
+    /// `symbols` (on the writer thread, off the vCPUs' path).
+    pub fn spawn_with_symbols(
+        receiver: TraceReceiver,
+        out: impl Write + Send + 'static,
+        format: TraceFormat,
+        symbols: Option<Arc<introspect::symbols::SymbolTable>>,
+    ) -> TraceWriter {
         let (stop_tx, stop_rx) = crossbeam_channel::bounded(1);
         let shared = Arc::clone(&receiver.shared);
         let thread = std::thread::Builder::new()
             .name("hvprobe-trace".into())
-            .spawn(move || run(receiver, stop_rx, BufWriter::new(out), format));
+            .spawn(move || run(receiver, stop_rx, BufWriter::new(out), format, symbols));
         match thread {
             Ok(thread) => TraceWriter {
                 stop: Some(stop_tx),
@@ -306,6 +317,8 @@ impl Encoder {
 struct Output<W: Write> {
     out: W,
     encoder: Encoder,
+    /// Symbolizes access RIPs here, on the writer thread, so the vCPU does not pay for it.
+    symbols: Option<Arc<introspect::symbols::SymbolTable>>,
     report: TraceReport,
     /// Records (not lost markers) taken off the channel.
     received: u64,
@@ -337,8 +350,16 @@ impl<W: Write> Output<W> {
 
     fn handle(&mut self, msg: Msg) {
         match msg {
-            Msg::Record(record) => {
+            Msg::Record(mut record) => {
                 self.received += 1;
+                if let (TraceRecord::Access(a), Some(symbols)) = (&mut record, &self.symbols) {
+                    if a.symbol.is_none() {
+                        a.symbol = a
+                            .rip
+                            .and_then(|rip| symbols.lookup(rip))
+                            .map(|s| s.to_string());
+                    }
+                }
                 match self.encoder.encode(&record) {
                     None => self.report.skipped += 1,
                     Some(text) if self.put(&text) => {
@@ -374,6 +395,7 @@ fn run<W: Write>(
     stop: Receiver<()>,
     out: W,
     format: TraceFormat,
+    symbols: Option<Arc<introspect::symbols::SymbolTable>>,
 ) -> TraceReport {
     let encoder = match format {
         TraceFormat::Mmiotrace => Encoder::Mmiotrace,
@@ -383,6 +405,7 @@ fn run<W: Write>(
     let mut output = Output {
         out,
         encoder,
+        symbols,
         report: TraceReport::default(),
         received: 0,
         unflushed: 0,
