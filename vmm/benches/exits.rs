@@ -19,6 +19,9 @@
 //! Run: `cargo bench -p vmm --bench exits` (`HVPROBE_BENCH_N`, `HVPROBE_BENCH_ROUNDS` override
 //! N and the number of rounds).
 
+mod common;
+use common::{env_u32, median};
+
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -32,7 +35,7 @@ use kvm_bindings::{
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use vmm::boot;
 use vmm::boot::cpu::CpuidMask;
-use vmm::config::{KernelSource, SerialOutput, VmConfig};
+use vmm::config::VmConfig;
 use vmm::memory::{Gpa, GuestMem};
 use vmm::outcome::Outcome;
 use vmm::vm::Vm;
@@ -83,19 +86,7 @@ fn loop_program(kind: Kind, n: u32) -> Program {
 }
 
 fn config(p: &Program) -> VmConfig {
-    VmConfig {
-        kernel: KernelSource::Raw {
-            image: p.code.clone(),
-            load_addr: p.base,
-            entry: p.base,
-        },
-        cpus: 1,
-        mem_size: MEM_SIZE,
-        serial: SerialOutput::Sink,
-        quiet: true,
-        timeout: Some(Duration::from_secs(120)),
-        ..VmConfig::default()
-    }
+    common::raw_config(p, MEM_SIZE)
 }
 
 /// hvprobe: runs `p` to its end; returns the points' timestamps (from the start of `Vm::new`).
@@ -235,19 +226,6 @@ fn loop_raw(p: &Program, n: u32) -> Duration {
     (at(AFTER) - at(BEFORE)) / n
 }
 
-fn median(v: &mut [Duration]) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn env_u32(name: &str, default: u32) -> u32 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&v| v > 0)
-        .unwrap_or(default)
-}
-
 fn main() {
     // `cargo bench` passes `--bench`; a filter or `--list` from other harnesses is ignored.
     let n = env_u32("HVPROBE_BENCH_N", 20_000);
@@ -306,8 +284,8 @@ fn main() {
         "MMIO exit round trip",
     ];
     for (v, name) in rows.iter().enumerate() {
-        let h = median(&mut t[v][0]);
-        let r = median(&mut t[v][1]);
+        let h = median(&t[v][0]);
+        let r = median(&t[v][1]);
         let ratio = h.as_secs_f64() / r.as_secs_f64();
         let (hs, rs, goal) = if v == 0 {
             (

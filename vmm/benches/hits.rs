@@ -20,6 +20,9 @@
 //! N and the number of rounds). `HVPROBE_BENCH_VARIANT=base|pio|probe|hbreak` runs only that
 //! variant, without warm-up (for `scripts/callgrind-hits.sh`).
 
+mod common;
+use common::{env_u32, median};
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,7 +30,6 @@ use hvprobe_tests::code_asm::*;
 use hvprobe_tests::{PORT_SCRATCH, Program, assemble, emit_exit, emit_point};
 use introspect::events::{self, Sources};
 use introspect::session::{Introspector, SessionSpec};
-use vmm::config::{KernelSource, SerialOutput, VmConfig};
 use vmm::instrument::IntrospectHook;
 use vmm::outcome::Outcome;
 use vmm::vm::Vm;
@@ -122,18 +124,7 @@ fn spec(variant: Variant, p: &Program) -> SessionSpec {
 /// Runs `p` to its end under a session for `variant` (every variant, even the ones without
 /// probes, goes through the same hook and vCPU loop); returns the time per call of `f`.
 fn run(variant: Variant, p: &Program, n: u32) -> Duration {
-    let config = VmConfig {
-        kernel: KernelSource::Raw {
-            image: p.code.clone(),
-            load_addr: p.base,
-            entry: p.base,
-        },
-        cpus: 1,
-        mem_size: MEM_SIZE,
-        serial: SerialOutput::Sink,
-        quiet: true,
-        ..VmConfig::default()
-    };
+    let config = common::raw_config(p, MEM_SIZE);
     let sources = Arc::new(Sources::new());
     // Room for every event: a hit never takes the overflow path.
     let (sink, receiver) = events::channel(sources.clone(), n as usize + 64);
@@ -169,19 +160,6 @@ fn run(variant: Variant, p: &Program, n: u32) -> Duration {
             .at
     };
     (at(AFTER) - at(BEFORE)) / n
-}
-
-fn median(v: &mut [Duration]) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn env_u32(name: &str, default: u32) -> u32 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&v| v > 0)
-        .unwrap_or(default)
 }
 
 fn us(d: Duration) -> f64 {

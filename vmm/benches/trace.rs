@@ -25,6 +25,9 @@
 //! Run: `cargo bench -p vmm --bench trace` (`HVPROBE_BENCH_N`, `HVPROBE_BENCH_ROUNDS` override
 //! N and the number of rounds).
 
+mod common;
+use common::{env_u32, median};
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,9 +35,7 @@ use std::time::{Duration, Instant};
 use hvprobe_tests::code_asm::*;
 use hvprobe_tests::{MMIO_TEST_DEVICE, PORT_SCRATCH, Program, assemble, emit_exit, emit_point};
 use introspect::symbols::{Symbol, SymbolTable};
-use vmm::config::{
-    KernelSource, SerialOutput, TraceConfig, TraceFormatChoice, TraceTarget, VmConfig,
-};
+use vmm::config::{TraceConfig, TraceFormatChoice, TraceTarget};
 use vmm::outcome::Outcome;
 use vmm::vm::Vm;
 
@@ -195,19 +196,7 @@ struct Run {
 }
 
 fn run(p: &Program, n: u32, trace: Trace, syms: &Arc<SymbolTable>) -> Run {
-    let cfg = VmConfig {
-        kernel: KernelSource::Raw {
-            image: p.code.clone(),
-            load_addr: p.base,
-            entry: p.base,
-        },
-        cpus: 1,
-        mem_size: MEM_SIZE,
-        serial: SerialOutput::Sink,
-        quiet: true,
-        timeout: Some(Duration::from_secs(120)),
-        ..VmConfig::default()
-    };
+    let cfg = common::raw_config(p, MEM_SIZE);
     let mut vm = Vm::new(&cfg, None).expect("VM builds");
     let tcfg = trace_config(trace);
     let session = tcfg
@@ -239,20 +228,6 @@ fn run(p: &Program, n: u32, trace: Trace, syms: &Arc<SymbolTable>) -> Run {
         total,
         report,
     }
-}
-
-fn median(v: &[Duration]) -> Duration {
-    let mut v = v.to_vec();
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn env_u32(name: &str, default: u32) -> u32 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&v| v > 0)
-        .unwrap_or(default)
 }
 
 fn us(d: Duration) -> String {
