@@ -11,8 +11,13 @@ rustup target add x86_64-unknown-none
 rustup component add rustfmt clippy
 
 step "apt packages"
+# linux-headers-<version> of the Debian kernel the guest tests boot (fetched here first, to
+# know its version; the headers pull in linux-kbuild) and kmod's modinfo build and check
+# tests/linux-edu's module (scripts/build-linux-edu.sh)
+kver=$(scripts/fetch-debian-kernel.sh)
+kver=${kver##*/vmlinuz-}
 need=()
-for pkg in build-essential pkg-config xz-utils dpkg gawk; do
+for pkg in build-essential pkg-config xz-utils dpkg gawk kmod "linux-headers-$kver"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

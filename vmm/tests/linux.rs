@@ -427,3 +427,232 @@ fn debian_kernel_uart_port_io_trace_matches_the_console() {
         "trace and console agree byte for byte"
     );
 }
+
+/// `tests/linux-edu/hvprobe_edu.ko`, an in-tree-style Linux driver for the `edu` device,
+/// built by `scripts/build-linux-edu.sh` against the headers of the Debian kernel the tests
+/// boot and checked with `modinfo` (alias and vermagic). `None` (after the loud line) when
+/// the headers or `modinfo` are missing outside CI; in CI that is a failure.
+fn linux_edu_module(kernel: &std::path::Path, what: &str) -> Option<std::path::PathBuf> {
+    let version = kernel
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("vmlinuz-"))
+        .expect("the kernel is a vmlinuz-<version>");
+    let headers = std::path::PathBuf::from(format!("/usr/src/linux-headers-{version}"));
+    let modinfo = std::process::Command::new("modinfo")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !headers.join("Makefile").exists() || !modinfo {
+        let why = format!(
+            "{} missing; scripts/test.sh installs linux-headers-{version} and kmod",
+            if modinfo {
+                headers.display().to_string()
+            } else {
+                "modinfo".to_string()
+            }
+        );
+        assert!(std::env::var_os("CI").is_none(), "CI: {why}");
+        skip(what, &why);
+        return None;
+    }
+    let out = std::process::Command::new(
+        hvprobe_tests::workspace_root().join("scripts/build-linux-edu.sh"),
+    )
+    .arg(version)
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "scripts/build-linux-edu.sh {version}:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ko = std::path::PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+    assert!(ko.is_file(), "{} was built", ko.display());
+    let field = |name: &str| {
+        let out = std::process::Command::new("modinfo")
+            .args(["-F", name])
+            .arg(&ko)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "modinfo -F {name} {}", ko.display());
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let alias = field("alias");
+    assert!(
+        alias
+            .lines()
+            .any(|l| l.starts_with("pci:v00001234d000011E8sv")),
+        "the module matches edu (1234:11e8): {alias}"
+    );
+    let vermagic = field("vermagic");
+    assert!(
+        vermagic.starts_with(&format!("{version} ")),
+        "built for {version}: {vermagic}"
+    );
+    assert_eq!(field("license").trim(), "GPL");
+    Some(ko)
+}
+
+/// The end-to-end `edu` case: Debian's kernel loads `hvprobe_edu.ko` from a busybox initrd
+/// (`insmod`, the driver's lines from `dmesg`, `rmmod`, `reboot -f`) under
+/// `hvprobe run --mmiotrace edu --trace F --trace-format mmiotrace`. The console says every
+/// check passed, and the trace holds the MAP of edu's BAR0 where Linux put it and exactly the
+/// driver's accesses to it, in order, with their values. The module is built and checked
+/// everywhere; the boot needs hardware KVM.
+#[test]
+fn debian_kernel_loads_edu_driver_and_its_mmio_is_traced() {
+    let what = "Debian kernel loading hvprobe_edu.ko under --mmiotrace edu";
+    let Some(kernel) = kernel_or_skip(what) else {
+        return;
+    };
+    let Some(ko) = linux_edu_module(&kernel, what) else {
+        return;
+    };
+    if !vmm::platform::is_fast_kvm() {
+        skip(
+            &format!("{what} (hvprobe_edu.ko was built and checked)"),
+            "this KVM emulates guest ring-0 code (~2 MIPS); needs hardware KVM",
+        );
+        return;
+    }
+    let _one = serialize();
+    let busybox = hvprobe_tests::workspace_root().join(".cache/busybox/root/bin/busybox");
+    let bb = std::fs::read(&busybox).expect("run scripts/fetch-busybox.sh first");
+    let module = std::fs::read(&ko).unwrap();
+    let init = b"#!/bin/busybox sh\n\
+        /bin/busybox mount -t proc proc /proc\n\
+        /bin/busybox mount -t sysfs sysfs /sys\n\
+        /bin/busybox insmod /hvprobe_edu.ko\n\
+        /bin/busybox dmesg | /bin/busybox grep 'hvprobe_edu: ' | /bin/busybox sed 's/^/DMESG /'\n\
+        /bin/busybox rmmod hvprobe_edu\n\
+        /bin/busybox echo HVPROBE-EDU-DONE\n\
+        /bin/busybox reboot -f\n";
+    let initrd = cpio(&[
+        ("bin", 0o040755, b""),
+        ("bin/busybox", 0o100755, &bb),
+        ("proc", 0o040755, b""),
+        ("sys", 0o040755, b""),
+        ("hvprobe_edu.ko", 0o100644, &module),
+        ("init", 0o100755, init),
+    ]);
+    let dir = std::env::temp_dir().join(format!("hvprobe-linux-edu-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (initrd_path, trace, console) = (
+        dir.join("initrd.cpio"),
+        dir.join("edu.mmiotrace"),
+        dir.join("console.txt"),
+    );
+    std::fs::write(&initrd_path, initrd).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hvprobe"))
+        .args(["run", "--kernel", kernel.to_str().unwrap()])
+        .args([
+            "--initrd",
+            initrd_path.to_str().unwrap(),
+            "--timeout",
+            "120",
+        ])
+        .args(["--mmiotrace", "edu", "--trace", trace.to_str().unwrap()])
+        .args(["--trace-format", "mmiotrace"])
+        .args(["--serial-log", console.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let trace = std::fs::read_to_string(&trace).unwrap();
+    let console = std::fs::read_to_string(&console).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(
+        out.status.code(),
+        Some(i32::from(vmm::outcome::EXIT_GUEST_RESET)),
+        "reboot -f resets\n{stderr}\n{console}"
+    );
+    assert!(
+        console.contains("DMESG") && console.contains("hvprobe_edu: all checks passed"),
+        "{console}"
+    );
+    assert!(console.contains("HVPROBE-EDU-DONE"), "{console}");
+    assert!(
+        stderr.contains(", 0 lost"),
+        "no trace record lost: {stderr}"
+    );
+    assert!(!trace.contains(" Lost "), "{trace}");
+
+    // where Linux put BAR0 ("BAR0 [mem 0x...-0x...]") and the DMA buffer ("via 0x...")
+    let hex_after = |needle: &str| {
+        let at = console
+            .find(needle)
+            .unwrap_or_else(|| panic!("\"{needle}\" on the console:\n{console}"));
+        let digits: String = console[at + needle.len()..]
+            .chars()
+            .take_while(char::is_ascii_hexdigit)
+            .collect();
+        u64::from_str_radix(&digits, 16).unwrap()
+    };
+    let bar = hex_after("BAR0 [mem 0x");
+    let dma = hex_after("DMA of 16 bytes via 0x");
+
+    // MAP of BAR0 (1 MiB); every UNMAP ends an earlier MAP; the driver's accesses are in
+    // the map that was live when it ran, and are exactly these, in order.
+    let mut live: Option<String> = None;
+    let mut mapped = Vec::new();
+    let mut accesses = Vec::new();
+    for line in trace.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        match f.first().copied() {
+            Some("MAP") if f[3] == format!("{bar:#x}") => {
+                assert_eq!(f[5], "0x100000", "BAR0 is 1 MiB: {line}");
+                live = Some(f[2].to_string());
+                mapped.push(f[2].to_string());
+            }
+            Some("UNMAP") => {
+                assert!(mapped.iter().any(|m| m == f[2]), "UNMAP of a MAP: {line}");
+                if live.as_deref() == Some(f[2]) {
+                    live = None;
+                }
+            }
+            Some(kind @ ("R" | "W")) => {
+                assert_eq!(live.as_deref(), Some(f[3]), "in the live BAR0 map: {line}");
+                let addr = u64::from_str_radix(f[4].trim_start_matches("0x"), 16).unwrap();
+                let value = u64::from_str_radix(f[5].trim_start_matches("0x"), 16).unwrap();
+                accesses.push((
+                    kind.to_string(),
+                    f[1].parse::<u8>().unwrap(),
+                    addr - bar,
+                    value,
+                ));
+            }
+            _ => {}
+        }
+    }
+    assert!(
+        !mapped.is_empty(),
+        "a MAP of edu's BAR0 at {bar:#x}:\n{trace}"
+    );
+    let want: Vec<(String, u8, u64, u64)> = [
+        ("R", 4, 0x00, 0x0100_00ed), // id
+        ("W", 4, 0x04, 0x1234_5678), // liveness
+        ("R", 4, 0x04, 0xedcb_a987),
+        ("W", 4, 0x08, 5), // factorial
+        ("R", 4, 0x20, 0x1),
+        ("R", 4, 0x20, 0x0),
+        ("R", 4, 0x08, 120),
+        ("W", 4, 0x60, 0x1), // interrupt: raise, read and ack (handler or poll), check
+        ("R", 4, 0x24, 0x1),
+        ("W", 4, 0x64, 0x1),
+        ("R", 4, 0x24, 0x0),
+        ("W", 8, 0x80, dma), // DMA RAM -> device
+        ("W", 8, 0x88, 0x4_0000),
+        ("W", 8, 0x90, 16),
+        ("W", 8, 0x98, 0x1),
+        ("R", 8, 0x98, 0x0),
+        ("W", 8, 0x80, 0x4_0000), // DMA device -> RAM
+        ("W", 8, 0x88, dma + 2048),
+        ("W", 8, 0x90, 16),
+        ("W", 8, 0x98, 0x3),
+        ("R", 8, 0x98, 0x2),
+    ]
+    .into_iter()
+    .map(|(k, w, o, v)| (k.to_string(), w, o, v))
+    .collect();
+    assert_eq!(accesses, want, "the driver's accesses, in order:\n{trace}");
+}
