@@ -11,10 +11,22 @@
 //!   (kprobes' "boost" / emulation of simple instructions) instead of single-stepping it
 //!   ([`Emulation`]).
 //!
+//! - [`can_optimize`]: whether a probe may become a 5-byte jump to a trampoline (kprobes'
+//!   optprobes), with typed reasons ([`CannotOptimize`]) and the displaced instructions.
+//! - [`relocate`]: the displaced instructions re-encoded at the trampoline with iced's
+//!   `BlockEncoder`, with a typed error beyond +/-2 GiB ([`RelocateError`]) and the map from
+//!   original to new addresses.
+//!
 //! Always analyse the **original** bytes, never our own patches: callers read code through
 //! the probe engine's `recover_probed_instruction`. No iced-x86 type appears in this API.
 
 use std::fmt;
+
+mod optimize;
+mod relocate;
+
+pub use optimize::{CannotOptimize, JUMP_LEN, OptimizeInfo, Unrelocatable, can_optimize};
+pub use relocate::{RelocateError, Relocated, relocate};
 
 use iced_x86::{
     Code, Decoder, DecoderError, DecoderOptions, FlowControl, Formatter, Instruction,
@@ -167,6 +179,11 @@ impl Insn {
     /// The address just past the instruction.
     pub fn next_ip(&self) -> u64 {
         self.instr.next_ip()
+    }
+
+    /// Whether it is an indirect near `jmp` (not a `call`).
+    fn is_indirect_jump(&self) -> bool {
+        self.instr.flow_control() == FlowControl::IndirectBranch
     }
 
     /// Whether a probe hit on this instruction may be completed by the host (see
@@ -443,5 +460,7 @@ fn hex(bytes: &[u8]) -> String {
     parts.join(" ")
 }
 
+#[cfg(test)]
+mod optimize_tests;
 #[cfg(test)]
 mod tests;

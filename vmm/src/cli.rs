@@ -86,6 +86,22 @@ pub enum Command {
     /// List a kernel's symbols (ELF symbol table, or the kernel's own kallsyms tables for
     /// stripped images such as Debian's bzImage) in System.map format.
     Symbols(SymbolsArgs),
+    /// Say, per site, whether a probe may go there and whether it may be optimized into a
+    /// jump, and why not.
+    #[command(name = "probe-check")]
+    ProbeCheck(ProbeCheckArgs),
+}
+
+/// The flags of `hvprobe probe-check`.
+#[derive(Clone, Debug, Default, Args)]
+pub struct ProbeCheckArgs {
+    /// Kernel image: ELF vmlinux, bzImage, or an ELF test kernel [default: the bundled test
+    /// kernel]
+    #[arg(long, value_name = "PATH")]
+    pub kernel: Option<PathBuf>,
+    /// Probe sites: SYMBOL, SYMBOL+OFFSET or 0xADDRESS
+    #[arg(value_name = "SITE", required = true)]
+    pub sites: Vec<String>,
 }
 
 /// The flags of `hvprobe symbols`.
@@ -182,6 +198,13 @@ pub enum Request {
         kernel: Option<PathBuf>,
         /// Substring filter.
         pattern: Option<String>,
+    },
+    /// Check probe sites of a kernel (`None`: the bundled test kernel).
+    ProbeCheck {
+        /// The kernel file.
+        kernel: Option<PathBuf>,
+        /// The sites as typed.
+        sites: Vec<String>,
     },
 }
 
@@ -371,6 +394,17 @@ where
             Ok(Request::Symbols {
                 kernel: args.kernel,
                 pattern: args.pattern,
+            })
+        }
+        Ok(Cli {
+            command: Command::ProbeCheck(args),
+        }) => {
+            if let Some(k) = &args.kernel {
+                check_input_file(k, "kernel", Origin::Flag("--kernel"))?;
+            }
+            Ok(Request::ProbeCheck {
+                kernel: args.kernel,
+                sites: args.sites,
             })
         }
         Err(Ok(text)) => Ok(Request::Print(text)),
@@ -674,6 +708,7 @@ mod tests {
             Request::Run(config) => Ok(config),
             Request::Print(text) => panic!("unexpected print: {text}"),
             Request::Symbols { .. } => panic!("unexpected symbols request"),
+            Request::ProbeCheck { .. } => panic!("unexpected probe-check request"),
         }
     }
 
@@ -692,6 +727,25 @@ mod tests {
             "{}",
             cli_line(&missing)
         );
+    }
+
+    #[test]
+    fn probe_check_subcommand() {
+        match parse_from([
+            "hvprobe",
+            "probe-check",
+            "start_kernel",
+            "0xffffffff81000000",
+        ])
+        .unwrap()
+        {
+            Request::ProbeCheck {
+                kernel: None,
+                sites,
+            } => assert_eq!(sites, ["start_kernel", "0xffffffff81000000"]),
+            _ => panic!("probe-check request expected"),
+        }
+        assert!(parse_from(["hvprobe", "probe-check"]).is_err());
     }
 
     fn cli_line(e: &CliError) -> String {

@@ -18,6 +18,7 @@ pub mod memslots;
 pub mod outcome;
 pub mod phases;
 pub mod platform;
+pub mod probe_check;
 pub mod target;
 pub mod test_kernel;
 pub mod trace;

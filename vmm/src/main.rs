@@ -20,6 +20,9 @@ fn main() -> ExitCode {
         Ok(Request::Symbols { kernel, pattern }) => {
             return symbols(kernel.as_deref(), pattern.as_deref());
         }
+        Ok(Request::ProbeCheck { kernel, sites }) => {
+            return probe_check(kernel.as_deref(), &sites);
+        }
         Err(err) => {
             eprintln!("hvprobe: {}", cli::error_line(&err));
             return ExitCode::from(EXIT_BAD_INPUT);
@@ -43,14 +46,15 @@ fn main() -> ExitCode {
     }
 }
 
-/// `hvprobe symbols`: System.map-format lines on stdout, a count on stderr.
-fn symbols(kernel: Option<&Path>, pattern: Option<&str>) -> ExitCode {
+/// The kernel image `--kernel` names (default: the bundled test kernel) and its name for
+/// messages; `Err` after printing why it is unreadable.
+fn read_kernel(kernel: Option<&Path>) -> Result<(Vec<u8>, String), ExitCode> {
     let image = match kernel {
         Some(p) => match std::fs::read(p) {
             Ok(b) => b,
             Err(e) => {
                 eprintln!("hvprobe: cannot read kernel {}: {e}", p.display());
-                return ExitCode::from(EXIT_BAD_INPUT);
+                return Err(ExitCode::from(EXIT_BAD_INPUT));
             }
         },
         None => vmm::test_kernel::TEST_KERNEL.to_vec(),
@@ -58,6 +62,46 @@ fn symbols(kernel: Option<&Path>, pattern: Option<&str>) -> ExitCode {
     let name = kernel.map_or("the bundled test kernel".to_string(), |p| {
         p.display().to_string()
     });
+    Ok((image, name))
+}
+
+/// `hvprobe probe-check`: one line per site on stdout; one line per unresolved site on
+/// stderr, and then exit status 64.
+fn probe_check(kernel: Option<&Path>, sites: &[String]) -> ExitCode {
+    let (image, name) = match read_kernel(kernel) {
+        Ok(k) => k,
+        Err(code) => return code,
+    };
+    let checker = match vmm::probe_check::ProbeChecker::new(&image) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("hvprobe: {name}: {}", cli::error_line(&e));
+            return ExitCode::from(EXIT_BAD_INPUT);
+        }
+    };
+    let mut all_resolved = true;
+    for site in sites {
+        match checker.check(site) {
+            Ok(report) => println!("{report}"),
+            Err(e) => {
+                all_resolved = false;
+                eprintln!("hvprobe: {}", cli::error_line(&e));
+            }
+        }
+    }
+    if all_resolved {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_BAD_INPUT)
+    }
+}
+
+/// `hvprobe symbols`: System.map-format lines on stdout, a count on stderr.
+fn symbols(kernel: Option<&Path>, pattern: Option<&str>) -> ExitCode {
+    let (image, name) = match read_kernel(kernel) {
+        Ok(k) => k,
+        Err(code) => return code,
+    };
     let (table, source) = match vmm::kernel_symbols::kernel_symbols(&image) {
         Ok(t) => t,
         Err(e) => {
