@@ -16,6 +16,8 @@
 //! - [`relocate`]: the displaced instructions re-encoded at the trampoline with iced's
 //!   `BlockEncoder`, with a typed error beyond +/-2 GiB ([`RelocateError`]) and the map from
 //!   original to new addresses.
+//! - [`build_trampoline`]: the code a jump-optimized probe leads to (handler part, relocated
+//!   instructions, jump back), with an exit doorbell or an in-guest ring-buffer handler.
 //!
 //! Always analyse the **original** bytes, never our own patches: callers read code through
 //! the probe engine's `recover_probed_instruction`. No iced-x86 type appears in this API.
@@ -24,9 +26,14 @@ use std::fmt;
 
 mod optimize;
 mod relocate;
+mod trampoline;
 
 pub use optimize::{CannotOptimize, JUMP_LEN, OptimizeInfo, Unrelocatable, can_optimize};
 pub use relocate::{RelocateError, Relocated, relocate};
+pub use trampoline::{
+    Fetch, Handler, MAX_FETCHES, RECORD_SIZE, RECORD_VALUES, RING_RECORDS, RING_TAIL, RingSpec,
+    Trampoline, TrampolineError, TrampolineSpec, build_trampoline, jump_patch,
+};
 
 use iced_x86::{
     Code, Decoder, DecoderError, DecoderOptions, FlowControl, Formatter, Instruction,
@@ -462,5 +469,7 @@ fn hex(bytes: &[u8]) -> String {
 
 #[cfg(test)]
 mod optimize_tests;
+#[cfg(test)]
+mod trampoline_tests;
 #[cfg(test)]
 mod tests;

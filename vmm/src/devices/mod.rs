@@ -4,6 +4,7 @@
 //! never calls back into a bus, and no code holds two device mutexes at once.
 
 pub mod bus;
+pub mod doorbell;
 pub mod edu;
 pub mod legacy;
 pub mod pci;
@@ -20,6 +21,30 @@ pub enum DeviceAction {
     Exit(u32),
     /// End the VM: the guest reset the machine (i8042).
     Reset,
+    /// A request for the introspection layer, handled on the vCPU's thread with no device
+    /// lock held (see [`GuestRequest`]).
+    Request(GuestRequest),
+}
+
+/// What a guest asks of hvprobe's introspection layer through a device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GuestRequest {
+    /// The guest reserved `[base, base+len)` (guest-virtual) as the trampoline arena of
+    /// jump-optimized probes (test device ARENA registers).
+    Arena {
+        /// First byte, guest-virtual.
+        base: u64,
+        /// Length in bytes.
+        len: u64,
+    },
+    /// A trampoline rang the probe doorbell: a write of `value` at `offset` in the doorbell
+    /// page ([`doorbell::Doorbell`]).
+    Doorbell {
+        /// Offset in the doorbell page.
+        offset: u64,
+        /// The value written (the trampoline slot).
+        value: u64,
+    },
 }
 
 /// A device on a bus. `offset` is relative to the base the device was inserted at.

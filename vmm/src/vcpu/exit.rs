@@ -128,6 +128,8 @@ pub enum ExitAction {
     /// An internal error: the introspection layer may claim it (int3 on software KVM);
     /// otherwise the guest crashed.
     InternalError(InternalError),
+    /// A device passed on a guest request for the introspection layer.
+    Request(crate::devices::GuestRequest),
 }
 
 /// Why the VM stops (the vCPU loop adds vCPU and RIP to make an [`crate::outcome::Outcome`]).
@@ -177,6 +179,7 @@ fn device_action(a: Option<DeviceAction>, unclaimed: &std::sync::atomic::AtomicU
         Some(DeviceAction::None) => ExitAction::Continue,
         Some(DeviceAction::Exit(code)) => ExitAction::Stop(StopReason::GuestExit(code)),
         Some(DeviceAction::Reset) => ExitAction::Stop(StopReason::Reset),
+        Some(DeviceAction::Request(r)) => ExitAction::Request(r),
         None => {
             unclaimed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             ExitAction::Continue

@@ -43,6 +43,16 @@ pub trait DebugHook: Send + Sync {
     ) -> Option<HookAction> {
         None
     }
+
+    /// A guest request a device passed on (trampoline arena, probe doorbell). The default
+    /// ignores it.
+    fn on_request(
+        &self,
+        _vcpu: &mut VcpuCtx<'_>,
+        _request: &crate::devices::GuestRequest,
+    ) -> HookAction {
+        HookAction::Continue
+    }
 }
 
 /// A vCPU, lent to code running on its thread (hooks, [`VcpuMsg::With`] closures).
@@ -436,6 +446,16 @@ impl VcpuRunner {
                         e.data
                     )))
                 });
+                self.after_hook(action)
+            }
+            ExitAction::Request(r) => {
+                let action = match &self.hook {
+                    Some(h) => h.on_request(
+                        &mut VcpuCtx::at_exit(self.index, &mut self.fd, self.sync_regs),
+                        &r,
+                    ),
+                    None => HookAction::Continue,
+                };
                 self.after_hook(action)
             }
         }

@@ -1,0 +1,344 @@
+//! Trampolines (kprobes' "detour buffers") for jump-optimized probes: the code a probed
+//! address's `jmp rel32` leads to.
+//!
+//! ```text
+//! site:  jmp slot                  slot:  handler part (below)
+//!        <rest of the function>           relocated displaced instructions
+//!                                          jmp site+len
+//! ```
+//! Two handler parts:
+//! - [`Handler::Exit`]: one `mov dword ptr [rip+doorbell], SLOT`. The doorbell page is not
+//!   guest RAM, so the write exits to the VMM, which reads the registers KVM saved at the exit:
+//!   the instruction changes no register and no flag, so they are the probed context exactly
+//!   (only RIP differs). Saving and restoring registers is what the exit itself does.
+//! - [`Handler::InGuest`]: no exit. Skips the 128-byte red zone, saves RFLAGS, RAX, RCX, RDX
+//!   and RBX on the stack, reads the TSC and the CPU number with `rdtscp` (TSC_AUX: Linux
+//!   keeps `node << 12 | cpu` there, hvprobe sets the vCPU index for its own guests), reserves
+//!   a record in that CPU's ring with `lock cmpxchg` on the ring's head (safe against an
+//!   interrupt on the same CPU re-entering the trampoline, and against migration), fills it
+//!   (slot, TSC, up to [`MAX_FETCHES`] chosen registers or memory words) and commits it by
+//!   writing its sequence number last. A full ring (or a CPU number beyond the rings) counts
+//!   in the slot's `lost` counter instead. Then it restores everything.
+//!
+//! Ring layout (the host side reads the same): a ring is a 128-byte header (`head` at +0,
+//! written by trampolines; `tail` at +[`RING_TAIL`], written by the host) followed by
+//! `capacity` records of [`RECORD_SIZE`] bytes: +0 u32 sequence (reservation index + 1,
+//! written last), +4 u32 slot, +8 u64 TSC, +16 the fetched values (u64 each).
+
+use iced_x86::code_asm::{
+    AsmRegister64, CodeAssembler, dword_ptr, get_gpr64, qword_ptr, rax, rbx, rcx, rdx, rsp,
+};
+use iced_x86::{BlockEncoderOptions, Code, Instruction, MemoryOperand, Register};
+
+use crate::{Gpr, JUMP_LEN, RelocateError, relocate};
+
+/// Bytes of one ring record.
+pub const RECORD_SIZE: u64 = 64;
+/// Offset of the first record in a ring (after the header).
+pub const RING_RECORDS: u64 = 128;
+/// Offset of a ring's `tail` word.
+pub const RING_TAIL: u64 = 64;
+/// Offset of the fetched values in a record.
+pub const RECORD_VALUES: u64 = 16;
+/// How many values a record holds.
+pub const MAX_FETCHES: usize = 6;
+/// The red zone below RSP that x86-64 user code may use without moving RSP: the in-guest
+/// handler leaves it alone.
+const RED_ZONE: i32 = 128;
+
+/// A value an in-guest handler records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Fetch {
+    /// A register's value at the probed instruction.
+    Reg(Gpr),
+    /// RFLAGS at the probed instruction.
+    Rflags,
+    /// The 8 bytes at a guest-virtual address (a global variable). The trampoline reads it
+    /// without a fault handler: the caller checks that it is mapped.
+    Mem(u64),
+}
+
+/// Where an in-guest handler writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RingSpec {
+    /// Guest-virtual address of ring 0.
+    pub rings: u64,
+    /// How many rings (one per CPU number).
+    pub ring_count: u32,
+    /// Bytes from one ring to the next.
+    pub ring_stride: u32,
+    /// Records per ring: a power of two.
+    pub capacity: u32,
+    /// Guest-virtual address of the slot's u64 `lost` counter.
+    pub lost: u64,
+    /// What each record holds, in order (at most [`MAX_FETCHES`]).
+    pub fetches: Vec<Fetch>,
+}
+
+/// What a trampoline does before the relocated instructions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Handler {
+    /// Write the slot number to the doorbell at this guest-virtual address (one exit).
+    Exit {
+        /// The doorbell's address.
+        doorbell: u64,
+    },
+    /// Write a record to a per-CPU ring buffer (no exit).
+    InGuest(RingSpec),
+}
+
+/// Everything a trampoline is built from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrampolineSpec<'a> {
+    /// Where the trampoline goes (guest-virtual).
+    pub at: u64,
+    /// Its slot number (what the doorbell receives and records carry).
+    pub slot: u32,
+    /// The probed address.
+    pub site: u64,
+    /// The original bytes of the displaced instructions (from `can_optimize`'s window).
+    pub displaced: &'a [u8],
+    /// The handler part.
+    pub handler: Handler,
+    /// The most bytes the trampoline may take.
+    pub max_len: usize,
+}
+
+/// A built trampoline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trampoline {
+    /// The code, to be written at [`TrampolineSpec::at`].
+    pub code: Vec<u8>,
+    /// Where the relocated instructions start.
+    pub relocated_at: u64,
+    /// For each displaced instruction, its original address and its address in the
+    /// trampoline.
+    pub map: Vec<(u64, u64)>,
+}
+
+/// Why a trampoline cannot be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TrampolineError {
+    /// The displaced instructions cannot be relocated to the slot.
+    #[error(transparent)]
+    Relocate(#[from] RelocateError),
+    /// The code does not fit in the slot.
+    #[error("the trampoline takes {len} bytes, more than a slot's {max}")]
+    TooLong {
+        /// Its length.
+        len: usize,
+        /// The slot size.
+        max: usize,
+    },
+    /// A jump between the two addresses does not fit in a rel32.
+    #[error("{to:#x} is beyond +/-2 GiB of {from:#x}: a 5-byte jump cannot reach it")]
+    OutOfReach {
+        /// Where the jump is.
+        from: u64,
+        /// Where it goes.
+        to: u64,
+    },
+    /// More values than a record holds, or a bad ring geometry.
+    #[error("{0}")]
+    Spec(String),
+    /// iced's assembler refused the handler code (a bug in hvprobe).
+    #[error("cannot assemble the trampoline: {0}")]
+    Assemble(String),
+}
+
+fn asm_err(e: iced_x86::IcedError) -> TrampolineError {
+    TrampolineError::Assemble(e.to_string())
+}
+
+/// `jmp rel32` at `from` to `to`.
+pub fn jump_patch(from: u64, to: u64) -> Result<[u8; JUMP_LEN], TrampolineError> {
+    let next = from.wrapping_add(JUMP_LEN as u64);
+    let rel = i64::try_from(i128::from(to) - i128::from(next))
+        .ok()
+        .and_then(|r| i32::try_from(r).ok())
+        .ok_or(TrampolineError::OutOfReach { from, to })?;
+    let r = rel.to_le_bytes();
+    Ok([0xe9, r[0], r[1], r[2], r[3]])
+}
+
+/// A RIP-relative memory operand for the absolute address `addr` (iced's convention: with
+/// base RIP, the displacement is the target address).
+fn rip_abs(addr: u64) -> MemoryOperand {
+    MemoryOperand::with_base_displ(Register::RIP, i64::from_ne_bytes(addr.to_ne_bytes()))
+}
+
+fn add(a: &mut CodeAssembler, i: Result<Instruction, iced_x86::IcedError>) -> Result<(), TrampolineError> {
+    a.add_instruction(i.map_err(asm_err)?).map_err(asm_err)
+}
+
+/// Where a register saved by the in-guest prologue sits, relative to RSP after it.
+fn saved_slot(g: Gpr) -> Option<i32> {
+    match g {
+        Gpr::Rbx => Some(0),
+        Gpr::Rdx => Some(8),
+        Gpr::Rcx => Some(16),
+        Gpr::Rax => Some(24),
+        _ => None,
+    }
+}
+
+/// Bytes the in-guest prologue moves RSP by (red zone, RFLAGS, four registers).
+const SAVED_BYTES: i32 = RED_ZONE + 5 * 8;
+
+fn in_guest(a: &mut CodeAssembler, slot: u32, ring: &RingSpec) -> Result<(), TrampolineError> {
+    if ring.fetches.len() > MAX_FETCHES {
+        return Err(TrampolineError::Spec(format!(
+            "{} values asked, a record holds {MAX_FETCHES}",
+            ring.fetches.len()
+        )));
+    }
+    if !ring.capacity.is_power_of_two() || ring.ring_count == 0 {
+        return Err(TrampolineError::Spec(format!(
+            "ring capacity {} is not a power of two (or no rings)",
+            ring.capacity
+        )));
+    }
+    let cap_mask = ring.capacity - 1;
+    let e = asm_err;
+    let mut retry = a.create_label();
+    let mut full = a.create_label();
+    let mut done = a.create_label();
+    a.lea(rsp, qword_ptr(rsp - RED_ZONE)).map_err(e)?;
+    a.pushfq().map_err(e)?;
+    a.push(rax).map_err(e)?;
+    a.push(rcx).map_err(e)?;
+    a.push(rdx).map_err(e)?;
+    a.push(rbx).map_err(e)?;
+    a.rdtscp().map_err(e)?;
+    a.shl(rdx, 32).map_err(e)?;
+    a.or(rax, rdx).map_err(e)?;
+    a.and(rcx, 0xfff).map_err(e)?;
+    a.cmp(rcx, i32::try_from(ring.ring_count).unwrap_or(i32::MAX))
+        .map_err(e)?;
+    a.jae(full).map_err(e)?;
+    a.imul_3(rcx, rcx, i32::try_from(ring.ring_stride).unwrap_or(i32::MAX))
+        .map_err(e)?;
+    add(a, Instruction::with2(Code::Lea_r64_m, Register::RBX, rip_abs(ring.rings)))?;
+    a.add(rbx, rcx).map_err(e)?;
+    a.mov(rcx, rax).map_err(e)?;
+    a.set_label(&mut retry).map_err(e)?;
+    a.mov(rax, qword_ptr(rbx)).map_err(e)?;
+    a.mov(rdx, rax).map_err(e)?;
+    a.sub(rdx, qword_ptr(rbx + RING_TAIL as i32)).map_err(e)?;
+    a.cmp(rdx, i32::try_from(ring.capacity).unwrap_or(i32::MAX))
+        .map_err(e)?;
+    a.jae(full).map_err(e)?;
+    a.lea(rdx, qword_ptr(rax + 1)).map_err(e)?;
+    a.lock().cmpxchg(qword_ptr(rbx), rdx).map_err(e)?;
+    a.jne(retry).map_err(e)?;
+    // rax: the reserved index; rdx: index + 1, the sequence number committed last.
+    a.and(rax, i32::try_from(cap_mask).unwrap_or(i32::MAX))
+        .map_err(e)?;
+    a.shl(rax, 6).map_err(e)?;
+    a.lea(rbx, qword_ptr(rbx + rax + RING_RECORDS as i32)).map_err(e)?;
+    a.mov(dword_ptr(rbx + 4), slot).map_err(e)?;
+    a.mov(qword_ptr(rbx + 8), rcx).map_err(e)?;
+    for (i, f) in ring.fetches.iter().enumerate() {
+        let dst = RECORD_VALUES as i32 + 8 * i32::try_from(i).unwrap_or(0);
+        match *f {
+            Fetch::Reg(Gpr::Rsp) => {
+                a.lea(rax, qword_ptr(rsp + SAVED_BYTES)).map_err(e)?;
+                a.mov(qword_ptr(rbx + dst), rax).map_err(e)?;
+            }
+            Fetch::Rflags => {
+                a.mov(rax, qword_ptr(rsp + 32)).map_err(e)?;
+                a.mov(qword_ptr(rbx + dst), rax).map_err(e)?;
+            }
+            Fetch::Reg(g) => match saved_slot(g) {
+                Some(off) => {
+                    a.mov(rax, qword_ptr(rsp + off)).map_err(e)?;
+                    a.mov(qword_ptr(rbx + dst), rax).map_err(e)?;
+                }
+                None => {
+                    let r: AsmRegister64 = get_gpr64(gpr_register(g)).ok_or_else(|| {
+                        TrampolineError::Assemble(format!("no register {g:?}"))
+                    })?;
+                    a.mov(qword_ptr(rbx + dst), r).map_err(e)?;
+                }
+            },
+            Fetch::Mem(addr) => {
+                add(a, Instruction::with2(Code::Mov_r64_rm64, Register::RAX, rip_abs(addr)))?;
+                a.mov(qword_ptr(rbx + dst), rax).map_err(e)?;
+            }
+        }
+    }
+    a.mov(dword_ptr(rbx), iced_x86::code_asm::edx).map_err(e)?;
+    a.jmp(done).map_err(e)?;
+    a.set_label(&mut full).map_err(e)?;
+    let mut inc = Instruction::with1(Code::Inc_rm64, rip_abs(ring.lost)).map_err(e)?;
+    inc.set_has_lock_prefix(true);
+    a.add_instruction(inc).map_err(e)?;
+    a.set_label(&mut done).map_err(e)?;
+    a.pop(rbx).map_err(e)?;
+    a.pop(rdx).map_err(e)?;
+    a.pop(rcx).map_err(e)?;
+    a.pop(rax).map_err(e)?;
+    a.popfq().map_err(e)?;
+    a.lea(rsp, qword_ptr(rsp + RED_ZONE)).map_err(e)?;
+    Ok(())
+}
+
+fn gpr_register(g: Gpr) -> Register {
+    match g {
+        Gpr::Rax => Register::RAX,
+        Gpr::Rcx => Register::RCX,
+        Gpr::Rdx => Register::RDX,
+        Gpr::Rbx => Register::RBX,
+        Gpr::Rsp => Register::RSP,
+        Gpr::Rbp => Register::RBP,
+        Gpr::Rsi => Register::RSI,
+        Gpr::Rdi => Register::RDI,
+        Gpr::R8 => Register::R8,
+        Gpr::R9 => Register::R9,
+        Gpr::R10 => Register::R10,
+        Gpr::R11 => Register::R11,
+        Gpr::R12 => Register::R12,
+        Gpr::R13 => Register::R13,
+        Gpr::R14 => Register::R14,
+        Gpr::R15 => Register::R15,
+    }
+}
+
+/// Builds the trampoline for `spec`: handler part, relocated displaced instructions, jump
+/// back to the first byte after them.
+pub fn build_trampoline(spec: &TrampolineSpec<'_>) -> Result<Trampoline, TrampolineError> {
+    let mut a = CodeAssembler::new(64).map_err(asm_err)?;
+    match &spec.handler {
+        Handler::Exit { doorbell } => {
+            add(
+                &mut a,
+                Instruction::with2(Code::Mov_rm32_imm32, rip_abs(*doorbell), spec.slot),
+            )?;
+        }
+        Handler::InGuest(ring) => in_guest(&mut a, spec.slot, ring)?,
+    }
+    let prefix = a
+        .assemble_options(spec.at, BlockEncoderOptions::NONE)
+        .map_err(asm_err)?
+        .inner
+        .code_buffer;
+    let relocated_at = spec.at.wrapping_add(prefix.len() as u64);
+    let relocated = relocate(spec.displaced, spec.site, relocated_at)?;
+    let back_from = relocated_at.wrapping_add(relocated.code.len() as u64);
+    let back_to = spec.site.wrapping_add(spec.displaced.len() as u64);
+    let back = jump_patch(back_from, back_to)?;
+    let mut code = prefix;
+    code.extend_from_slice(&relocated.code);
+    code.extend_from_slice(&back);
+    if code.len() > spec.max_len {
+        return Err(TrampolineError::TooLong {
+            len: code.len(),
+            max: spec.max_len,
+        });
+    }
+    Ok(Trampoline {
+        code,
+        relocated_at,
+        map: relocated.map,
+    })
+}
