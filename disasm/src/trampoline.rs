@@ -45,6 +45,15 @@ pub const MAX_FETCHES: usize = 6;
 /// The red zone below RSP that x86-64 user code may use without moving RSP: the in-guest
 /// handler leaves it alone.
 const RED_ZONE: i32 = 128;
+/// [`RING_TAIL`], [`RING_RECORDS`] and [`RECORD_VALUES`] as displacements.
+const TAIL_DISP: i32 = 64;
+const RECORDS_DISP: i32 = 128;
+const VALUES_DISP: i32 = 16;
+const _: () = assert!(
+    TAIL_DISP as u64 == RING_TAIL
+        && RECORDS_DISP as u64 == RING_RECORDS
+        && VALUES_DISP as u64 == RECORD_VALUES
+);
 
 /// A value an in-guest handler records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -224,7 +233,7 @@ fn in_guest(a: &mut CodeAssembler, slot: u32, ring: &RingSpec) -> Result<(), Tra
     a.set_label(&mut retry).map_err(e)?;
     a.mov(rax, qword_ptr(rbx)).map_err(e)?;
     a.mov(rdx, rax).map_err(e)?;
-    a.sub(rdx, qword_ptr(rbx + RING_TAIL as i32)).map_err(e)?;
+    a.sub(rdx, qword_ptr(rbx + TAIL_DISP)).map_err(e)?;
     a.cmp(rdx, i32::try_from(ring.capacity).unwrap_or(i32::MAX))
         .map_err(e)?;
     a.jae(full).map_err(e)?;
@@ -235,11 +244,11 @@ fn in_guest(a: &mut CodeAssembler, slot: u32, ring: &RingSpec) -> Result<(), Tra
     a.and(rax, i32::try_from(cap_mask).unwrap_or(i32::MAX))
         .map_err(e)?;
     a.shl(rax, 6).map_err(e)?;
-    a.lea(rbx, qword_ptr(rbx + rax + RING_RECORDS as i32)).map_err(e)?;
+    a.lea(rbx, qword_ptr(rbx + rax + RECORDS_DISP)).map_err(e)?;
     a.mov(dword_ptr(rbx + 4), slot).map_err(e)?;
     a.mov(qword_ptr(rbx + 8), rcx).map_err(e)?;
     for (i, f) in ring.fetches.iter().enumerate() {
-        let dst = RECORD_VALUES as i32 + 8 * i32::try_from(i).unwrap_or(0);
+        let dst = VALUES_DISP + 8 * i32::try_from(i).unwrap_or(0);
         match *f {
             Fetch::Reg(Gpr::Rsp) => {
                 a.lea(rax, qword_ptr(rsp + SAVED_BYTES)).map_err(e)?;

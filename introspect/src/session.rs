@@ -17,8 +17,10 @@ use crate::hwbp::{
     SlotManager,
 };
 use crate::probes::{
-    BreakpointOutcome, HitContext, HookDecision, ProbeEngine, ProbeError, hand_back_int3,
+    ArmedAs, BreakpointOutcome, HitContext, HookDecision, JumpHandler, ProbeEngine, ProbeError,
+    Quiesce, hand_back_int3, locate_arena,
 };
+use disasm::{Fetch, Gpr};
 use crate::symbols::{ResolveError, SymbolTable};
 use crate::target::{GuestDebug, Target, TargetError, VcpuAccess};
 
@@ -42,11 +44,65 @@ pub struct WatchRequest {
     pub write_only: bool,
 }
 
+/// How a probe is to be armed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProbeArm {
+    /// Always an int3.
+    Int3,
+    /// A jump with this handler; refused (at once) where the code cannot take one. Until an
+    /// arena exists and the site is quiescent, it is an int3.
+    Jump(JumpHandler),
+    /// A jump with this handler where the code allows one, else an int3 (with the reason).
+    Auto(JumpHandler),
+}
+
+/// The values an in-guest handler records when none are chosen: [`DEFAULT_REGS`] but RIP
+/// (the probe's address is known).
+pub const DEFAULT_FETCHES: [Fetch; 6] = [
+    Fetch::Reg(Gpr::Rsp),
+    Fetch::Reg(Gpr::Rdi),
+    Fetch::Reg(Gpr::Rsi),
+    Fetch::Reg(Gpr::Rdx),
+    Fetch::Reg(Gpr::Rcx),
+    Fetch::Reg(Gpr::Rax),
+];
+
+/// One probe request: where, and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeRequest {
+    /// `SYM[+OFF]` or `ADDR`.
+    pub at: String,
+    /// How it is armed.
+    pub arm: ProbeArm,
+}
+
+impl ProbeRequest {
+    /// An int3 probe at `at`.
+    pub fn int3(at: impl Into<String>) -> Self {
+        ProbeRequest {
+            at: at.into(),
+            arm: ProbeArm::Int3,
+        }
+    }
+
+    /// A jump probe at `at` with `handler` (`required`: `:jump`, else `:auto`).
+    pub fn jump(at: impl Into<String>, handler: JumpHandler, required: bool) -> Self {
+        ProbeRequest {
+            at: at.into(),
+            arm: if required {
+                ProbeArm::Jump(handler)
+            } else {
+                ProbeArm::Auto(handler)
+            },
+        }
+    }
+}
+
 /// What to instrument.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SessionSpec {
-    /// int3 probes (`SYM[+OFF]` or `ADDR`).
-    pub probes: Vec<String>,
+    /// Software probes.
+    pub probes: Vec<ProbeRequest>,
     /// Hardware execute breakpoints.
     pub hbreaks: Vec<String>,
     /// Hardware data watchpoints.
@@ -98,6 +154,40 @@ pub enum SessionError {
     Target(#[from] TargetError),
 }
 
+/// A probed site's event sources, and what its in-guest records hold.
+#[derive(Debug, Default)]
+struct SiteSources {
+    sources: Vec<SourceId>,
+    fetches: Vec<Fetch>,
+}
+
+/// Names of the values of in-guest records, for events.
+fn fetch_name(f: Fetch, index: usize) -> &'static str {
+    const MEM: [&str; disasm::MAX_FETCHES] = ["mem0", "mem1", "mem2", "mem3", "mem4", "mem5"];
+    match f {
+        Fetch::Reg(g) => match g {
+            Gpr::Rax => "rax",
+            Gpr::Rcx => "rcx",
+            Gpr::Rdx => "rdx",
+            Gpr::Rbx => "rbx",
+            Gpr::Rsp => "rsp",
+            Gpr::Rbp => "rbp",
+            Gpr::Rsi => "rsi",
+            Gpr::Rdi => "rdi",
+            Gpr::R8 => "r8",
+            Gpr::R9 => "r9",
+            Gpr::R10 => "r10",
+            Gpr::R11 => "r11",
+            Gpr::R12 => "r12",
+            Gpr::R13 => "r13",
+            Gpr::R14 => "r14",
+            Gpr::R15 => "r15",
+        },
+        Fetch::Rflags => "rflags",
+        Fetch::Mem(_) => MEM.get(index).copied().unwrap_or("mem"),
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct HwSource {
     source: SourceId,
@@ -116,6 +206,10 @@ pub struct Introspector {
     hw_sources: Mutex<HashMap<BreakpointId, HwSource>>,
     steppers: Vec<Mutex<ExecStepper>>,
     probe_sources: Mutex<Vec<(crate::probes::ProbeId, SourceId)>>,
+    /// Each probed site's event sources and what its in-guest records hold.
+    site_sources: Mutex<HashMap<Gva, SiteSources>>,
+    /// A vCPU ran an optimizer pass: the sources' "how" needs refreshing.
+    how_stale: std::sync::atomic::AtomicBool,
     sink: EventSink,
     notes: Mutex<Vec<String>>,
 }
@@ -135,6 +229,8 @@ impl Introspector {
             hw_sources: Mutex::new(HashMap::new()),
             steppers: (0..vcpus).map(|_| Mutex::new(ExecStepper::new())).collect(),
             probe_sources: Mutex::new(Vec::new()),
+            site_sources: Mutex::new(HashMap::new()),
+            how_stale: std::sync::atomic::AtomicBool::new(false),
             sink,
             notes: Mutex::new(Vec::new()),
         }
@@ -180,6 +276,7 @@ impl Introspector {
     pub fn setup(&self, target: &dyn Target, spec: &SessionSpec) -> Result<(), SessionError> {
         for at in &spec.hbreaks {
             let addr = self.resolve("hbreak", at)?;
+            self.engine.reserve(addr, format!("--hbreak {at}"));
             self.add_hw(
                 Request::execute(addr, format!("--hbreak {at}")).pinned(),
                 "hbreak",
@@ -214,8 +311,8 @@ impl Introspector {
         }
         self.engine
             .set_debug_base(lock(&self.slots).debug_state(GuestDebug::default()));
-        for at in &spec.probes {
-            self.add_probe(target, at)?;
+        for req in &spec.probes {
+            self.add_probe_as(target, req)?;
         }
         self.apply_debug_state(target)?;
         Ok(())
@@ -248,6 +345,31 @@ impl Introspector {
 
     /// Adds and arms one int3 probe while the session runs.
     pub fn add_probe(&self, target: &dyn Target, at: &str) -> Result<SourceId, SessionError> {
+        self.add_probe_as(target, &ProbeRequest::int3(at))
+    }
+
+    /// Adds one probe while the session runs: armed as an int3 at once; a jump request is
+    /// checked against the code (`:jump` refused where no jump can go), and optimized now if
+    /// an arena is attached, else once one is ([`Introspector::attach_arena`]).
+    pub fn add_probe_as(
+        &self,
+        target: &dyn Target,
+        req: &ProbeRequest,
+    ) -> Result<SourceId, SessionError> {
+        let at = req.at.as_str();
+        let perr = |source| SessionError::Probe {
+            at: at.to_string(),
+            source,
+        };
+        let site = self.engine.resolve(at).map_err(perr)?;
+        let jump = match &req.arm {
+            ProbeArm::Int3 => None,
+            ProbeArm::Jump(h) => {
+                self.engine.check_jump(target, site).map_err(perr)?;
+                Some(h.clone())
+            }
+            ProbeArm::Auto(h) => Some(h.clone()),
+        };
         let source = self
             .sources()
             .register(format!("probe {at}"), "int3".to_string());
@@ -269,12 +391,165 @@ impl Introspector {
         let id = self
             .engine
             .add_probe(target, at, Box::new(handler))
-            .map_err(|source| SessionError::Probe {
-                at: at.to_string(),
-                source,
-            })?;
+            .map_err(perr)?;
         lock(&self.probe_sources).push((id, source));
+        {
+            let mut sites = lock(&self.site_sources);
+            let entry = sites.entry(site).or_default();
+            entry.sources.push(source);
+            if let Some(JumpHandler::InGuest(f)) = &jump {
+                entry.fetches = f.clone();
+            }
+        }
+        if let Some(h) = jump {
+            self.engine.request_jump(site, h);
+            if self.engine.arena().is_some() {
+                if let Err(e) = self.engine.optimize_pending(target, Quiesce::Controller) {
+                    self.note(format!("jump optimization of {at} failed: {e}"));
+                }
+            }
+        }
+        self.refresh_how();
         Ok(source)
+    }
+
+    /// Updates every probe source's "how" from its site's state (int3, pending, jump, and
+    /// why not a jump).
+    pub fn refresh_how(&self) {
+        for (site, s) in lock(&self.site_sources).iter() {
+            let how = self.engine.armed_as(*site).to_string();
+            for &src in &s.sources {
+                self.sources().set_how(src, how.clone());
+            }
+        }
+    }
+
+    /// How the probe at `at` is armed now.
+    pub fn armed_as(&self, at: &str) -> Option<ArmedAs> {
+        let site = self.engine.resolve(at).ok()?;
+        Some(self.engine.armed_as(site))
+    }
+
+    /// From vCPU `vcpu`'s thread, inside the exit where the guest reported its trampoline
+    /// arena `[base, base+len)`: checks and lays it out and writes its header. The VMM then
+    /// makes the doorbell page exit and calls [`Introspector::optimize_from_vcpu`].
+    pub fn attach_arena(
+        &self,
+        target: &dyn Target,
+        vcpu: &dyn VcpuAccess,
+        base: u64,
+        len: u64,
+    ) -> Result<crate::probes::arena::ArenaLayout, ProbeError> {
+        let ctx = vcpu.paging()?;
+        self.engine.set_paging_if_unset(ctx);
+        let layout = locate_arena(target, &ctx, Gva(base), len, target.vcpu_count())?;
+        self.engine.attach_arena(target, layout)?;
+        Ok(layout)
+    }
+
+    /// One optimizer pass from vCPU `vcpu`'s thread (inside an exit): the other vCPUs are
+    /// paused around it.
+    pub fn optimize_from_vcpu(&self, target: &dyn Target, vcpu: &dyn VcpuAccess) {
+        let rip = match vcpu.regs() {
+            Ok(r) => r.rip,
+            Err(e) => {
+                self.note(format!("cannot read vCPU {}'s RIP: {e}", vcpu.index()));
+                return;
+            }
+        };
+        let q = Quiesce::FromVcpu {
+            me: vcpu.index(),
+            rip,
+        };
+        if let Err(e) = self.engine.optimize_pending(target, q) {
+            self.note(format!("jump optimization failed: {e}"));
+        }
+        // Not refreshed here: that takes the optimizer's lock, which a controller's pass may
+        // hold while it waits for this vCPU to pause. The next tick does it.
+        self.how_stale
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// From a controlling thread, every few milliseconds: a ring drain, and an optimizer pass
+    /// when a pending site was not quiescent on the last one.
+    pub fn tick(&self, target: &dyn Target) -> usize {
+        if self
+            .how_stale
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
+            self.refresh_how();
+        }
+        if self.engine.has_deferred() {
+            if let Err(e) = self.engine.optimize_pending(target, Quiesce::Controller) {
+                self.note(format!("jump optimization failed: {e}"));
+            }
+            self.refresh_how();
+        }
+        self.drain(target)
+    }
+
+    /// A doorbell exit (a jump-optimized probe's exit handler) on `vcpu`.
+    pub fn on_doorbell(&self, vcpu: &mut dyn VcpuAccess, value: u64) -> Decision {
+        match self.engine.on_doorbell(vcpu, value) {
+            Some(d) => decision(d),
+            None => {
+                self.note(format!(
+                    "doorbell write {value:#x} from vCPU {} matches no trampoline",
+                    vcpu.index()
+                ));
+                Decision::Continue
+            }
+        }
+    }
+
+    /// Moves every committed in-guest record into the event stream (and ring-full losses into
+    /// the sources' lost counts). Returns how many records it took.
+    pub fn drain(&self, mem: &dyn Target) -> usize {
+        let sites = lock(&self.site_sources);
+        let symbols = self.symbols.clone();
+        let mut emit = |r: &crate::probes::ring::RingRecord, site: Option<Gva>| {
+            let Some(site) = site else { return };
+            let Some(s) = sites.get(&site) else { return };
+            self.engine.count_guest_hit(site);
+            let mut regs = Vec::with_capacity(s.fetches.len() + 2);
+            regs.push(("rip", site.raw()));
+            regs.push(("tsc", r.tsc));
+            for (k, f) in s.fetches.iter().enumerate() {
+                regs.push((fetch_name(*f, k), r.values[k]));
+            }
+            let symbol = symbols
+                .as_ref()
+                .and_then(|t| t.lookup(site.raw()))
+                .map(|so| so.to_string());
+            for &src in &s.sources {
+                let hit = self.sources().hit(src);
+                self.sink.emit(Event {
+                    time_ns: self.sink.now_ns(),
+                    vcpu: r.vcpu,
+                    kind: EventKind::Probe,
+                    source: src,
+                    addr: site.raw(),
+                    symbol: symbol.clone(),
+                    regs: regs.clone(),
+                    hit,
+                });
+            }
+        };
+        let n = match self.engine.drain_rings(mem, usize::MAX, &mut emit) {
+            Ok(n) => n,
+            Err(e) => {
+                self.note(format!("reading the in-guest probe rings failed: {e}"));
+                0
+            }
+        };
+        for (site, lost) in self.engine.take_lost(mem) {
+            if let Some(s) = sites.get(&site) {
+                for &src in &s.sources {
+                    self.sources().add_lost(src, lost);
+                }
+            }
+        }
+        n
     }
 
     /// Writes the current debug state (probe int3 intercept, DR0-DR3, DR7) to every vCPU.
@@ -481,6 +756,11 @@ impl Introspector {
         }
     }
 
+    /// Adds a note for the user (said once, at the end).
+    pub fn add_note(&self, msg: String) {
+        self.note(msg);
+    }
+
     fn note(&self, msg: String) {
         let mut notes = lock(&self.notes);
         if !notes.contains(&msg) {
@@ -490,7 +770,11 @@ impl Introspector {
 
     /// Copies the probe engine's `nmissed` counters into the event sources (call once, at
     /// the end, before printing the table).
-    pub fn finish(&self) {
+    pub fn finish(&self, target: Option<&dyn Target>) {
+        if let Some(t) = target {
+            self.drain(t);
+        }
+        self.refresh_how();
         for (id, source) in lock(&self.probe_sources).iter() {
             if let Some(stats) = self.engine.stats(*id) {
                 for _ in 0..stats.nmissed {

@@ -108,7 +108,7 @@ fn spec(variant: Variant, p: &Program) -> SessionSpec {
     let f = format!("{:#x}", p.label("f"));
     SessionSpec {
         probes: if variant == Variant::Probe {
-            vec![f.clone()]
+            vec![introspect::session::ProbeRequest::int3(f.clone())]
         } else {
             Vec::new()
         },
@@ -132,7 +132,7 @@ fn run(variant: Variant, p: &Program, n: u32) -> Duration {
     let hook = Arc::new(IntrospectHook::new(intro.clone()));
     let mut vm = Vm::new(&config, Some(hook.clone())).expect("VM builds");
     vm.start_paused().expect("vCPU starts");
-    hook.attach(vm.target());
+    hook.attach(vm.target(), vm.ram_control());
     intro
         .setup(&vm.target(), &spec(variant, p))
         .expect("session sets up");

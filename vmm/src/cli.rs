@@ -148,9 +148,11 @@ pub struct RunArgs {
     /// Print nothing on stderr but errors (no boot phases, no outcome line)
     #[arg(long, short)]
     pub quiet: bool,
-    /// Software probe at LOCATION, armed as MODE: int3, jump (a jump to a trampoline), or auto
-    /// (a jump where possible, else int3) [default: auto]. Repeatable; adds to the config
-    /// file's `probe` list
+    /// Software probe at LOCATION, armed as MODE: int3; jump (a 5-byte jump to a trampoline
+    /// in the guest's arena that records the hit in guest memory, no exit); jump-exit (a jump
+    /// whose trampoline exits once to the host); or auto (jump where the code and the guest
+    /// allow one, else int3) [default: auto]. Repeatable; adds to the config file's `probe`
+    /// list
     #[arg(long, value_name = "LOCATION[:MODE]")]
     pub probe: Vec<String>,
     /// Hardware execute breakpoint (debug register) at LOCATION. Repeatable; adds to the
@@ -1460,7 +1462,7 @@ quiet = true
             ),
             (
                 &["--probe", "start_kernel:kprobe"],
-                "--probe start_kernel:kprobe: probe mode must be int3, jump or auto, not \"kprobe\"",
+                "--probe start_kernel:kprobe: probe mode must be auto, int3, jump or jump-exit, not \"kprobe\"",
             ),
             (
                 &["--hbreak", "start_kernel:int3"],

@@ -268,13 +268,18 @@ pub enum Location {
 /// How a software probe is armed (`:int3`, `:jump`, `:auto`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum ProbeMode {
-    /// A jump where the probed instructions allow one, else int3 (the default).
+    /// A jump with an in-guest handler where the probed instructions allow one, else int3
+    /// (the default).
     #[default]
     Auto,
     /// Always an int3 breakpoint.
     Int3,
-    /// A jump to a trampoline; refused where one cannot be placed.
+    /// A jump to a trampoline whose handler records the hit in the guest (no exit); refused
+    /// where the code cannot take a jump.
     Jump,
+    /// A jump to a trampoline whose handler is one doorbell exit (host handlers, full
+    /// registers); refused where the code cannot take a jump.
+    JumpExit,
 }
 
 /// One `--probe`: where, and how it is armed.
@@ -356,7 +361,7 @@ pub enum SpecError {
     #[error("an offset goes after a symbol (SYM+OFF): give the address itself")]
     OffsetOnAddress,
     /// The suffix of a probe is not a mode.
-    #[error("probe mode must be int3, jump or auto, not {0:?}")]
+    #[error("probe mode must be auto, int3, jump or jump-exit, not {0:?}")]
     BadProbeMode(String),
     /// A watch without both `:LEN` and `:MODE`.
     #[error("expected SYM[+OFF]|ADDR:LEN:w|rw (e.g. jiffies:8:w)")]
@@ -519,6 +524,7 @@ impl FromStr for ProbeMode {
             "auto" => Ok(ProbeMode::Auto),
             "int3" => Ok(ProbeMode::Int3),
             "jump" => Ok(ProbeMode::Jump),
+            "jump-exit" => Ok(ProbeMode::JumpExit),
             other => Err(SpecError::BadProbeMode(other.to_owned())),
         }
     }
@@ -530,6 +536,7 @@ impl fmt::Display for ProbeMode {
             ProbeMode::Auto => "auto",
             ProbeMode::Int3 => "int3",
             ProbeMode::Jump => "jump",
+            ProbeMode::JumpExit => "jump-exit",
         })
     }
 }

@@ -10,7 +10,10 @@ use std::io::Write;
 use std::sync::{Arc, OnceLock};
 
 use introspect::events::{self, EventWriter, Format, Sources};
-use introspect::session::{Decision, Introspector, SessionSpec, WatchRequest};
+use introspect::probes::JumpHandler;
+use introspect::session::{
+    DEFAULT_FETCHES, Decision, Introspector, ProbeArm, ProbeRequest, SessionSpec, WatchRequest,
+};
 use introspect::symbols::SymbolTable;
 
 use crate::config::{EventFormat, Instrumentation, KernelSource, ProbeMode, VmConfig};
@@ -23,6 +26,7 @@ use crate::vm::{RunReport, Vm, VmError};
 pub struct IntrospectHook {
     intro: Arc<Introspector>,
     target: OnceLock<VmTarget>,
+    ram: OnceLock<crate::vm::RamControl>,
 }
 
 impl IntrospectHook {
@@ -31,12 +35,40 @@ impl IntrospectHook {
         IntrospectHook {
             intro,
             target: OnceLock::new(),
+            ram: OnceLock::new(),
         }
     }
 
-    /// Gives the hook the running VM.
-    pub fn attach(&self, target: VmTarget) {
+    /// Gives the hook the running VM (and the handle that carves the probe doorbell page).
+    pub fn attach(&self, target: VmTarget, ram: crate::vm::RamControl) {
         let _ = self.target.set(target);
+        let _ = self.ram.set(ram);
+    }
+
+    /// The guest reported its trampoline arena: lay it out, make its doorbell page exit,
+    /// then optimize the pending probes with the other vCPUs paused. Any failure leaves the
+    /// probes int3 (with a note); the guest runs on.
+    fn on_arena(&self, vcpu: &mut VcpuCtx<'_>, base: u64, len: u64) {
+        let (Some(target), Some(ram)) = (self.target.get(), self.ram.get()) else {
+            return;
+        };
+        let layout = match self.intro.attach_arena(target, vcpu, base, len) {
+            Ok(l) => l,
+            Err(e) => {
+                self.intro
+                    .add_note(format!("trampoline arena at {base:#x} not used: {e}"));
+                return;
+            }
+        };
+        let doorbell = layout.doorbell().1.raw();
+        let device = Arc::new(std::sync::Mutex::new(crate::devices::doorbell::Doorbell));
+        if let Err(e) = ram.carve(doorbell, 0x1000, device) {
+            self.intro.add_note(format!(
+                "probe doorbell at {doorbell:#x} not set up ({e}): jump probes stay int3"
+            ));
+            return;
+        }
+        self.intro.optimize_from_vcpu(target, vcpu);
     }
 }
 
@@ -48,6 +80,22 @@ fn action(d: Decision) -> HookAction {
 }
 
 impl DebugHook for IntrospectHook {
+    fn on_request(
+        &self,
+        vcpu: &mut VcpuCtx<'_>,
+        request: &crate::devices::GuestRequest,
+    ) -> HookAction {
+        match *request {
+            crate::devices::GuestRequest::Arena { base, len } => {
+                self.on_arena(vcpu, base, len);
+                HookAction::Continue
+            }
+            crate::devices::GuestRequest::Doorbell { value, .. } => {
+                action(self.intro.on_doorbell(vcpu, value))
+            }
+        }
+    }
+
     fn on_debug(&self, vcpu: &mut VcpuCtx<'_>, exit: &DebugExit) -> HookAction {
         let Some(target) = self.target.get() else {
             return HookAction::Continue;
@@ -70,17 +118,22 @@ impl DebugHook for IntrospectHook {
     }
 }
 
-/// The session spec for the configured instrumentation; `:jump` is refused until
-/// jump-optimized probes exist (`:auto` arms int3).
+/// The session spec for the configured instrumentation: `:jump` and `:auto` probes record
+/// [`DEFAULT_FETCHES`] in the guest; `:jump-exit` probes exit once per hit.
 pub fn session_spec(ins: &Instrumentation) -> Result<SessionSpec, VmError> {
     let mut spec = SessionSpec::default();
     for p in &ins.probes {
-        if p.mode == ProbeMode::Jump {
-            return Err(VmError::Config(format!(
-                "--probe {p}: jump-optimized probes are not available in this hvprobe yet; use :int3 or :auto"
-            )));
-        }
-        spec.probes.push(p.at.to_string());
+        let at = p.at.to_string();
+        let in_guest = || JumpHandler::InGuest(DEFAULT_FETCHES.to_vec());
+        spec.probes.push(ProbeRequest {
+            at,
+            arm: match p.mode {
+                ProbeMode::Int3 => ProbeArm::Int3,
+                ProbeMode::Jump => ProbeArm::Jump(in_guest()),
+                ProbeMode::JumpExit => ProbeArm::Jump(JumpHandler::Exit),
+                ProbeMode::Auto => ProbeArm::Auto(in_guest()),
+            },
+        });
     }
     spec.hbreaks = ins.hbreaks.iter().map(ToString::to_string).collect();
     spec.watches = ins
@@ -123,6 +176,40 @@ fn events_output(ins: &Instrumentation) -> Result<Box<dyn Write + Send>, VmError
                 reason: e.to_string(),
             }),
         None => Ok(Box::new(std::io::stderr())),
+    }
+}
+
+/// How often the session's ticker drains the in-guest rings and retries pending jumps.
+pub const TICK: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// A thread that calls [`Introspector::tick`] every [`TICK`] while the VM runs (kprobes'
+/// optimizer work item, plus the ring drain).
+struct Ticker {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Ticker {
+    fn spawn(intro: Arc<Introspector>, target: VmTarget) -> Ticker {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("probe-ticker".into())
+            .spawn(move || {
+                while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                    intro.tick(&target);
+                    std::thread::sleep(TICK);
+                }
+            })
+            .ok();
+        Ticker { stop, thread }
+    }
+
+    fn stop(mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -169,7 +256,7 @@ pub fn run_instrumented(config: &VmConfig) -> Result<(RunReport, InstrumentRepor
     };
     vm.start_paused()?;
     let target = vm.target();
-    hook.attach(target.clone());
+    hook.attach(target.clone(), vm.ram_control());
     if let Err(e) = intro.setup(&target, &spec) {
         vm.stop();
         let _ = writer.finish();
@@ -180,8 +267,10 @@ pub fn run_instrumented(config: &VmConfig) -> Result<(RunReport, InstrumentRepor
             .log(format_args!("instrument: {} ({})", s.name(), s.how()));
     }
     vm.resume_all()?;
+    let ticker = Ticker::spawn(intro.clone(), target.clone());
     let outcome = vm.wait(config.timeout)?;
-    intro.finish();
+    ticker.stop();
+    intro.finish(Some(&target));
     if let Some(t) = trace {
         let s = t.finish();
         vm.phases().log(format_args!(

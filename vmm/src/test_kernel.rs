@@ -33,6 +33,29 @@ pub static TEST_KERNEL: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/test-k
 /// - `spin`: loops forever (`pause`).
 /// - `hlt`: `cli; hlt` forever.
 /// - `panic`: a Rust panic: prints `test kernel panic: ...`, EXIT 101.
+/// - `optloop`: the workload of jump-optimized probe tests. Calls the naked probe targets
+///   `tk_opt_plain`, `tk_opt_riprel` (RIP-relative load and increment), `tk_opt_shortjmp`
+///   (a 2-byte `je` at +3) and `tk_opt_jump_into` (a loop back to +2: must be refused) in a
+///   loop, POINT 1 before it; stops when the host makes the u64 at `TK_OPT_STOP` nonzero, or
+///   after `hviters=N` iterations; checks the checksum against plain Rust and the
+///   RIP-relative call counter; SCRATCH = iterations (one 64-bit MMIO write); MARK
+///   `optloop: iterations N checksum 0x... ok` (or `FAILED`); POINT 2; EXIT 0 (1 if a check
+///   failed).
+/// - `optbench`: 5 rounds of POINT 100, `hviters=N` (default 20000) calls of
+///   `tk_bench_plain`, POINT 101, N calls of the probed `tk_bench_target` (same bytes),
+///   POINT 102, MARK `optbench: round R plain_cycles P target_cycles T iters N` (guest TSC),
+///   then waits for the trampoline arena's rings to drain; EXIT 0 (1 if the two loops' sums
+///   differ).
+/// - `ring3`: in ring 3, the test device ID and SCRATCH over PIO and MMIO, the console and
+///   the TSC; POINT 1, MARK `ring3: cpl 3 pio 0x54505648 mmio 0x54505648 tsc_aux A ok`,
+///   POINT 2; EXIT 0 (1 if a check failed).
+/// - `tscaux`: `rdtscp`; SCRATCH = IA32_TSC_AUX (hvprobe sets it to the vCPU index), MARK
+///   `tscaux: ring R cpl C aux A tsc_nonzero true`; EXIT 0.
+///
+/// `optloop`, `optbench` and `tscaux` run in ring 0, or in ring 3 with `hvring=3` (where our
+/// CI's software KVM runs them natively rather than emulated). Before any scenario runs,
+/// the kernel reports its trampoline arena (8 MiB at `__hvprobe_arena_start`) through the
+/// test device's ARENA registers.
 ///
 /// Every scenario starts with the line `hvprobe test kernel <version>: scenario NAME`; an
 /// unknown NAME prints `unknown scenario NAME` and EXITs 2.
@@ -49,6 +72,10 @@ pub const SCENARIOS: &[&str] = &[
     "spin",
     "hlt",
     "panic",
+    "optloop",
+    "optbench",
+    "ring3",
+    "tscaux",
 ];
 
 /// One MMIO access of the `edu` scenario, at an offset from BAR0.

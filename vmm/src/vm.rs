@@ -59,6 +59,47 @@ pub struct IoDevices {
     pub observer: std::sync::OnceLock<Arc<dyn crate::tracer::AccessObserver>>,
 }
 
+/// Turns guest RAM pages into device pages while the VM runs ([`Vm::ram_control`]).
+#[derive(Clone)]
+pub struct RamControl {
+    slots: Arc<Mutex<crate::memslots::Memslots>>,
+    vm_fd: Arc<VmFd>,
+    io: Arc<IoDevices>,
+}
+
+impl RamControl {
+    /// Carves `[start, start+len)` out of the memory slots and maps `device` over it on the
+    /// MMIO bus, **without** pausing the vCPUs: for pages the guest does not touch until the
+    /// caller says so (the probe doorbell, before any trampoline that writes it exists).
+    pub fn carve(
+        &self,
+        start: u64,
+        len: u64,
+        device: crate::devices::bus::SharedDevice,
+    ) -> Result<(), VmError> {
+        let dev_err = |e: &dyn std::fmt::Display| VmError::Device {
+            what: "the probe doorbell",
+            reason: e.to_string(),
+        };
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots
+            .add(start, len, crate::memslots::TraceMode::All)
+            .map_err(|e| dev_err(&e))?;
+        let result = self
+            .io
+            .mmio
+            .insert(start, len, device)
+            .map_err(|e| dev_err(&e))
+            .and_then(|()| slots.apply(&self.vm_fd).map_err(|e| dev_err(&e)));
+        if result.is_err() {
+            let _ = slots.remove(start);
+            let _ = self.io.mmio.remove(start);
+            let _ = slots.apply(&self.vm_fd);
+        }
+        result
+    }
+}
+
 /// Errors of building and running a VM.
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
@@ -191,10 +232,10 @@ pub struct Vm {
     console: ConsoleCapture,
     test_device: Arc<Mutex<TestDevice>>,
     kernel: LoadedKernel,
-    memslots: Mutex<crate::memslots::Memslots>,
+    memslots: Arc<Mutex<crate::memslots::Memslots>>,
     phases: Phases,
     mem: GuestMem,
-    vm_fd: VmFd,
+    vm_fd: Arc<VmFd>,
     _kvm: Kvm,
 }
 
@@ -342,10 +383,10 @@ impl Vm {
             console,
             test_device,
             kernel,
-            memslots: Mutex::new(memslots),
+            memslots: Arc::new(Mutex::new(memslots)),
             phases,
             mem,
-            vm_fd,
+            vm_fd: Arc::new(vm_fd),
             _kvm: kvm,
         })
     }
@@ -560,6 +601,16 @@ impl Vm {
         result
     }
 
+    /// A handle that carves RAM pages into device pages from any thread (the probe doorbell
+    /// is set up from the vCPU that reported the arena).
+    pub fn ram_control(&self) -> RamControl {
+        RamControl {
+            slots: self.memslots.clone(),
+            vm_fd: self.vm_fd.clone(),
+            io: self.io.clone(),
+        }
+    }
+
     /// Calls `listener` with every complete MARK line the guest writes to the test device.
     pub fn set_mark_listener(&self, listener: crate::devices::test_device::MarkListener) {
         self.test_device
@@ -589,6 +640,15 @@ impl Vm {
             .unwrap_or_else(|p| p.into_inner())
             .marks()
             .to_vec()
+    }
+
+    /// The trampoline arena the guest last reported through the test device's ARENA
+    /// registers, as (guest-virtual base, length in bytes).
+    pub fn arena_report(&self) -> Option<(u64, u64)> {
+        self.test_device
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .arena()
     }
 
     /// Guest memory.

@@ -211,9 +211,9 @@ fn debian_kernel_breakpoint_probe_and_banner_through_page_tables() {
     let hook = Arc::new(IntrospectHook::new(intro.clone()));
     let mut vm = Vm::new(&config, Some(hook.clone())).unwrap();
     vm.start_paused().unwrap();
-    hook.attach(vm.target());
+    hook.attach(vm.target(), vm.ram_control());
     let spec = SessionSpec {
-        probes: vec!["memblock_add_range".into()],
+        probes: vec![introspect::session::ProbeRequest::int3("memblock_add_range")],
         hbreaks: vec!["start_kernel".into()],
         watches: Vec::new(),
     };

@@ -11,7 +11,7 @@ use std::time::Duration;
 use hvprobe_tests::code_asm::*;
 use hvprobe_tests::{Program, assemble, emit_exit, emit_point, skip};
 use introspect::events::{self, Event, EventKind, EventReceiver, Sources};
-use introspect::session::{Introspector, SessionSpec, WatchRequest};
+use introspect::session::{Introspector, ProbeRequest, SessionSpec, WatchRequest};
 use introspect::target::Target;
 use introspect::{Gva, PhysMem};
 use vmm::config::{KernelSource, SerialOutput, VmConfig};
@@ -45,7 +45,7 @@ impl Session {
         let hook = Arc::new(IntrospectHook::new(intro.clone()));
         let mut vm = Vm::new(&config, Some(hook.clone())).unwrap();
         vm.start_paused().unwrap();
-        hook.attach(vm.target());
+        hook.attach(vm.target(), vm.ram_control());
         intro.setup(&vm.target(), spec).unwrap();
         Session {
             vm,
@@ -76,7 +76,7 @@ impl Session {
 
 fn spec(probes: &[&str], hbreaks: &[&str]) -> SessionSpec {
     SessionSpec {
-        probes: probes.iter().map(ToString::to_string).collect(),
+        probes: probes.iter().map(|p| ProbeRequest::int3(*p)).collect(),
         hbreaks: hbreaks.iter().map(ToString::to_string).collect(),
         watches: Vec::new(),
     }

@@ -23,7 +23,7 @@ impl SourceId {
 #[derive(Debug)]
 pub struct Source {
     name: String,
-    how: String,
+    how: std::sync::Mutex<String>,
     hits: AtomicU64,
     nmissed: AtomicU64,
     lost: AtomicU64,
@@ -35,9 +35,13 @@ impl Source {
         &self.name
     }
 
-    /// How it is implemented, e.g. `int3`, `hbreak slot 0`, `watch rw 8 slot 1`.
-    pub fn how(&self) -> &str {
-        &self.how
+    /// How it is implemented, e.g. `int3`, `hbreak slot 0`, `watch rw 8 slot 1`, `jump
+    /// (in-guest handler, slot 0, 7 bytes displaced)`.
+    pub fn how(&self) -> String {
+        self.how
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Hits so far.
@@ -128,7 +132,7 @@ impl Sources {
         });
         let source = Source {
             name,
-            how,
+            how: std::sync::Mutex::new(how),
             hits: AtomicU64::new(0),
             nmissed: AtomicU64::new(0),
             lost: AtomicU64::new(0),
@@ -158,8 +162,18 @@ impl Sources {
         }
     }
 
-    /// Counts `count` events of `id` dropped because the channel was full.
-    pub(crate) fn add_lost(&self, id: SourceId, count: u64) {
+    /// Says how `id` is implemented now (a probe upgraded to a jump, or fallen back to int3).
+    pub fn set_how(&self, id: SourceId, how: String) {
+        if let Some(s) = self.get(id) {
+            *s.how
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = how;
+        }
+    }
+
+    /// Counts `count` events of `id` dropped: the event channel was full, or an in-guest
+    /// handler's ring was.
+    pub fn add_lost(&self, id: SourceId, count: u64) {
         if let Some(s) = self.get(id) {
             s.lost.fetch_add(count, Ordering::Relaxed);
         }

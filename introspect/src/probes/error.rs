@@ -84,6 +84,16 @@ pub enum ProbeError {
         /// What the analysis found.
         reason: CannotProbe,
     },
+    /// A jump was asked for (`:jump`) where one cannot go.
+    #[error("{symbol}: cannot be jump-optimized: {reason} (use :int3 or :auto)")]
+    CannotJump {
+        /// The address.
+        addr: Gva,
+        /// `symbol+offset`, or the address when there are no symbols.
+        symbol: String,
+        /// Why.
+        reason: String,
+    },
     /// Another probed address maps to the same guest-physical byte.
     #[error("{addr} maps to {gpa}, already probed through {other}")]
     Alias {
@@ -130,4 +140,7 @@ pub enum ProbeError {
     /// The VM refused an operation (pause, registers, debug state).
     #[error(transparent)]
     Target(#[from] TargetError),
+    /// The trampoline arena cannot be used.
+    #[error(transparent)]
+    Arena(#[from] super::arena::ArenaError),
 }

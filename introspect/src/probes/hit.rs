@@ -141,7 +141,7 @@ impl ProbeEngine {
     }
 
     /// Calls every handler of the site with the registers at the hit.
-    fn call_handlers(
+    pub(super) fn call_handlers(
         &self,
         vcpu: &dyn VcpuAccess,
         site: Gva,

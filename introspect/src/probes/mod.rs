@@ -71,11 +71,14 @@
 //! whole [`GuestDebug`] states); nested pause counting (a `pause_all` while a vCPU has
 //! paused the others).
 
+pub mod arena;
 mod arch;
 mod check;
 mod error;
 mod hit;
+mod optimize;
 mod registry;
+pub mod ring;
 
 #[cfg(test)]
 mod tests;
@@ -91,6 +94,7 @@ use crate::target::{GuestDebug, Regs, Target};
 pub use arch::{BREAKPOINT_INSN, hand_back_int3};
 pub use check::{DENIED_FUNCTIONS, DENIED_PREFIXES, DENIED_SECTIONS, MAX_FUNCTION_SCAN};
 pub use error::ProbeError;
+pub use optimize::{ArmedAs, JumpHandler, JumpKind, MAX_DEFERRALS, Quiesce, locate_arena};
 pub use registry::{ProbeId, ProbeInfo, ProbeRegistry, ProbeStats};
 
 use arch::{arch_arm, arch_disarm};
@@ -180,6 +184,12 @@ pub struct ProbeEngine {
     step: Mutex<Option<StepState>>,
     debug_base: Mutex<GuestDebug>,
     denied: Vec<String>,
+    /// Jump optimization (taken before the registry lock when both are needed).
+    opt: Mutex<optimize::OptState>,
+    /// The in-guest handlers' rings, once an arena is attached.
+    rings: Mutex<Option<ring::RingReader>>,
+    /// Optimized sites by trampoline slot (outside `opt`: the doorbell path reads it).
+    by_slot: RwLock<std::collections::HashMap<u32, Gva>>,
 }
 
 impl Default for ProbeEngine {
@@ -204,6 +214,9 @@ impl ProbeEngine {
             step: Mutex::new(None),
             debug_base: Mutex::new(GuestDebug::default()),
             denied: Vec::new(),
+            opt: Mutex::new(optimize::OptState::default()),
+            rings: Mutex::new(None),
+            by_slot: RwLock::new(std::collections::HashMap::new()),
         }
     }
 
@@ -228,6 +241,11 @@ impl ProbeEngine {
     /// arm (kernel text maps the same under every process's CR3).
     pub fn set_paging(&self, ctx: PagingContext) {
         *lock(&self.paging) = Some(ctx);
+    }
+
+    /// Like [`Self::set_paging`], unless a context is already set.
+    pub fn set_paging_if_unset(&self, ctx: PagingContext) {
+        lock(&self.paging).get_or_insert(ctx);
     }
 
     /// The debug state the engine's single-steps build on (hardware breakpoints set by the
@@ -336,7 +354,9 @@ impl ProbeEngine {
             .map_err(|source| ProbeError::Translate { addr: site, source })?;
         let insn = self.check_translated(target, &ctx, site, &t)?;
         target.pause_all()?;
-        let armed = self.arm_paused(target, site, t.gpa, arch::arch_emulation(&insn));
+        let armed = self
+            .unoptimize_around(target, site)
+            .and_then(|()| self.arm_paused(target, site, t.gpa, arch::arch_emulation(&insn)));
         let resumed = target.resume_all();
         armed?;
         Ok(resumed?)
@@ -384,6 +404,7 @@ impl ProbeEngine {
                 gpa,
                 orig: orig[0],
                 emulation,
+                window: None,
             },
         );
         Ok(())
@@ -396,7 +417,9 @@ impl ProbeEngine {
             return Ok(());
         }
         target.pause_all()?;
-        let disarmed = self.disarm_paused(target, site);
+        let disarmed = self
+            .unoptimize_paused(target, site, None)
+            .and_then(|_| self.disarm_paused(target, site));
         let resumed = target.resume_all();
         disarmed?;
         Ok(resumed?)

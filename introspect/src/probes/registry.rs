@@ -94,6 +94,28 @@ pub(super) struct Armed {
     /// How a hit completes the original instruction on the host, when it can (decided from
     /// the original bytes when the site was checked and armed).
     pub(super) emulation: Option<Emulated>,
+    /// Set while the site is jump-optimized: the original bytes of the whole window the
+    /// `jmp rel32` covers (byte 0 included), all at `gpa` on.
+    pub(super) window: Option<Window>,
+}
+
+/// The most bytes a jump's window covers: the instruction at +4 may be 15 bytes long.
+pub(super) const MAX_WINDOW: usize = disasm::JUMP_LEN - 1 + disasm::MAX_INSN_LEN;
+
+/// The original bytes under an optimized site's jump.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Window {
+    /// How many bytes the jump displaced (>= 5).
+    pub(super) len: usize,
+    /// The original bytes (the first `len` count).
+    pub(super) orig: [u8; MAX_WINDOW],
+}
+
+impl Window {
+    /// The original bytes.
+    pub(super) fn bytes(&self) -> &[u8] {
+        &self.orig[..self.len]
+    }
 }
 
 /// One probed address.
@@ -192,11 +214,27 @@ impl ProbeRegistry {
         let Some(end) = gpa.raw().checked_add(buf.len() as u64) else {
             return;
         };
-        for (&at, site) in self.by_gpa.range(gpa..Gpa(end)) {
-            if let Some(a) = self.sites.get(site).and_then(|s| s.armed) {
-                let off = usize::try_from(at.raw() - gpa.raw()).unwrap_or(usize::MAX);
-                if let Some(b) = buf.get_mut(off) {
-                    *b = a.orig;
+        // A window starting up to MAX_WINDOW - 1 bytes before `gpa` may reach into `buf`.
+        let from = Gpa(gpa.raw().saturating_sub(MAX_WINDOW as u64 - 1));
+        for (&at, site) in self.by_gpa.range(from..Gpa(end)) {
+            let Some(a) = self.sites.get(site).and_then(|s| s.armed) else {
+                continue;
+            };
+            let original = [a.orig];
+            let bytes: &[u8] = match &a.window {
+                Some(w) => w.bytes(),
+                None => &original,
+            };
+            for (k, &b) in bytes.iter().enumerate() {
+                let Some(p) = at.raw().checked_add(k as u64) else {
+                    break;
+                };
+                if p < gpa.raw() || p >= end {
+                    continue;
+                }
+                let off = usize::try_from(p - gpa.raw()).unwrap_or(usize::MAX);
+                if let Some(slot) = buf.get_mut(off) {
+                    *slot = b;
                 }
             }
         }
@@ -274,6 +312,22 @@ impl ProbeRegistry {
             s.armed = Some(armed);
             self.by_gpa.insert(armed.gpa, site);
         }
+    }
+
+    /// Sets or clears the jump window of armed `site`.
+    pub(super) fn set_window(&mut self, site: Gva, window: Option<Window>) {
+        if let Some(a) = self.sites.get_mut(&site).and_then(|s| s.armed.as_mut()) {
+            a.window = window;
+        }
+    }
+
+    /// Armed sites whose address is in `[from, to)`.
+    pub(super) fn armed_in(&self, from: Gva, to: Gva) -> Vec<Gva> {
+        self.sites
+            .iter()
+            .filter(|(a, s)| s.armed.is_some() && **a >= from && **a < to)
+            .map(|(a, _)| *a)
+            .collect()
     }
 
     /// Records `site` as disarmed; returns what was armed.

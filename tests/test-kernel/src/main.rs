@@ -5,13 +5,16 @@
 #![no_std]
 #![no_main]
 
+mod arena;
 mod bootparams;
 mod edu;
+mod opt;
 mod pci;
 mod port;
 mod scenarios;
 mod serial;
 mod testdev;
+mod user;
 
 use core::panic::PanicInfo;
 
@@ -60,6 +63,8 @@ pub unsafe extern "C" fn tk_main(boot_params: usize) -> ! {
     let boot = unsafe { BootParams::new(boot_params) };
     let cmdline = boot.cmdline();
     let name = param(cmdline, b"hvtest").unwrap_or(b"hello");
+    // Before any scenario, so hvprobe can lay out its trampolines before probed code runs.
+    arena::report();
     kprintln!(
         "hvprobe test kernel {}: scenario {}",
         env!("CARGO_PKG_VERSION"),
@@ -68,8 +73,14 @@ pub unsafe extern "C" fn tk_main(boot_params: usize) -> ! {
     scenarios::run(name, &scenarios::Context { boot, cmdline })
 }
 
-/// Halts forever with interrupts off.
+/// Halts forever with interrupts off (in ring 0), or spins (in ring 3, where `hlt` would
+/// fault, and a fault there is a triple fault).
 pub fn halt_forever() -> ! {
+    if user::cpl() != 0 {
+        loop {
+            core::hint::spin_loop();
+        }
+    }
     loop {
         // SAFETY: `cli; hlt` touches no memory; the vCPU stops here for good.
         unsafe { core::arch::asm!("cli", "hlt", options(nomem, nostack)) };

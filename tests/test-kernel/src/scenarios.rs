@@ -33,6 +33,10 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("spin", spin),
     ("hlt", hlt),
     ("panic", panic),
+    ("optloop", crate::opt::optloop),
+    ("optbench", crate::opt::optbench),
+    ("ring3", crate::opt::ring3),
+    ("tscaux", crate::opt::tscaux),
 ];
 
 /// Runs the scenario called `name`; an unknown name ends the VM with exit code 2.

@@ -1,13 +1,19 @@
-//! hvprobe's test device: the same registers at ports `0x600..0x610` and at the MMIO page
+//! hvprobe's test device: the same registers at ports `0x600..0x620` and at the MMIO page
 //! `0xd000_0000`.
 //!
-//! | offset | access         | meaning                                              |
-//! |--------|----------------|------------------------------------------------------|
-//! | 0x00   | read, 32-bit   | ID, [`ID`] ("HVPT" in little-endian bytes)           |
-//! | 0x00   | write, 32-bit  | POINT n: "reached point n"                           |
-//! | 0x04   | write, 32-bit  | EXIT code: the VM ends, hvprobe exits with the code  |
-//! | 0x08   | write, 8-bit   | MARK byte: appended to a text line, `\n` ends it     |
-//! | 0x0c   | read/write     | SCRATCH: reads back the last value written           |
+//! | offset | access         | meaning                                                      |
+//! |--------|----------------|--------------------------------------------------------------|
+//! | 0x00   | read, 32-bit   | ID, [`ID`] ("HVPT" in little-endian bytes)                   |
+//! | 0x00   | write, 32-bit  | POINT n: "reached point n"                                   |
+//! | 0x04   | write, 32-bit  | EXIT code: the VM ends, hvprobe exits with the code          |
+//! | 0x08   | write, 8-bit   | MARK byte: appended to a text line, `\n` ends it             |
+//! | 0x0c   | read/write     | SCRATCH: reads back the last value written                   |
+//! | 0x10   | write, 32-bit  | ARENA_LO: low half of the trampoline arena's virtual base    |
+//! | 0x14   | write, 32-bit  | ARENA_HI: high half of the arena's base                      |
+//! | 0x18   | write, 32-bit  | ARENA_LEN: the arena's length in bytes; completes the report |
+//!
+//! Every register works from ring 3 too (see [`crate::user`]): port I/O with IOPL 3, MMIO
+//! through the user-accessible identity map.
 
 use crate::port::{outb, outl};
 
@@ -30,6 +36,12 @@ pub mod reg {
     pub const MARK: u16 = 0x08;
     /// SCRATCH (read/write).
     pub const SCRATCH: u16 = 0x0c;
+    /// ARENA_LO (32-bit write): low half of the arena base.
+    pub const ARENA_LO: u16 = 0x10;
+    /// ARENA_HI (32-bit write): high half of the arena base.
+    pub const ARENA_HI: u16 = 0x14;
+    /// ARENA_LEN (32-bit write): arena length; completes the report.
+    pub const ARENA_LEN: u16 = 0x18;
 }
 
 /// Reports "reached point `n`".
@@ -47,6 +59,29 @@ pub fn exit(code: u32) -> ! {
 pub fn mark(text: &[u8]) {
     for &byte in text {
         outb(PIO_BASE + reg::MARK, byte);
+    }
+}
+
+/// Reports the trampoline arena `[base, base + len)` (guest-virtual) to hvprobe: ARENA_LO,
+/// ARENA_HI, then ARENA_LEN, which completes the report.
+pub fn report_arena(base: u64, len: u32) {
+    outl(PIO_BASE + reg::ARENA_LO, (base & 0xffff_ffff) as u32);
+    outl(PIO_BASE + reg::ARENA_HI, (base >> 32) as u32);
+    outl(PIO_BASE + reg::ARENA_LEN, len);
+}
+
+/// Writes `value` to SCRATCH as one 32-bit port write.
+pub fn scratch(value: u32) {
+    outl(PIO_BASE + reg::SCRATCH, value);
+}
+
+/// A `fmt::Write` sink for MARK lines (each `\n` ends a line).
+pub struct Mark;
+
+impl core::fmt::Write for Mark {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        mark(s.as_bytes());
+        Ok(())
     }
 }
 

@@ -53,6 +53,32 @@ pub fn patch_cpuid(cpuid: &mut CpuId, index: u8, count: u8, mask: CpuidMask) {
     }
 }
 
+/// IA32_TSC_AUX: what `rdtscp` (and `rdpid`) return in ECX.
+pub const MSR_TSC_AUX: u32 = 0xc000_0103;
+/// CPUID.8000_0001h:EDX.RDTSCP.
+const CPUID_80000001_EDX_RDTSCP: u32 = 1 << 27;
+
+/// True if `cpuid` offers `rdtscp` (and so IA32_TSC_AUX).
+pub fn has_rdtscp(cpuid: &CpuId) -> bool {
+    cpuid
+        .as_slice()
+        .iter()
+        .any(|e| e.function == 0x8000_0001 && e.edx & CPUID_80000001_EDX_RDTSCP != 0)
+}
+
+/// The MSRs of vCPU `index` beyond [`boot_msrs`]: IA32_TSC_AUX = `index` (as Linux sets it,
+/// CPU number in the low 12 bits), if the vCPU has `rdtscp`.
+pub fn vcpu_msrs(index: u8, cpuid: &CpuId) -> Vec<kvm_msr_entry> {
+    if !has_rdtscp(cpuid) {
+        return Vec::new();
+    }
+    vec![kvm_msr_entry {
+        index: MSR_TSC_AUX,
+        data: u64::from(index),
+        ..Default::default()
+    }]
+}
+
 /// MSR values every vCPU starts with (as a real firmware would leave them).
 pub fn boot_msrs() -> Vec<kvm_msr_entry> {
     let msr = |index: u32, data: u64| kvm_msr_entry {
@@ -85,7 +111,8 @@ pub fn setup_common(vcpu: &VcpuFd, index: u8, cpuid: &CpuId) -> Result<(), BootE
         }
     };
     vcpu.set_cpuid2(cpuid).map_err(err("KVM_SET_CPUID2"))?;
-    let entries = boot_msrs();
+    let mut entries = boot_msrs();
+    entries.extend(vcpu_msrs(index, cpuid));
     let msrs = Msrs::from_entries(&entries).map_err(|_| BootError::Vcpu {
         vcpu: index,
         what: "building the MSR list",
@@ -237,6 +264,25 @@ mod tests {
         assert_ne!(s[0].ecx & CPUID_1_ECX_HYPERVISOR, 0);
         assert_ne!(s[0].edx & CPUID_1_EDX_HTT, 0);
         assert_eq!(s[1].edx, 3);
+    }
+
+    #[test]
+    fn tsc_aux_is_the_vcpu_index_when_rdtscp_exists() {
+        let with = CpuId::from_entries(&[kvm_cpuid_entry2 {
+            function: 0x8000_0001,
+            edx: CPUID_80000001_EDX_RDTSCP,
+            ..Default::default()
+        }])
+        .unwrap();
+        let msrs = vcpu_msrs(3, &with);
+        assert_eq!(msrs.len(), 1);
+        assert_eq!((msrs[0].index, msrs[0].data), (MSR_TSC_AUX, 3));
+        let without = CpuId::from_entries(&[kvm_cpuid_entry2 {
+            function: 0x8000_0001,
+            ..Default::default()
+        }])
+        .unwrap();
+        assert!(vcpu_msrs(3, &without).is_empty());
     }
 
     #[test]

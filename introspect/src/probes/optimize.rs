@@ -1,0 +1,811 @@
+//! Jump optimization (kprobes' optprobes, `arch/x86/kernel/kprobes/opt.c`): an armed int3
+//! probe becomes a `jmp rel32` to a trampoline in the guest's arena.
+//!
+//! # Life of an optimized probe
+//! 1. The probe is armed as an int3 first (always: it is the fallback, and what runs until
+//!    the jump is in).
+//! 2. [`ProbeEngine::request_jump`] marks the site *pending* with a handler kind.
+//! 3. [`ProbeEngine::optimize_pending`] (when an arena is attached) prepares each pending site
+//!    with the vCPUs running: `disasm::can_optimize` over the function's **original** bytes,
+//!    the window must be one physical range holding no other probe and no hardware
+//!    breakpoint, a slot is taken and the trampoline written into it. Then, with **every vCPU
+//!    paused**, it checks quiescence: no vCPU is stepping the site's int3 and no vCPU's RIP is
+//!    inside the window after its first byte. Only then is the jump written: bytes 1..5 first,
+//!    then byte 0 (`0xCC` -> `0xE9`). A site that is not quiescent stays pending and is tried
+//!    again on the next pass ([`MAX_DEFERRALS`] times).
+//! 4. Unoptimize is the reverse, also with every vCPU paused: byte 0 back to `0xCC`, then the
+//!    original bytes 1..len. The slot becomes *dirty*: a vCPU may still be inside the
+//!    trampoline, which stays intact and jumps back to original code; the slot is freed by a
+//!    later pass that finds no vCPU's RIP in it.
+//!
+//! A probe armed later inside an optimized window unoptimizes that site (it stays an int3
+//! probe, with the reason recorded); any failure leaves the site an int3 probe with its reason
+//! ([`ArmedAs::Int3`]).
+//!
+//! # What the RIP check cannot see
+//! A guest task interrupted (or preempted) with its RIP inside a window or a trampoline keeps
+//! that RIP on its stack, not in a vCPU register. The test kernel runs its probed code with
+//! interrupts off; for Linux, jump optimization waits for the guest module's quiescence
+//! barrier (`synchronize_rcu_tasks()`), so Linux probes stay int3 until it exists.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use disasm::{Fetch, Handler, JUMP_LEN, RingSpec, TrampolineSpec, build_trampoline, jump_patch};
+
+use super::arena::{ArenaError, ArenaLayout, HEADER_GENERATION, SLOT_CODE, SLOT_SIZE, SlotPool};
+use super::registry::{MAX_WINDOW, Window};
+use super::ring::{RingReader, RingRecord};
+use super::{HookDecision, ProbeEngine, ProbeError, ProbeId, lock};
+use crate::addr::{Gpa, Gva};
+use crate::paging::{self, PageWalker, PagingContext, PhysMem, PhysMemMut};
+use crate::target::{Target, TargetError, VcpuAccess};
+
+/// How often a pass may find a site not quiescent before it gives up on the jump.
+pub const MAX_DEFERRALS: u32 = 100;
+/// How long reading a paused vCPU's RIP may take.
+const RIP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What a jump-optimized probe's trampoline does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JumpHandler {
+    /// One doorbell exit per hit: the host handlers run with the full registers.
+    Exit,
+    /// No exit: the trampoline writes a record with these values into its vCPU's ring.
+    InGuest(Vec<Fetch>),
+}
+
+impl JumpHandler {
+    fn kind(&self) -> JumpKind {
+        match self {
+            JumpHandler::Exit => JumpKind::Exit,
+            JumpHandler::InGuest(_) => JumpKind::InGuest,
+        }
+    }
+}
+
+/// The kind of a jump-optimized probe's handler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JumpKind {
+    /// Doorbell exit.
+    Exit,
+    /// In-guest ring buffer.
+    InGuest,
+}
+
+/// How a site is armed right now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ArmedAs {
+    /// Not armed.
+    Disarmed,
+    /// An int3; with the reason when a jump was asked for but refused or undone.
+    Int3 {
+        /// Why it is not a jump (None: an int3 was asked for).
+        reason: Option<String>,
+    },
+    /// An int3 now; a jump once an arena is there and the site is quiescent.
+    Pending,
+    /// A jump to a trampoline.
+    Jump {
+        /// Its handler.
+        kind: JumpKind,
+        /// Its slot in the arena.
+        slot: u32,
+        /// Bytes the jump displaced.
+        len: usize,
+    },
+}
+
+impl std::fmt::Display for ArmedAs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ArmedAs::Disarmed => write!(f, "disarmed"),
+            ArmedAs::Int3 { reason: None } => write!(f, "int3"),
+            ArmedAs::Int3 {
+                reason: Some(why),
+            } => write!(f, "int3 (no jump: {why})"),
+            ArmedAs::Pending => write!(f, "int3, jump pending"),
+            ArmedAs::Jump { kind, slot, len } => write!(
+                f,
+                "jump ({} handler, slot {slot}, {len} bytes displaced)",
+                match kind {
+                    JumpKind::Exit => "exit",
+                    JumpKind::InGuest => "in-guest",
+                }
+            ),
+        }
+    }
+}
+
+/// Who quiesces the guest for a pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quiesce {
+    /// A controlling thread: the pass pauses and resumes every vCPU.
+    Controller,
+    /// vCPU `me`'s own thread, inside an exit at `rip`: the pass pauses the others.
+    FromVcpu {
+        /// The calling vCPU.
+        me: usize,
+        /// Its RIP.
+        rip: u64,
+    },
+}
+
+#[derive(Debug)]
+struct Want {
+    handler: JumpHandler,
+    deferrals: u32,
+}
+
+#[derive(Debug, Clone)]
+struct Optimized {
+    slot: u32,
+    gpa: Gpa,
+    window: Window,
+    kind: JumpKind,
+    /// For each displaced instruction, its original address and its trampoline address.
+    map: Vec<(u64, u64)>,
+}
+
+#[derive(Debug)]
+struct ArenaState {
+    layout: ArenaLayout,
+    pool: SlotPool,
+    generation: u64,
+    /// Each slot's `lost` counter as last read.
+    lost_seen: HashMap<u32, u64>,
+}
+
+/// The optimizer's state, inside the [`ProbeEngine`]. Lock order: this, then the registry.
+#[derive(Debug, Default)]
+pub(super) struct OptState {
+    arena: Option<ArenaState>,
+    wants: BTreeMap<Gva, Want>,
+    optimized: BTreeMap<Gva, Optimized>,
+    refused: HashMap<Gva, String>,
+    /// Addresses a window may not cover (hardware execute breakpoints), with their owner.
+    reserved: Vec<(u64, String)>,
+}
+
+/// A site ready to be patched: trampoline written, slot taken.
+struct Prepared {
+    site: Gva,
+    gpa: Gpa,
+    slot: u32,
+    window: Window,
+    kind: JumpKind,
+    map: Vec<(u64, u64)>,
+}
+
+/// Finds the arena `[base, base+len)` in guest memory with `ctx` and lays it out for `vcpus`.
+pub fn locate_arena<M: PhysMem + ?Sized>(
+    mem: &M,
+    ctx: &PagingContext,
+    base: Gva,
+    len: u64,
+    vcpus: usize,
+) -> Result<ArenaLayout, ArenaError> {
+    if base.raw() % 0x1000 != 0 || len % 0x1000 != 0 || len == 0 {
+        return Err(ArenaError::Unaligned { base, len });
+    }
+    let first = paging::translate(mem, ctx, base).map_err(|e| ArenaError::Unmapped {
+        at: base,
+        reason: e.to_string(),
+    })?;
+    let mut off = 0x1000;
+    while off < len {
+        let at = Gva(base.raw() + off);
+        let t = paging::translate(mem, ctx, at).map_err(|e| ArenaError::Unmapped {
+            at,
+            reason: e.to_string(),
+        })?;
+        let expected = Gpa(first.gpa.raw() + off);
+        if t.gpa != expected {
+            return Err(ArenaError::NotContiguous { base, at, expected });
+        }
+        off += 0x1000;
+    }
+    ArenaLayout::plan(base, first.gpa, len, vcpus)
+}
+
+fn target_err(what: &'static str) -> impl Fn(String) -> ProbeError {
+    move |reason| ProbeError::Target(TargetError::Vm { what, reason })
+}
+
+impl ProbeEngine {
+    /// Takes `layout` as the trampoline arena: writes its header and empties its rings.
+    pub fn attach_arena(&self, mem: &dyn Target, layout: ArenaLayout) -> Result<(), ProbeError> {
+        let mut opt = lock(&self.opt);
+        if let Some(a) = &opt.arena {
+            return Err(ProbeError::Arena(ArenaError::AlreadyAttached(a.layout.base)));
+        }
+        let patch = |gpa: Gpa, bytes: &[u8]| {
+            mem.write_phys(gpa, bytes)
+                .map_err(|source| ProbeError::Patch { gpa, source })
+        };
+        for r in 0..layout.ring_count {
+            // head and tail (the header is RING_RECORDS = 128 bytes).
+            patch(layout.ring(r).1, &[0u8; 128])?;
+        }
+        patch(layout.gpa, &layout.header())?;
+        *lock(&self.rings) = Some(RingReader::new(layout));
+        opt.arena = Some(ArenaState {
+            layout,
+            pool: SlotPool::new(layout.slot_count),
+            generation: 0,
+            lost_seen: HashMap::new(),
+        });
+        Ok(())
+    }
+
+    /// The attached arena.
+    pub fn arena(&self) -> Option<ArenaLayout> {
+        lock(&self.opt).arena.as_ref().map(|a| a.layout)
+    }
+
+    /// Asks for `site` (armed, or about to be) to become a jump with `handler`.
+    pub fn request_jump(&self, site: Gva, handler: JumpHandler) {
+        let mut opt = lock(&self.opt);
+        opt.refused.remove(&site);
+        opt.wants.insert(
+            site,
+            Want {
+                handler,
+                deferrals: 0,
+            },
+        );
+    }
+
+    /// Keeps jump windows off `addr` (a hardware execute breakpoint there must stay reachable).
+    pub fn reserve(&self, addr: Gva, owner: impl Into<String>) {
+        lock(&self.opt).reserved.push((addr.raw(), owner.into()));
+    }
+
+    /// Whether any site waits for a jump.
+    pub fn has_pending(&self) -> bool {
+        !lock(&self.opt).wants.is_empty()
+    }
+
+    /// How `site` is armed now.
+    pub fn armed_as(&self, site: Gva) -> ArmedAs {
+        let opt = lock(&self.opt);
+        if let Some(o) = opt.optimized.get(&site) {
+            return ArmedAs::Jump {
+                kind: o.kind,
+                slot: o.slot,
+                len: o.window.len,
+            };
+        }
+        if !self.is_armed(site) {
+            return ArmedAs::Disarmed;
+        }
+        if opt.wants.contains_key(&site) {
+            return ArmedAs::Pending;
+        }
+        ArmedAs::Int3 {
+            reason: opt.refused.get(&site).cloned(),
+        }
+    }
+
+    /// The site whose trampoline is in `slot`. Takes only the slot map's read lock: the
+    /// doorbell path calls it inside an exit, while an optimizer pass may hold the
+    /// optimizer's lock waiting for that very vCPU to pause.
+    pub fn slot_site(&self, slot: u32) -> Option<Gva> {
+        self.by_slot
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&slot)
+            .copied()
+    }
+
+    fn set_slot_site(&self, slot: u32, site: Option<Gva>) {
+        let mut m = self
+            .by_slot
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match site {
+            Some(s) => m.insert(slot, s),
+            None => m.remove(&slot),
+        };
+    }
+
+    /// Whether a pending site was found not quiescent and waits for another pass.
+    pub fn has_deferred(&self) -> bool {
+        lock(&self.opt).wants.values().any(|w| w.deferrals > 0)
+    }
+
+    /// The original address of trampoline address `addr` (a vCPU stopped inside a
+    /// trampoline's relocated instructions was, in the original code, there).
+    pub fn original_address(&self, addr: u64) -> Option<u64> {
+        let opt = lock(&self.opt);
+        let slot = opt.arena.as_ref()?.layout.slot_containing(addr)?;
+        let site = self.slot_site(slot)?;
+        let o = opt.optimized.get(&site)?;
+        o.map.iter().rev().find(|(_, new)| *new <= addr).map(|(old, _)| *old)
+    }
+
+    /// Whether `site` could become a jump, judged from its function's original bytes
+    /// (`disasm::can_optimize`) before any arena exists. Checked again when it is optimized.
+    pub fn check_jump(&self, target: &dyn Target, site: Gva) -> Result<(), ProbeError> {
+        let ctx = self.paging_context(target)?;
+        let (code, start) = self.function_code(target, &ctx, site).map_err(|reason| {
+            ProbeError::CannotJump {
+                addr: site,
+                symbol: self.describe(site),
+                reason,
+            }
+        })?;
+        disasm::can_optimize(&code, start, site.raw())
+            .map(|_| ())
+            .map_err(|e| ProbeError::CannotJump {
+                addr: site,
+                symbol: self.describe(site),
+                reason: e.to_string(),
+            })
+    }
+
+    fn describe(&self, site: Gva) -> String {
+        self.symbols()
+            .and_then(|t| t.lookup(site.raw()))
+            .map_or_else(|| site.to_string(), |s| s.to_string())
+    }
+
+    fn refuse(opt: &mut OptState, site: Gva, why: String) {
+        opt.wants.remove(&site);
+        opt.refused.insert(site, why);
+    }
+
+    /// One optimizer pass: prepares every pending site, then with the guest quiesced patches
+    /// the quiescent ones and frees dirty slots no vCPU is in. Returns how many sites became
+    /// jumps. Sites that cannot be optimized stay int3 probes, with the reason
+    /// ([`Self::armed_as`]).
+    ///
+    /// From a vCPU ([`Quiesce::FromVcpu`]) the pass is skipped when another pass holds the
+    /// optimizer (that one is pausing this vCPU, and does the work).
+    pub fn optimize_pending(&self, target: &dyn Target, q: Quiesce) -> Result<usize, ProbeError> {
+        let mut opt = match q {
+            Quiesce::Controller => lock(&self.opt),
+            Quiesce::FromVcpu { .. } => match self.opt.try_lock() {
+                Ok(g) => g,
+                Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => return Ok(0),
+            },
+        };
+        if opt.arena.is_none() {
+            return Ok(0);
+        }
+        let ctx = match q {
+            Quiesce::Controller => self.paging_context(target)?,
+            Quiesce::FromVcpu { .. } => match *lock(&self.paging) {
+                Some(c) => c,
+                None => return Ok(0),
+            },
+        };
+        let pending: Vec<Gva> = opt.wants.keys().copied().collect();
+        let mut prepared = Vec::new();
+        for site in pending {
+            if opt.optimized.contains_key(&site) {
+                opt.wants.remove(&site);
+                continue;
+            }
+            if !self.is_armed(site) {
+                continue;
+            }
+            match self.prepare(target, &ctx, &mut opt, site) {
+                Ok(p) => prepared.push(p),
+                Err(why) => Self::refuse(&mut opt, site, why),
+            }
+        }
+        let dirty = opt.arena.as_ref().is_some_and(|a| a.pool.counts().2 > 0);
+        if prepared.is_empty() && !dirty {
+            return Ok(0);
+        }
+        self.quiesce(target, q)?;
+        let result = self.patch_quiesced(target, q, &mut opt, prepared);
+        let resumed = self.unquiesce(target, q);
+        let n = result?;
+        resumed?;
+        Ok(n)
+    }
+
+    fn quiesce(&self, target: &dyn Target, q: Quiesce) -> Result<(), ProbeError> {
+        match q {
+            Quiesce::Controller => target.pause_all()?,
+            Quiesce::FromVcpu { me, .. } => target.pause_others(me)?,
+        }
+        Ok(())
+    }
+
+    fn unquiesce(&self, target: &dyn Target, q: Quiesce) -> Result<(), ProbeError> {
+        match q {
+            Quiesce::Controller => target.resume_all()?,
+            Quiesce::FromVcpu { me, .. } => target.resume_others(me)?,
+        }
+        Ok(())
+    }
+
+    /// Every vCPU's RIP, with the guest quiesced.
+    fn rips(&self, target: &dyn Target, q: Quiesce) -> Result<Vec<u64>, ProbeError> {
+        let mut rips = Vec::new();
+        for i in 0..target.vcpu_count() {
+            if let Quiesce::FromVcpu { me, rip } = q {
+                if me == i {
+                    rips.push(rip);
+                    continue;
+                }
+            }
+            let (tx, rx) = std::sync::mpsc::channel();
+            target.with_vcpu(
+                i,
+                Box::new(move |v| {
+                    let _ = tx.send(v.regs().map(|r| r.rip));
+                }),
+            )?;
+            let rip = rx
+                .recv_timeout(RIP_TIMEOUT)
+                .map_err(|e| target_err("reading a paused vCPU's RIP")(e.to_string()))??;
+            rips.push(rip);
+        }
+        Ok(rips)
+    }
+
+    /// Checks `site` and writes its trampoline into a fresh slot (the guest may run: nothing
+    /// jumps to a free slot). The error is the reason the site stays an int3.
+    fn prepare(
+        &self,
+        target: &dyn Target,
+        ctx: &PagingContext,
+        opt: &mut OptState,
+        site: Gva,
+    ) -> Result<Prepared, String> {
+        let (code, func_start) = self.function_code(target, ctx, site)?;
+        let info = disasm::can_optimize(&code, func_start, site.raw()).map_err(|e| e.to_string())?;
+        let len = info.len;
+        if len > MAX_WINDOW {
+            return Err(format!("the window is {len} bytes"));
+        }
+        let end = Gva(site.raw() + len as u64);
+        if let Some(other) = self
+            .read_reg()
+            .armed_in(Gva(site.raw() + 1), end)
+            .first()
+        {
+            return Err(format!("another probe at {other} is inside the {len}-byte window"));
+        }
+        if let Some((a, who)) = opt
+            .reserved
+            .iter()
+            .find(|(a, _)| *a > site.raw() && *a < end.raw())
+        {
+            return Err(format!("{who} at {a:#x} is inside the {len}-byte window"));
+        }
+        let first = paging::translate(target, ctx, site).map_err(|e| e.to_string())?;
+        let last = paging::translate(target, ctx, Gva(end.raw() - 1)).map_err(|e| e.to_string())?;
+        if last.gpa.raw() != first.gpa.raw() + len as u64 - 1 {
+            return Err("the window crosses into a page that is not physically next".into());
+        }
+        let mut window = Window {
+            len,
+            orig: [0; MAX_WINDOW],
+        };
+        self.read_phys(target, first.gpa, &mut window.orig[..len])
+            .map_err(|e| e.to_string())?;
+        let want_handler = opt
+            .wants
+            .get(&site)
+            .map(|w| w.handler.clone())
+            .unwrap_or(JumpHandler::Exit);
+        let arena = opt.arena.as_mut().ok_or("no arena")?;
+        let layout = arena.layout;
+        let slot = arena
+            .pool
+            .alloc()
+            .ok_or("every trampoline slot is in use")?;
+        let (slot_va, slot_pa) = layout.slot(slot);
+        let handler = match &want_handler {
+            JumpHandler::Exit => Handler::Exit {
+                doorbell: layout.doorbell().0.raw(),
+            },
+            JumpHandler::InGuest(fetches) => Handler::InGuest(RingSpec {
+                rings: layout.ring(0).0.raw(),
+                ring_count: layout.ring_count,
+                ring_stride: u32::try_from(layout.ring_stride).unwrap_or(u32::MAX),
+                capacity: layout.ring_capacity,
+                lost: layout.slot_lost(slot).0.raw(),
+                fetches: fetches.clone(),
+            }),
+        };
+        let built = build_trampoline(&TrampolineSpec {
+            at: slot_va.raw(),
+            slot,
+            site: site.raw(),
+            displaced: window.bytes(),
+            handler,
+            max_len: SLOT_CODE,
+        })
+        .and_then(|t| jump_patch(site.raw(), slot_va.raw()).map(|_| t));
+        let t = match built {
+            Ok(t) => t,
+            Err(e) => {
+                arena.pool.free_unused(slot);
+                return Err(e.to_string());
+            }
+        };
+        let mut bytes = vec![0xccu8; usize::try_from(SLOT_SIZE).unwrap_or(256)];
+        bytes[..t.code.len()].copy_from_slice(&t.code);
+        bytes[SLOT_CODE..].fill(0);
+        if let Err(e) = target.write_phys(slot_pa, &bytes) {
+            arena.pool.free_unused(slot);
+            return Err(e.to_string());
+        }
+        arena.lost_seen.insert(slot, 0);
+        Ok(Prepared {
+            site,
+            gpa: first.gpa,
+            slot,
+            window,
+            kind: want_handler.kind(),
+            map: t.map,
+        })
+    }
+
+    /// The function containing `site`, as its original bytes and its start.
+    fn function_code(
+        &self,
+        target: &dyn Target,
+        ctx: &PagingContext,
+        site: Gva,
+    ) -> Result<(Vec<u8>, u64), String> {
+        let table = self
+            .symbols()
+            .ok_or("no symbol table: the function's bounds are unknown")?;
+        let so = table
+            .lookup(site.raw())
+            .ok_or("no function symbol covers the address")?;
+        let size = so
+            .symbol
+            .size
+            .filter(|&s| s > 0)
+            .ok_or_else(|| format!("the size of {} is unknown", so.symbol.name))?;
+        if size > super::MAX_FUNCTION_SCAN {
+            return Err(format!("{} is larger than {:#x} bytes", so.symbol.name, super::MAX_FUNCTION_SCAN));
+        }
+        let mut code = vec![0u8; usize::try_from(size).unwrap_or(0)];
+        let mut walker = PageWalker::new();
+        self.read_virt(&mut walker, target, ctx, Gva(so.symbol.addr), &mut code)
+            .map_err(|e| e.to_string())?;
+        Ok((code, so.symbol.addr))
+    }
+
+    fn patch_quiesced(
+        &self,
+        target: &dyn Target,
+        q: Quiesce,
+        opt: &mut OptState,
+        prepared: Vec<Prepared>,
+    ) -> Result<usize, ProbeError> {
+        let rips = self.rips(target, q)?;
+        let mut done = 0;
+        for p in prepared {
+            let inside = rips
+                .iter()
+                .any(|&r| r > p.site.raw() && r < p.site.raw() + p.window.len as u64);
+            let stepping = self
+                .read_reg()
+                .site(p.site)
+                .is_none_or(|s| s.stepping > 0 || s.armed.is_none());
+            if inside || stepping || self.stepping_vcpu().is_some() {
+                if let Some(a) = opt.arena.as_mut() {
+                    a.pool.free_unused(p.slot);
+                }
+                let give_up = opt.wants.get_mut(&p.site).is_some_and(|w| {
+                    w.deferrals += 1;
+                    w.deferrals > MAX_DEFERRALS
+                });
+                if give_up {
+                    Self::refuse(
+                        opt,
+                        p.site,
+                        format!("a vCPU was inside the window on {MAX_DEFERRALS} passes"),
+                    );
+                }
+                continue;
+            }
+            let (slot_va, _) = match opt.arena.as_ref() {
+                Some(a) => a.layout.slot(p.slot),
+                None => break,
+            };
+            let jmp = jump_patch(p.site.raw(), slot_va.raw()).map_err(|e| {
+                target_err("jump patch")(e.to_string())
+            })?;
+            let write = |gpa: Gpa, bytes: &[u8]| {
+                target
+                    .write_phys(gpa, bytes)
+                    .map_err(|source| ProbeError::Patch { gpa, source })
+            };
+            // Bytes 1..5 first: a vCPU that still saw the int3 at byte 0 never reads them.
+            let mut tail = p.window.bytes()[..].to_vec();
+            tail[..JUMP_LEN].copy_from_slice(&jmp);
+            write(Gpa(p.gpa.raw() + 1), &tail[1..JUMP_LEN])?;
+            write(p.gpa, &jmp[..1])?;
+            self.write_reg().set_window(p.site, Some(p.window));
+            opt.wants.remove(&p.site);
+            self.set_slot_site(p.slot, Some(p.site));
+            opt.optimized.insert(
+                p.site,
+                Optimized {
+                    slot: p.slot,
+                    gpa: p.gpa,
+                    window: p.window,
+                    kind: p.kind,
+                    map: p.map,
+                },
+            );
+            done += 1;
+        }
+        if let Some(a) = opt.arena.as_mut() {
+            let layout = a.layout;
+            a.pool.reclaim(|slot| {
+                let (va, _) = layout.slot(slot);
+                rips.iter()
+                    .any(|&r| r >= va.raw() && r < va.raw() + u64::from(SLOT_SIZE))
+            });
+            a.generation += 1;
+            let gen_at = Gpa(layout.gpa.raw() + HEADER_GENERATION);
+            target
+                .write_phys(gen_at, &a.generation.to_le_bytes())
+                .map_err(|source| ProbeError::Patch {
+                    gpa: gen_at,
+                    source,
+                })?;
+        }
+        Ok(done)
+    }
+
+    /// With every vCPU paused: turns optimized `site` back into an int3 (byte 0 first, then the
+    /// rest of the window) and retires its slot. `why` is recorded as the reason it is no
+    /// longer a jump. Returns whether it was optimized.
+    pub(super) fn unoptimize_paused(
+        &self,
+        target: &dyn Target,
+        site: Gva,
+        why: Option<String>,
+    ) -> Result<bool, ProbeError> {
+        let mut opt = lock(&self.opt);
+        let Some(o) = opt.optimized.remove(&site) else {
+            return Ok(false);
+        };
+        let write = |gpa: Gpa, bytes: &[u8]| {
+            target
+                .write_phys(gpa, bytes)
+                .map_err(|source| ProbeError::Patch { gpa, source })
+        };
+        write(o.gpa, &[super::BREAKPOINT_INSN])?;
+        write(Gpa(o.gpa.raw() + 1), &o.window.bytes()[1..])?;
+        self.write_reg().set_window(site, None);
+        self.set_slot_site(o.slot, None);
+        if let Some(a) = opt.arena.as_mut() {
+            a.pool.retire(o.slot);
+        }
+        opt.wants.remove(&site);
+        match why {
+            Some(w) => {
+                opt.refused.insert(site, w);
+            }
+            None => {
+                opt.refused.remove(&site);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Turns optimized `site` back into an int3 probe (pausing every vCPU); `why` is kept as
+    /// the reason. Returns whether it was optimized.
+    pub fn unoptimize(
+        &self,
+        target: &dyn Target,
+        site: Gva,
+        why: impl Into<String>,
+    ) -> Result<bool, ProbeError> {
+        target.pause_all()?;
+        let r = self.unoptimize_paused(target, site, Some(why.into()));
+        let resumed = target.resume_all();
+        let was = r?;
+        resumed?;
+        Ok(was)
+    }
+
+    /// With every vCPU paused, before `site` is armed: unoptimizes every optimized site whose
+    /// window `site` is inside (kprobes does the same for a probe next to an optimized one).
+    pub(super) fn unoptimize_around(&self, target: &dyn Target, site: Gva) -> Result<(), ProbeError> {
+        let hit: Vec<Gva> = lock(&self.opt)
+            .optimized
+            .iter()
+            .filter(|(s, o)| site > **s && site.raw() < s.raw() + o.window.len as u64)
+            .map(|(s, _)| *s)
+            .collect();
+        for s in hit {
+            self.unoptimize_paused(target, s, Some(format!("a probe at {site} is inside its window")))?;
+        }
+        Ok(())
+    }
+
+    /// A doorbell exit from slot `value`'s trampoline: calls the site's handlers with the
+    /// vCPU's registers (RIP set to the probed address). `None` if no optimized site has
+    /// that slot.
+    pub fn on_doorbell(&self, vcpu: &mut dyn VcpuAccess, value: u64) -> Option<HookDecision> {
+        let slot = u32::try_from(value).ok()?;
+        let site = self.slot_site(slot)?;
+        let probes = self.read_reg().site(site)?.probes.clone();
+        let mut regs = vcpu.regs().ok()?;
+        regs.rip = site.raw();
+        Some(self.call_handlers(vcpu, site, &probes, &regs))
+    }
+
+    /// Counts one in-guest hit on every probe at `site`; returns (probe, its hit count).
+    pub fn count_guest_hit(&self, site: Gva) -> Vec<(ProbeId, u64)> {
+        let reg = self.read_reg();
+        reg.site(site)
+            .map(|s| s.probes.iter().map(|p| (p.id, p.hit())).collect())
+            .unwrap_or_default()
+    }
+
+    /// Copies out every committed ring record (up to `max` per ring) and calls `f` with the
+    /// record and its site. Returns how many records were taken.
+    pub fn drain_rings(
+        &self,
+        mem: &(impl PhysMemMut + ?Sized),
+        max: usize,
+        f: &mut dyn FnMut(&RingRecord, Option<Gva>),
+    ) -> Result<usize, ProbeError> {
+        let mut rings = lock(&self.rings);
+        let Some(reader) = rings.as_mut() else {
+            return Ok(0);
+        };
+        let by_slot = self
+            .by_slot
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        reader
+            .drain(mem, max, &mut |r| f(r, by_slot.get(&r.slot).copied()))
+            .map_err(|source| ProbeError::Patch {
+                gpa: Gpa(0),
+                source,
+            })
+    }
+
+    /// Records lost since the last call, by site: in-guest hits whose ring was full.
+    pub fn take_lost(&self, mem: &(impl PhysMem + ?Sized)) -> Vec<(Gva, u64)> {
+        let slots: Vec<(u32, Gva)> = self
+            .by_slot
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|(s, g)| (*s, *g))
+            .collect();
+        let mut opt = lock(&self.opt);
+        let Some(a) = opt.arena.as_mut() else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (slot, site) in slots {
+            let mut w = [0u8; 8];
+            if mem.read_phys(a.layout.slot_lost(slot).1, &mut w).is_err() {
+                continue;
+            }
+            let now = u64::from_le_bytes(w);
+            let seen = a.lost_seen.entry(slot).or_insert(0);
+            if now > *seen {
+                out.push((site, now - *seen));
+                *seen = now;
+            }
+        }
+        out
+    }
+
+    /// Every optimized site (for tests and tables).
+    pub fn optimized_sites(&self) -> Vec<Gva> {
+        lock(&self.opt).optimized.keys().copied().collect()
+    }
+}
