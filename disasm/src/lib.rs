@@ -31,7 +31,7 @@ mod trampoline;
 pub use optimize::{CannotOptimize, JUMP_LEN, OptimizeInfo, Unrelocatable, can_optimize};
 pub use relocate::{RelocateError, Relocated, relocate};
 pub use trampoline::{
-    Fetch, Handler, MAX_FETCHES, RECORD_SIZE, RECORD_VALUES, RING_RECORDS, RING_TAIL, RingSpec,
+    CpuSource, Fetch, Handler, MAX_FETCHES, RECORD_SIZE, RECORD_VALUES, RING_RECORDS, RING_TAIL, RingSpec,
     Trampoline, TrampolineError, TrampolineSpec, build_trampoline, jump_patch,
 };
 

@@ -26,7 +26,7 @@
 //! written last), +4 u32 slot, +8 u64 TSC, +16 the fetched values (u64 each).
 
 use iced_x86::code_asm::{
-    AsmRegister64, CodeAssembler, dword_ptr, get_gpr64, qword_ptr, rax, rbx, rcx, rdx, rsp,
+    AsmRegister64, CodeAssembler, dword_ptr, ecx, get_gpr64, qword_ptr, rax, rbx, rcx, rdx, rsp,
 };
 use iced_x86::{BlockEncoderOptions, Code, Instruction, MemoryOperand, Register};
 
@@ -67,9 +67,23 @@ pub enum Fetch {
     Mem(u64),
 }
 
+/// How an in-guest handler finds its CPU's ring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CpuSource {
+    /// `rdtscp`: TSC and TSC_AUX (the CPU number) in one instruction.
+    #[default]
+    Rdtscp,
+    /// `rdtsc`, and every CPU writes ring 0 (the reservation is safe for several writers):
+    /// for guests whose ring-0 code runs on an instruction emulator without `rdtscp` (our
+    /// software KVM). Records then do not say which vCPU wrote them.
+    SharedRing,
+}
+
 /// Where an in-guest handler writes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RingSpec {
+    /// How the trampoline picks its ring.
+    pub cpu: CpuSource,
     /// Guest-virtual address of ring 0.
     pub rings: u64,
     /// How many rings (one per CPU number).
@@ -218,10 +232,18 @@ fn in_guest(a: &mut CodeAssembler, slot: u32, ring: &RingSpec) -> Result<(), Tra
     a.push(rcx).map_err(e)?;
     a.push(rdx).map_err(e)?;
     a.push(rbx).map_err(e)?;
-    a.rdtscp().map_err(e)?;
+    match ring.cpu {
+        CpuSource::Rdtscp => {
+            a.rdtscp().map_err(e)?;
+            a.and(rcx, 0xfff).map_err(e)?;
+        }
+        CpuSource::SharedRing => {
+            a.rdtsc().map_err(e)?;
+            a.xor(ecx, ecx).map_err(e)?;
+        }
+    }
     a.shl(rdx, 32).map_err(e)?;
     a.or(rax, rdx).map_err(e)?;
-    a.and(rcx, 0xfff).map_err(e)?;
     a.cmp(rcx, i32::try_from(ring.ring_count).unwrap_or(i32::MAX))
         .map_err(e)?;
     a.jae(full).map_err(e)?;

@@ -2,7 +2,7 @@
 //! end-to-end runs are in vmm/tests/optprobes.rs, on real /dev/kvm).
 
 use crate::{
-    Fetch, Gpr, Handler, InsnKind, RingSpec, TrampolineError, TrampolineSpec, build_trampoline,
+    CpuSource, Fetch, Gpr, Handler, InsnKind, RingSpec, TrampolineError, TrampolineSpec, build_trampoline,
     decode, jump_patch,
 };
 
@@ -68,6 +68,7 @@ fn relocated_rip_relative_operands_and_short_jumps_keep_their_targets() {
 #[test]
 fn in_guest_trampoline_saves_and_restores_what_it_uses() {
     let ring = RingSpec {
+        cpu: CpuSource::Rdtscp,
         rings: 0x40_3000,
         ring_count: 2,
         ring_stride: 0x2_1000,
@@ -121,6 +122,7 @@ fn in_guest_trampoline_saves_and_restores_what_it_uses() {
 #[test]
 fn bad_specs_and_far_slots_are_refused() {
     let ring = |capacity, fetches| RingSpec {
+        cpu: CpuSource::SharedRing,
         rings: 0x40_3000,
         ring_count: 1,
         ring_stride: 0x1000,

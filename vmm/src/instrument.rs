@@ -223,6 +223,16 @@ pub struct InstrumentReport {
     pub notes: Vec<String>,
 }
 
+/// On our software KVM, guest ring-0 code runs on an instruction emulator without `rdtscp`:
+/// in-guest trampolines use `rdtsc` and one shared ring there (said once, in the notes).
+pub fn set_platform_cpu_source(intro: &Introspector) {
+    if crate::platform::is_software_kvm() {
+        intro
+            .engine()
+            .set_cpu_source(introspect::probes::CpuSource::SharedRing);
+    }
+}
+
 /// Builds, instruments, runs and waits for a VM.
 pub fn run_instrumented(config: &VmConfig) -> Result<(RunReport, InstrumentReport), VmError> {
     let spec = session_spec(&config.instrument)?;
@@ -247,6 +257,7 @@ pub fn run_instrumented(config: &VmConfig) -> Result<(RunReport, InstrumentRepor
         usize::from(config.cpus),
         sink,
     ));
+    set_platform_cpu_source(&intro);
     let hook = Arc::new(IntrospectHook::new(intro.clone()));
     let mut vm = Vm::new(config, Some(hook.clone()))?;
     let trace = if config.trace.is_empty() {

@@ -10,11 +10,19 @@ use vmm::cli::{self, Request};
 use vmm::outcome::{EXIT_BAD_INPUT, EXIT_VMM_FAILURE};
 use vmm::vm;
 
+/// `eprintln!` that drops the line when stderr is closed (`hvprobe run 2>&1 | head`) instead
+/// of panicking.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 fn main() -> ExitCode {
     let config = match cli::parse() {
         Ok(Request::Run(config)) => config,
         Ok(Request::Print(text)) => {
-            print!("{text}");
+            let _ = write!(std::io::stdout(), "{text}");
             return ExitCode::SUCCESS;
         }
         Ok(Request::Symbols { kernel, pattern }) => {
@@ -24,19 +32,19 @@ fn main() -> ExitCode {
             return probe_check(kernel.as_deref(), &sites);
         }
         Err(err) => {
-            eprintln!("hvprobe: {}", cli::error_line(&err));
+            say!("hvprobe: {}", cli::error_line(&err));
             return ExitCode::from(EXIT_BAD_INPUT);
         }
     };
     match vm::run(&config) {
         Ok(report) => {
             if !config.quiet {
-                eprintln!("hvprobe: {}", report.outcome);
+                say!("hvprobe: {}", report.outcome);
             }
             ExitCode::from(report.outcome.exit_code())
         }
         Err(err) => {
-            eprintln!("hvprobe: {}", cli::error_line(&err));
+            say!("hvprobe: {}", cli::error_line(&err));
             ExitCode::from(if err.is_bad_input() {
                 EXIT_BAD_INPUT
             } else {
@@ -53,7 +61,7 @@ fn read_kernel(kernel: Option<&Path>) -> Result<(Vec<u8>, String), ExitCode> {
         Some(p) => match std::fs::read(p) {
             Ok(b) => b,
             Err(e) => {
-                eprintln!("hvprobe: cannot read kernel {}: {e}", p.display());
+                say!("hvprobe: cannot read kernel {}: {e}", p.display());
                 return Err(ExitCode::from(EXIT_BAD_INPUT));
             }
         },
@@ -75,7 +83,7 @@ fn probe_check(kernel: Option<&Path>, sites: &[String]) -> ExitCode {
     let checker = match vmm::probe_check::ProbeChecker::new(&image) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("hvprobe: {name}: {}", cli::error_line(&e));
+            say!("hvprobe: {name}: {}", cli::error_line(&e));
             return ExitCode::from(EXIT_BAD_INPUT);
         }
     };
@@ -85,7 +93,7 @@ fn probe_check(kernel: Option<&Path>, sites: &[String]) -> ExitCode {
             Ok(report) => println!("{report}"),
             Err(e) => {
                 all_resolved = false;
-                eprintln!("hvprobe: {}", cli::error_line(&e));
+                say!("hvprobe: {}", cli::error_line(&e));
             }
         }
     }
@@ -105,7 +113,7 @@ fn symbols(kernel: Option<&Path>, pattern: Option<&str>) -> ExitCode {
     let (table, source) = match vmm::kernel_symbols::kernel_symbols(&image) {
         Ok(t) => t,
         Err(e) => {
-            eprintln!("hvprobe: {name}: {}", cli::error_line(&e));
+            say!("hvprobe: {name}: {}", cli::error_line(&e));
             return ExitCode::from(EXIT_BAD_INPUT);
         }
     };
@@ -124,7 +132,7 @@ fn symbols(kernel: Option<&Path>, pattern: Option<&str>) -> ExitCode {
         }
     }
     let _ = out.flush();
-    eprintln!(
+    say!(
         "hvprobe: {n} of {} symbols from {source} of {name}",
         table.len()
     );

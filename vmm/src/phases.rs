@@ -27,7 +27,14 @@ impl Phases {
     /// Prints `[  1.234s] msg` on stderr unless quiet.
     pub fn log(&self, msg: impl Display) {
         if !self.quiet {
-            eprintln!("[{:8.3}s] {msg}", self.elapsed().as_secs_f64());
+            use std::io::Write;
+            // A closed stderr (`hvprobe run | head`) must not panic a vCPU thread and hang
+            // the VM: the line is dropped.
+            let _ = writeln!(
+                std::io::stderr(),
+                "[{:8.3}s] {msg}",
+                self.elapsed().as_secs_f64()
+            );
         }
     }
 

@@ -50,7 +50,9 @@ pub static TEST_KERNEL: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/test-k
 ///   the TSC; POINT 1, MARK `ring3: cpl 3 pio 0x54505648 mmio 0x54505648 tsc_aux A ok`,
 ///   POINT 2; EXIT 0 (1 if a check failed).
 /// - `tscaux`: `rdtscp`; SCRATCH = IA32_TSC_AUX (hvprobe sets it to the vCPU index), MARK
-///   `tscaux: ring R cpl C aux A tsc_nonzero true`; EXIT 0.
+///   `tscaux: ring R cpl C aux A tsc_nonzero true`; EXIT 0. On our CI's software KVM,
+///   `rdtscp` in (emulated) ring 0 is an emulation failure, and (native) ring 3 sees the
+///   host CPU's TSC_AUX.
 ///
 /// `optloop`, `optbench` and `tscaux` run in ring 0, or in ring 3 with `hvring=3` (where our
 /// CI's software KVM runs them natively rather than emulated). Before any scenario runs,

@@ -879,7 +879,7 @@ pub fn run(config: &VmConfig) -> Result<RunReport, VmError> {
     {
         let (report, ins) = crate::instrument::run_instrumented(config)?;
         if !config.quiet && !config.instrument.is_empty() {
-            eprint!("{}", ins.table);
+            let _ = write!(std::io::stderr(), "{}", ins.table);
         }
         return Ok(report);
     }

@@ -165,6 +165,8 @@ pub(super) struct OptState {
     refused: HashMap<Gva, String>,
     /// Addresses a window may not cover (hardware execute breakpoints), with their owner.
     reserved: Vec<(u64, String)>,
+    /// How in-guest handlers find their ring.
+    cpu_source: disasm::CpuSource,
 }
 
 /// A site ready to be patched: trampoline written, slot taken.
@@ -254,6 +256,12 @@ impl ProbeEngine {
                 deferrals: 0,
             },
         );
+    }
+
+    /// How in-guest trampolines find their CPU's ring (set before optimizing: a guest whose
+    /// ring-0 code is emulated without `rdtscp` needs [`disasm::CpuSource::SharedRing`]).
+    pub fn set_cpu_source(&self, cpu: disasm::CpuSource) {
+        lock(&self.opt).cpu_source = cpu;
     }
 
     /// Keeps jump windows off `addr` (a hardware execute breakpoint there must stay reachable).
@@ -495,6 +503,7 @@ impl ProbeEngine {
             .get(&site)
             .map(|w| w.handler.clone())
             .unwrap_or(JumpHandler::Exit);
+        let cpu_source = opt.cpu_source;
         let arena = opt.arena.as_mut().ok_or("no arena")?;
         let layout = arena.layout;
         let slot = arena
@@ -507,6 +516,7 @@ impl ProbeEngine {
                 doorbell: layout.doorbell().0.raw(),
             },
             JumpHandler::InGuest(fetches) => Handler::InGuest(RingSpec {
+                cpu: cpu_source,
                 rings: layout.ring(0).0.raw(),
                 ring_count: layout.ring_count,
                 ring_stride: u32::try_from(layout.ring_stride).unwrap_or(u32::MAX),

@@ -8,8 +8,10 @@
 //! by writing the test device's EXIT register. Any fault in ring 3 (`hlt`, `int3`, a bad
 //! access) is a triple fault: the VM shuts down.
 //!
-//! Checked on kvm_pvm (our CI's software KVM, where ring 3 runs natively): PIO, MMIO, `rdtsc`
-//! and `rdtscp` all work from ring 3 (the `ring3` and `tscaux` scenarios).
+//! Checked on kvm_pvm (our CI's software KVM, where ring 3 runs natively): PIO, MMIO and
+//! `rdtsc` work from ring 3 (the `ring3` scenario). `rdtscp` runs there too, but returns the
+//! *host's* IA32_TSC_AUX in ECX (the host CPU's number), not the guest's; in emulated ring 0
+//! it is an emulation failure. Native ring 3 also executes `cpuid` on the host CPU.
 
 use core::arch::asm;
 use core::cell::UnsafeCell;
@@ -69,6 +71,10 @@ struct UserStack(UnsafeCell<[u8; USER_STACK_SIZE]>);
 // ring-3 context this kernel starts (once, on one vCPU).
 unsafe impl Sync for UserStack {}
 
+/// In its own NOBITS section (linker.ld), outside `.bss`: `_start` does not zero it (64 KiB of
+/// `rep stosb` cost about 50 ms of emulated ring 0 on our CI's KVM, every boot); like all of
+/// the data segment's memsz, it is zero when the kernel starts.
+#[unsafe(link_section = ".user_stack")]
 static USER_STACK: UserStack = UserStack(UnsafeCell::new([0; USER_STACK_SIZE]));
 
 /// Page-table entry bits.
