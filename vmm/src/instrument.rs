@@ -184,13 +184,14 @@ pub const TICK: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// A thread that calls [`Introspector::tick`] every [`TICK`] while the VM runs (kprobes'
 /// optimizer work item, plus the ring drain).
-struct Ticker {
+pub struct Ticker {
     stop: Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Ticker {
-    fn spawn(intro: Arc<Introspector>, target: VmTarget) -> Ticker {
+    /// Starts ticking `intro` against `target`.
+    pub fn spawn(intro: Arc<Introspector>, target: VmTarget) -> Ticker {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
@@ -205,7 +206,8 @@ impl Ticker {
         Ticker { stop, thread }
     }
 
-    fn stop(mut self) {
+    /// Stops the thread (after its current tick).
+    pub fn stop(mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
