@@ -72,6 +72,8 @@
 //! paused the others).
 
 pub mod arena;
+#[cfg(test)]
+mod arena_tests;
 mod arch;
 mod check;
 mod error;

@@ -1,0 +1,131 @@
+//! Arena layout, slot pool and ring reader, against a Vec-backed guest memory. (The same
+//! code runs against real trampolines in vmm/tests/optprobes.rs.)
+
+use std::cell::RefCell;
+
+use super::arena::{ARENA_MAGIC, ArenaError, ArenaLayout, SLOT_SIZE, SlotPool};
+use super::ring::RingReader;
+use crate::addr::{Gpa, Gva};
+use crate::paging::{PhysMem, PhysMemError, PhysMemMut};
+
+struct Ram(RefCell<Vec<u8>>);
+
+impl PhysMem for Ram {
+    fn read_phys(&self, gpa: Gpa, buf: &mut [u8]) -> Result<(), PhysMemError> {
+        let at = usize::try_from(gpa.raw()).unwrap();
+        buf.copy_from_slice(&self.0.borrow()[at..at + buf.len()]);
+        Ok(())
+    }
+}
+
+impl PhysMemMut for Ram {
+    fn write_phys(&self, gpa: Gpa, buf: &[u8]) -> Result<(), PhysMemError> {
+        let at = usize::try_from(gpa.raw()).unwrap();
+        self.0.borrow_mut()[at..at + buf.len()].copy_from_slice(buf);
+        Ok(())
+    }
+}
+
+const MIB: u64 = 1 << 20;
+
+#[test]
+fn an_8_mib_arena_gives_one_vcpu_65536_records_and_256_slots() {
+    let l = ArenaLayout::plan(Gva(0x11d000), Gpa(0x11d000), 8 * MIB, 1).unwrap();
+    assert_eq!((l.ring_count, l.ring_capacity, l.slot_count), (1, 65536, 256));
+    assert_eq!(l.doorbell(), (Gva(0x11e000), Gpa(0x11e000)));
+    assert_eq!(l.ring(0).0, Gva(0x11f000));
+    assert_eq!(l.ring_stride % 0x1000, 0);
+    let end = l.slots_offset + u64::from(l.slot_count) * u64::from(SLOT_SIZE);
+    assert!(end <= l.len, "slots end at {end:#x}");
+    assert_eq!(l.slot_containing(l.slot(3).0.raw() + 17), Some(3));
+    assert_eq!(l.slot_containing(l.ring(0).0.raw()), None);
+    let h = l.header();
+    assert_eq!(&h[0..4], &ARENA_MAGIC.to_le_bytes());
+    assert_eq!(&h[0x0c..0x10], &65536u32.to_le_bytes());
+    // Two vCPUs share the room: half the records each.
+    let two = ArenaLayout::plan(Gva(0x11d000), Gpa(0x11d000), 8 * MIB, 2).unwrap();
+    assert_eq!((two.ring_count, two.ring_capacity), (2, 32768));
+    assert!(two.ring(1).0.raw() + two.ring_stride <= two.base.raw() + two.slots_offset);
+}
+
+#[test]
+fn bad_arenas_are_refused() {
+    assert!(matches!(
+        ArenaLayout::plan(Gva(0x1001), Gpa(0x1001), MIB, 1),
+        Err(ArenaError::Unaligned { .. })
+    ));
+    assert!(matches!(
+        ArenaLayout::plan(Gva(0x1000), Gpa(0x1000), 0x4000, 1),
+        Err(ArenaError::TooSmall { .. })
+    ));
+}
+
+#[test]
+fn dirty_slots_are_reused_only_after_a_quiescent_reclaim() {
+    let mut p = SlotPool::new(2);
+    assert_eq!((p.alloc(), p.alloc(), p.alloc()), (Some(0), Some(1), None));
+    p.retire(0);
+    assert_eq!(p.alloc(), None, "a dirty slot is not free");
+    assert_eq!(p.reclaim(|s| s == 0), 0, "a vCPU is still in slot 0");
+    assert_eq!(p.reclaim(|_| false), 1);
+    assert_eq!(p.alloc(), Some(0));
+    p.free_unused(1);
+    assert_eq!(p.counts(), (1, 1, 0));
+}
+
+/// Writes record `index` the way a trampoline does: fields, then the sequence word.
+fn produce(ram: &Ram, l: &ArenaLayout, index: u64, slot: u32, value: u64, commit: bool) {
+    let hdr = l.ring(0).1.raw();
+    let rec = hdr + 128 + (index % u64::from(l.ring_capacity)) * 64;
+    ram.write_phys(Gpa(rec + 4), &slot.to_le_bytes()).unwrap();
+    ram.write_phys(Gpa(rec + 8), &(1000 + index).to_le_bytes()).unwrap();
+    ram.write_phys(Gpa(rec + 16), &value.to_le_bytes()).unwrap();
+    if commit {
+        let seq = u32::try_from((index + 1) & 0xffff_ffff).unwrap();
+        ram.write_phys(Gpa(rec), &seq.to_le_bytes()).unwrap();
+    }
+    let mut head = [0u8; 8];
+    ram.read_phys(Gpa(hdr), &mut head).unwrap();
+    let head = u64::from_le_bytes(head).max(index + 1);
+    ram.write_phys(Gpa(hdr), &head.to_le_bytes()).unwrap();
+}
+
+#[test]
+fn the_reader_takes_committed_records_in_order_across_the_wrap_and_stops_at_a_gap() {
+    let ram = Ram(RefCell::new(vec![0; usize::try_from(MIB).unwrap()]));
+    let l = ArenaLayout::plan(Gva(0), Gpa(0), MIB, 1).unwrap();
+    let cap = u64::from(l.ring_capacity);
+    let mut reader = RingReader::new(l);
+    let mut seen = Vec::new();
+    // Fill to the wrap point, drain, then write across the wrap with one record reserved
+    // but not committed yet.
+    for i in 0..cap - 2 {
+        produce(&ram, &l, i, 7, i, true);
+    }
+    let n = reader
+        .drain(&ram, usize::MAX, &mut |r| seen.push(r.values[0]))
+        .unwrap();
+    assert_eq!(n, usize::try_from(cap - 2).unwrap());
+    let tail_at = Gpa(l.ring(0).1.raw() + 64);
+    let mut w = [0u8; 8];
+    ram.read_phys(tail_at, &mut w).unwrap();
+    assert_eq!(u64::from_le_bytes(w), cap - 2, "the tail is published");
+    seen.clear();
+    for i in cap - 2..cap + 3 {
+        produce(&ram, &l, i, 7, i, i != cap + 1);
+    }
+    reader
+        .drain(&ram, usize::MAX, &mut |r| {
+            assert_eq!((r.slot, r.tsc), (7, 1000 + r.values[0]));
+            seen.push(r.values[0]);
+        })
+        .unwrap();
+    assert_eq!(seen, [cap - 2, cap - 1, cap], "stops before the uncommitted record");
+    // Its producer commits: the rest follows.
+    produce(&ram, &l, cap + 1, 7, cap + 1, true);
+    seen.clear();
+    reader
+        .drain(&ram, usize::MAX, &mut |r| seen.push(r.values[0]))
+        .unwrap();
+    assert_eq!(seen, [cap + 1, cap + 2]);
+}
