@@ -28,11 +28,14 @@ mod optimize;
 mod relocate;
 mod trampoline;
 
-pub use optimize::{CannotOptimize, JUMP_LEN, OptimizeInfo, Unrelocatable, can_optimize};
+pub use optimize::{
+    CannotOptimize, EX_TABLE_ENTRY, JUMP_LEN, OptimizeInfo, Unrelocatable, can_optimize,
+    check_fixups, ex_table_insns,
+};
 pub use relocate::{RelocateError, Relocated, relocate};
 pub use trampoline::{
-    CpuSource, Fetch, Handler, MAX_FETCHES, RECORD_SIZE, RECORD_VALUES, RING_RECORDS, RING_TAIL, RingSpec,
-    Trampoline, TrampolineError, TrampolineSpec, build_trampoline, jump_patch,
+    CpuSource, Fetch, Handler, MAX_FETCHES, RECORD_SIZE, RECORD_VALUES, RING_RECORDS, RING_TAIL,
+    RingSpec, Trampoline, TrampolineError, TrampolineSpec, build_trampoline, jump_patch,
 };
 
 use iced_x86::{
@@ -470,6 +473,6 @@ fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod optimize_tests;
 #[cfg(test)]
-mod trampoline_tests;
-#[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod trampoline_tests;

@@ -122,6 +122,49 @@ pub enum CannotOptimize {
     /// Part of the function does not decode, so jumps into the window cannot be ruled out.
     #[error("the function does not decode: {0}")]
     Decode(DecodeError),
+    /// An instruction in the window has an exception-table fixup: run out of line, a fault
+    /// there would find no fixup.
+    #[error("the instruction at {insn_ip:#x} in the window has an exception-table fixup")]
+    ExceptionFixup {
+        /// The probed address.
+        addr: u64,
+        /// The instruction with the fixup.
+        insn_ip: u64,
+    },
+}
+
+/// Bytes of one x86-64 Linux exception-table entry (`struct exception_table_entry`: `int insn,
+/// fixup, data`, each relative to its own field, since Linux 5.x).
+pub const EX_TABLE_ENTRY: usize = 12;
+
+/// The instruction addresses of an exception table (`__start___ex_table` .. `__stop___ex_table`)
+/// read at `table_addr`, sorted. A trailing partial entry is ignored.
+pub fn ex_table_insns(table: &[u8], table_addr: u64) -> Vec<u64> {
+    let mut v: Vec<u64> = table
+        .chunks_exact(EX_TABLE_ENTRY)
+        .enumerate()
+        .map(|(i, e)| {
+            let rel = i32::from_le_bytes([e[0], e[1], e[2], e[3]]);
+            let field = table_addr.wrapping_add((i * EX_TABLE_ENTRY) as u64);
+            field.wrapping_add_signed(i64::from(rel))
+        })
+        .collect();
+    v.sort_unstable();
+    v
+}
+
+/// Refuses an optimization whose displaced instructions include one of `fixups` (sorted
+/// instruction addresses with exception-table entries, from [`ex_table_insns`]).
+pub fn check_fixups(info: &OptimizeInfo, fixups: &[u64]) -> Result<(), CannotOptimize> {
+    for insn in &info.displaced {
+        if fixups.binary_search(&insn.ip).is_ok() {
+            return Err(CannotOptimize::ExceptionFixup {
+                addr: info.addr,
+                insn_ip: insn.ip,
+            });
+        }
+    }
+    Ok(())
 }
 
 impl CannotOptimize {
@@ -143,6 +186,7 @@ impl CannotOptimize {
             CannotOptimize::JumpIntoWindow { .. } => "jump into window",
             CannotOptimize::IndirectJumpInFunction { .. } => "indirect jump in function",
             CannotOptimize::PastFunctionEnd { .. } => "window past function end",
+            CannotOptimize::ExceptionFixup { .. } => "exception fixup in window",
         }
     }
 }

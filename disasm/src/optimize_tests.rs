@@ -264,3 +264,29 @@ fn relocation_beyond_2_gib_is_refused_unless_nothing_is_relative() {
         Err(RelocateError::Decode(DecodeError::Truncated { .. }))
     ));
 }
+
+#[test]
+fn exception_table_entries_in_the_window_refuse_the_jump() {
+    // Two entries at 0x2000: insn fields +0x100 and -0x20 from themselves.
+    let mut table = Vec::new();
+    for (rel, fixup) in [(0x100i32, 0i32), (-0x20 - 12, 0)] {
+        table.extend_from_slice(&rel.to_le_bytes());
+        table.extend_from_slice(&fixup.to_le_bytes());
+        table.extend_from_slice(&0i32.to_le_bytes());
+    }
+    table.push(0xff); // a trailing partial entry is ignored
+    let fixups = crate::ex_table_insns(&table, 0x2000);
+    assert_eq!(fixups, [0x2000 - 0x20, 0x2100]);
+    // mov rax, rdi ; imul rax, rsi ; ret at 0x20fd: the imul (at 0x2100) has a fixup.
+    let code = [0x48, 0x89, 0xf8, 0x48, 0x0f, 0xaf, 0xc6, 0xc3];
+    let info = crate::can_optimize(&code, 0x20fd, 0x20fd).unwrap();
+    assert_eq!(
+        crate::check_fixups(&info, &fixups),
+        Err(crate::CannotOptimize::ExceptionFixup {
+            addr: 0x20fd,
+            insn_ip: 0x2100
+        })
+    );
+    let elsewhere = crate::can_optimize(&code, 0x3000, 0x3000).unwrap();
+    assert_eq!(crate::check_fixups(&elsewhere, &fixups), Ok(()));
+}

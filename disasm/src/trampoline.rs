@@ -190,7 +190,10 @@ fn rip_abs(addr: u64) -> MemoryOperand {
     MemoryOperand::with_base_displ(Register::RIP, i64::from_ne_bytes(addr.to_ne_bytes()))
 }
 
-fn add(a: &mut CodeAssembler, i: Result<Instruction, iced_x86::IcedError>) -> Result<(), TrampolineError> {
+fn add(
+    a: &mut CodeAssembler,
+    i: Result<Instruction, iced_x86::IcedError>,
+) -> Result<(), TrampolineError> {
     a.add_instruction(i.map_err(asm_err)?).map_err(asm_err)
 }
 
@@ -247,9 +250,16 @@ fn in_guest(a: &mut CodeAssembler, slot: u32, ring: &RingSpec) -> Result<(), Tra
     a.cmp(rcx, i32::try_from(ring.ring_count).unwrap_or(i32::MAX))
         .map_err(e)?;
     a.jae(full).map_err(e)?;
-    a.imul_3(rcx, rcx, i32::try_from(ring.ring_stride).unwrap_or(i32::MAX))
-        .map_err(e)?;
-    add(a, Instruction::with2(Code::Lea_r64_m, Register::RBX, rip_abs(ring.rings)))?;
+    a.imul_3(
+        rcx,
+        rcx,
+        i32::try_from(ring.ring_stride).unwrap_or(i32::MAX),
+    )
+    .map_err(e)?;
+    add(
+        a,
+        Instruction::with2(Code::Lea_r64_m, Register::RBX, rip_abs(ring.rings)),
+    )?;
     a.add(rbx, rcx).map_err(e)?;
     a.mov(rcx, rax).map_err(e)?;
     a.set_label(&mut retry).map_err(e)?;
@@ -286,14 +296,16 @@ fn in_guest(a: &mut CodeAssembler, slot: u32, ring: &RingSpec) -> Result<(), Tra
                     a.mov(qword_ptr(rbx + dst), rax).map_err(e)?;
                 }
                 None => {
-                    let r: AsmRegister64 = get_gpr64(gpr_register(g)).ok_or_else(|| {
-                        TrampolineError::Assemble(format!("no register {g:?}"))
-                    })?;
+                    let r: AsmRegister64 = get_gpr64(gpr_register(g))
+                        .ok_or_else(|| TrampolineError::Assemble(format!("no register {g:?}")))?;
                     a.mov(qword_ptr(rbx + dst), r).map_err(e)?;
                 }
             },
             Fetch::Mem(addr) => {
-                add(a, Instruction::with2(Code::Mov_r64_rm64, Register::RAX, rip_abs(addr)))?;
+                add(
+                    a,
+                    Instruction::with2(Code::Mov_r64_rm64, Register::RAX, rip_abs(addr)),
+                )?;
                 a.mov(qword_ptr(rbx + dst), rax).map_err(e)?;
             }
         }

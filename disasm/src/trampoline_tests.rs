@@ -2,8 +2,8 @@
 //! end-to-end runs are in vmm/tests/optprobes.rs, on real /dev/kvm).
 
 use crate::{
-    CpuSource, Fetch, Gpr, Handler, InsnKind, RingSpec, TrampolineError, TrampolineSpec, build_trampoline,
-    decode, jump_patch,
+    CpuSource, Fetch, Gpr, Handler, InsnKind, RingSpec, TrampolineError, TrampolineSpec,
+    build_trampoline, decode, jump_patch,
 };
 
 /// `mov rax, rdi` ; `imul rax, rsi` ; `ret`: a 7-byte window of plain instructions.
@@ -30,7 +30,9 @@ fn exit_trampoline_rings_the_doorbell_then_runs_the_displaced_code_and_jumps_bac
         slot: 3,
         site: SITE,
         displaced: &PLAIN,
-        handler: Handler::Exit { doorbell: 0x40_1000 },
+        handler: Handler::Exit {
+            doorbell: 0x40_1000,
+        },
         max_len: 256,
     })
     .unwrap();
@@ -55,13 +57,25 @@ fn relocated_rip_relative_operands_and_short_jumps_keep_their_targets() {
         slot: 0,
         site: SITE,
         displaced: &code,
-        handler: Handler::Exit { doorbell: 0x40_1000 },
+        handler: Handler::Exit {
+            doorbell: 0x40_1000,
+        },
         max_len: 256,
     })
     .unwrap();
     let l = listing(&t.code, SLOT_AT);
-    assert_eq!(l[1].2, InsnKind::RipRelative { target: SITE + 7 + 0x1000 });
-    assert_eq!(l[2].2, InsnKind::RelJcc { target: SITE + 9 + 0x20 });
+    assert_eq!(
+        l[1].2,
+        InsnKind::RipRelative {
+            target: SITE + 7 + 0x1000
+        }
+    );
+    assert_eq!(
+        l[2].2,
+        InsnKind::RelJcc {
+            target: SITE + 9 + 0x20
+        }
+    );
     assert_eq!(l[3].2, InsnKind::RelJmp { target: SITE + 9 });
 }
 
@@ -94,7 +108,10 @@ fn in_guest_trampoline_saves_and_restores_what_it_uses() {
     let l = listing(&t.code, SLOT_AT);
     let text: Vec<&str> = l.iter().map(|x| x.1.as_str()).collect();
     assert_eq!(text[0], "lea rsp, [rsp-0x80]");
-    assert_eq!(&text[1..6], ["pushfq", "push rax", "push rcx", "push rdx", "push rbx"]);
+    assert_eq!(
+        &text[1..6],
+        ["pushfq", "push rax", "push rcx", "push rdx", "push rbx"]
+    );
     assert!(text.contains(&"rdtscp"));
     assert!(text.iter().any(|t| t.starts_with("lock cmpxchg")));
     assert!(text.iter().any(|t| t.starts_with("lock inc qword ptr")));
@@ -146,7 +163,9 @@ fn bad_specs_and_far_slots_are_refused() {
         build_trampoline(&spec(Handler::InGuest(ring(64, vec![Fetch::Rflags; 7])))),
         Err(TrampolineError::Spec(_))
     ));
-    let mut tight = spec(Handler::Exit { doorbell: 0x40_1000 });
+    let mut tight = spec(Handler::Exit {
+        doorbell: 0x40_1000,
+    });
     tight.max_len = 8;
     assert!(matches!(
         build_trampoline(&tight),
@@ -160,5 +179,8 @@ fn bad_specs_and_far_slots_are_refused() {
         })
     );
     assert_eq!(jump_patch(0x1000, 0x1005).unwrap(), [0xe9, 0, 0, 0, 0]);
-    assert_eq!(jump_patch(0x1000, 0x1000).unwrap(), [0xe9, 0xfb, 0xff, 0xff, 0xff]);
+    assert_eq!(
+        jump_patch(0x1000, 0x1000).unwrap(),
+        [0xe9, 0xfb, 0xff, 0xff, 0xff]
+    );
 }

@@ -20,9 +20,9 @@ use crate::probes::{
     ArmedAs, BreakpointOutcome, HitContext, HookDecision, JumpHandler, ProbeEngine, ProbeError,
     Quiesce, hand_back_int3, locate_arena,
 };
-use disasm::{Fetch, Gpr};
 use crate::symbols::{ResolveError, SymbolTable};
 use crate::target::{GuestDebug, Target, TargetError, VcpuAccess};
+use disasm::{Fetch, Gpr};
 
 /// What the VMM does with the vCPU after an exit the session handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -773,6 +773,11 @@ impl Introspector {
     pub fn finish(&self, target: Option<&dyn Target>) {
         if let Some(t) = target {
             self.drain(t);
+        }
+        if self.engine.arena().is_none() {
+            self.engine.give_up_pending(
+                "the guest offered no trampoline arena (Linux needs hvprobe's guest module)",
+            );
         }
         self.refresh_how();
         for (id, source) in lock(&self.probe_sources).iter() {

@@ -1263,7 +1263,10 @@ mod tests {
             assert_eq!(text.parse::<ProbeSpec>(), Err(err), "{text:?}");
         }
         let message = "f:kprobe".parse::<ProbeSpec>().unwrap_err().to_string();
-        assert!(message.contains("auto, int3, jump or jump-exit"), "{message}");
+        assert!(
+            message.contains("auto, int3, jump or jump-exit"),
+            "{message}"
+        );
     }
 
     #[test]

@@ -306,6 +306,7 @@ pub fn run_instrumented(config: &VmConfig) -> Result<(RunReport, InstrumentRepor
         outcome,
         elapsed: vm.phases().elapsed(),
         points: vm.points(),
+        marks: vm.marks(),
     };
     Ok((
         run,

@@ -126,6 +126,8 @@ pub struct EntryStats {
 pub struct ProbeChecker {
     elf: Vec<u8>,
     symbols: SymbolTable,
+    /// Instructions with exception-table fixups (Linux's `__ex_table`), sorted.
+    fixups: Vec<u64>,
 }
 
 impl ProbeChecker {
@@ -134,7 +136,27 @@ impl ProbeChecker {
         let elf = kernel_elf(image)?.into_owned();
         ElfFile::parse(&elf).map_err(ProbeCheckError::Elf)?;
         let (symbols, _) = kernel_symbols(&elf)?;
-        Ok(ProbeChecker { elf, symbols })
+        let fixups = match (
+            symbols.addr_of("__start___ex_table"),
+            symbols.addr_of("__stop___ex_table"),
+        ) {
+            (Some(start), Some(end)) if end > start => ElfFile::parse(&elf)
+                .ok()
+                .and_then(|f| read(&f, start, end).map(|t| disasm::ex_table_insns(t, start)))
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        Ok(ProbeChecker {
+            elf,
+            symbols,
+            fixups,
+        })
+    }
+
+    /// Addresses of the instructions with exception-table fixups (sorted; empty when the
+    /// image has no `__ex_table`).
+    pub fn fixups(&self) -> &[u64] {
+        &self.fixups
     }
 
     /// The image's symbols.
@@ -156,7 +178,7 @@ impl ProbeChecker {
             .map(|s| format!("{}+{:#x}", s.symbol.name, s.offset));
         let (probe, optimize) = match self.elf().and_then(|elf| self.function_code(&elf, addr)) {
             Err(e) => (Err(e.into()), Err(OptimizeRefusal::NotProbeable)),
-            Ok((start, code)) => verdict(code, start, addr),
+            Ok((start, code)) => verdict(code, start, addr, &self.fixups),
         };
         SiteReport {
             addr,
@@ -270,12 +292,13 @@ fn verdict(
     code: &[u8],
     start: u64,
     addr: u64,
+    fixups: &[u64],
 ) -> (Result<(), ProbeRefusal>, Result<usize, OptimizeRefusal>) {
     if let Err(e) = disasm::can_probe(code, start, addr) {
         return (Err(e.into()), Err(OptimizeRefusal::NotProbeable));
     }
     let optimize = disasm::can_optimize(code, start, addr)
-        .map(|info| info.displaced.len())
+        .and_then(|info| disasm::check_fixups(&info, fixups).map(|()| info.displaced.len()))
         .map_err(OptimizeRefusal::Refused);
     (Ok(()), optimize)
 }

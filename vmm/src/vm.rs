@@ -212,6 +212,8 @@ pub struct RunReport {
     pub elapsed: Duration,
     /// Test device points reached.
     pub points: Vec<Point>,
+    /// Test device marker lines (MARK), in order.
+    pub marks: Vec<String>,
 }
 
 enum VcpuSlot {
@@ -890,5 +892,6 @@ pub fn run(config: &VmConfig) -> Result<RunReport, VmError> {
         outcome,
         elapsed: vm.phases().elapsed(),
         points: vm.points(),
+        marks: vm.marks(),
     })
 }

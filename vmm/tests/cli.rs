@@ -230,7 +230,10 @@ fn bad_instrumentation() {
     );
     assert_bad_input(
         &["run", "--probe", "start_kernel:kprobe"],
-        &["--probe start_kernel:kprobe", "auto, int3, jump or jump-exit"],
+        &[
+            "--probe start_kernel:kprobe",
+            "auto, int3, jump or jump-exit",
+        ],
     );
     assert_bad_input(
         &["run", "--probe", "start-kernel"],

@@ -213,7 +213,9 @@ fn debian_kernel_breakpoint_probe_and_banner_through_page_tables() {
     vm.start_paused().unwrap();
     hook.attach(vm.target(), vm.ram_control());
     let spec = SessionSpec {
-        probes: vec![introspect::session::ProbeRequest::int3("memblock_add_range")],
+        probes: vec![introspect::session::ProbeRequest::int3(
+            "memblock_add_range",
+        )],
         hbreaks: vec!["start_kernel".into()],
         watches: Vec::new(),
     };

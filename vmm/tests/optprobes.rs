@@ -112,7 +112,10 @@ impl Session {
     fn wait_for_hits(&self, at: &str, n: u64) {
         let t = Instant::now();
         while self.hits(at) <= n {
-            assert!(t.elapsed() < Duration::from_secs(60), "{at}: stuck at {n} hits");
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "{at}: stuck at {n} hits"
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
     }
@@ -134,7 +137,10 @@ fn symbol(name: &str) -> u64 {
 fn assert_guest_ok(s: &Session, outcome: &Outcome) -> u64 {
     let console = s.vm.console().text();
     assert_eq!(*outcome, Outcome::GuestExit { code: 0 }, "{console}");
-    assert!(console.contains("checksum") && console.contains(" ok"), "{console}");
+    assert!(
+        console.contains("checksum") && console.contains(" ok"),
+        "{console}"
+    );
     s.scratch()
 }
 
@@ -159,7 +165,9 @@ fn both_handler_kinds_fire_with_the_probed_registers_and_relocated_code_behaves(
         ("tk_opt_shortjmp", JumpKind::InGuest, 5),
     ] {
         match s.armed_as(at) {
-            ArmedAs::Jump { kind: k, len: l, .. } => assert_eq!((k, l), (kind, len), "{at}"),
+            ArmedAs::Jump {
+                kind: k, len: l, ..
+            } => assert_eq!((k, l), (kind, len), "{at}"),
             other => panic!("{at}: {other}"),
         }
         let (hits, lost, how) = s.source(at);
@@ -173,7 +181,10 @@ fn both_handler_kinds_fire_with_the_probed_registers_and_relocated_code_behaves(
     assert_eq!(exits.len(), 300);
     for (i, e) in exits.iter().enumerate() {
         let i = i as u64;
-        assert_eq!((reg(e, "rip"), reg(e, "rdi"), reg(e, "rsi")), (plain, i, i ^ 0x5555));
+        assert_eq!(
+            (reg(e, "rip"), reg(e, "rdi"), reg(e, "rsi")),
+            (plain, i, i ^ 0x5555)
+        );
     }
     // The in-guest records carry the chosen registers too: rdi = i, and for shortjmp
     // rdi = 0 on every fourth call (the short jcc's taken path ran in the trampoline).
@@ -185,7 +196,10 @@ fn both_handler_kinds_fire_with_the_probed_registers_and_relocated_code_behaves(
         assert!(reg(e, "tsc") > 0);
     }
     let rsp0 = reg(rec[0], "rsp");
-    assert!(rec.iter().all(|e| reg(e, "rsp") == rsp0), "same frame each call");
+    assert!(
+        rec.iter().all(|e| reg(e, "rsp") == rsp0),
+        "same frame each call"
+    );
     let short = symbol("tk_opt_shortjmp");
     let zeros = events
         .iter()
@@ -310,10 +324,17 @@ fn ring_3_in_guest_probes_run_natively_and_a_full_ring_counts_lost_records() {
     let mut lost_total = 0;
     for at in ["tk_opt_plain", "tk_opt_riprel", "tk_opt_shortjmp"] {
         let (hits, lost, how) = s.source(at);
-        assert_eq!(hits + lost, iters, "{at}: {hits} hits + {lost} lost ({how})");
+        assert_eq!(
+            hits + lost,
+            iters,
+            "{at}: {hits} hits + {lost} lost ({how})"
+        );
         lost_total += lost;
     }
-    assert!(lost_total > 0, "the rings never filled: the test did not test overflow");
+    assert!(
+        lost_total > 0,
+        "the rings never filled: the test did not test overflow"
+    );
     eprintln!("ring 3: {iters} calls x 3 probes, {lost_total} records lost to full rings");
 }
 

@@ -67,6 +67,35 @@ fn debian_kernel_entry_points_probe_and_optimize_statistic() {
         stats.optimizable_fentry_nopped * 10 >= stats.fentry_calls * 9,
         "{stats:?}"
     );
+    // Linux's exception table: every probe-able faulting instruction refuses a jump (run out
+    // of line, its fault would find no fixup), with the typed reason.
+    let fixups = checker.fixups();
+    let mut refused = 0;
+    let mut probeable = 0;
+    for &at in fixups.iter().step_by(5) {
+        let r = checker.check_addr(at);
+        if r.probe.is_err() {
+            continue;
+        }
+        probeable += 1;
+        let shown = r.to_string();
+        assert!(
+            r.optimize.is_err(),
+            "a jump over a faulting instruction was allowed: {shown}"
+        );
+        if shown.contains("exception-table fixup") {
+            refused += 1;
+        }
+    }
+    let _ = writeln!(
+        err,
+        "  exception table: {} entries; of {} sampled faulting instructions that take a probe, \
+         all refuse a jump, {refused} for their fixup (the rest for another reason first)",
+        fixups.len(),
+        probeable
+    );
+    assert!(fixups.len() > 100, "{}", fixups.len());
+    assert!(refused > 10, "{refused}");
 }
 
 fn hvprobe(args: &[&str]) -> std::process::Output {

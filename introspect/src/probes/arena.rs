@@ -243,14 +243,20 @@ impl SlotPool {
 
     /// Gives back a slot nothing ever jumped to: free at once.
     pub fn free_unused(&mut self, slot: u32) {
-        if let Some(s) = self.states.get_mut(usize::try_from(slot).unwrap_or(usize::MAX)) {
+        if let Some(s) = self
+            .states
+            .get_mut(usize::try_from(slot).unwrap_or(usize::MAX))
+        {
             *s = SlotState::Free;
         }
     }
 
     /// Gives back a slot a jump led to: dirty until [`SlotPool::reclaim`].
     pub fn retire(&mut self, slot: u32) {
-        if let Some(s) = self.states.get_mut(usize::try_from(slot).unwrap_or(usize::MAX)) {
+        if let Some(s) = self
+            .states
+            .get_mut(usize::try_from(slot).unwrap_or(usize::MAX))
+        {
             *s = SlotState::Dirty;
         }
     }

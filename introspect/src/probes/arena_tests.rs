@@ -31,7 +31,10 @@ const MIB: u64 = 1 << 20;
 #[test]
 fn an_8_mib_arena_gives_one_vcpu_65536_records_and_256_slots() {
     let l = ArenaLayout::plan(Gva(0x11d000), Gpa(0x11d000), 8 * MIB, 1).unwrap();
-    assert_eq!((l.ring_count, l.ring_capacity, l.slot_count), (1, 65536, 256));
+    assert_eq!(
+        (l.ring_count, l.ring_capacity, l.slot_count),
+        (1, 65536, 256)
+    );
     assert_eq!(l.doorbell(), (Gva(0x11e000), Gpa(0x11e000)));
     assert_eq!(l.ring(0).0, Gva(0x11f000));
     assert_eq!(l.ring_stride % 0x1000, 0);
@@ -78,7 +81,8 @@ fn produce(ram: &Ram, l: &ArenaLayout, index: u64, slot: u32, value: u64, commit
     let hdr = l.ring(0).1.raw();
     let rec = hdr + 128 + (index % u64::from(l.ring_capacity)) * 64;
     ram.write_phys(Gpa(rec + 4), &slot.to_le_bytes()).unwrap();
-    ram.write_phys(Gpa(rec + 8), &(1000 + index).to_le_bytes()).unwrap();
+    ram.write_phys(Gpa(rec + 8), &(1000 + index).to_le_bytes())
+        .unwrap();
     ram.write_phys(Gpa(rec + 16), &value.to_le_bytes()).unwrap();
     if commit {
         let seq = u32::try_from((index + 1) & 0xffff_ffff).unwrap();
@@ -120,7 +124,11 @@ fn the_reader_takes_committed_records_in_order_across_the_wrap_and_stops_at_a_ga
             seen.push(r.values[0]);
         })
         .unwrap();
-    assert_eq!(seen, [cap - 2, cap - 1, cap], "stops before the uncommitted record");
+    assert_eq!(
+        seen,
+        [cap - 2, cap - 1, cap],
+        "stops before the uncommitted record"
+    );
     // Its producer commits: the rest follows.
     produce(&ram, &l, cap + 1, 7, cap + 1, true);
     seen.clear();

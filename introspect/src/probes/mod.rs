@@ -71,10 +71,10 @@
 //! whole [`GuestDebug`] states); nested pause counting (a `pause_all` while a vCPU has
 //! paused the others).
 
+mod arch;
 pub mod arena;
 #[cfg(test)]
 mod arena_tests;
-mod arch;
 mod check;
 mod error;
 mod hit;
@@ -95,8 +95,8 @@ use crate::target::{GuestDebug, Regs, Target};
 
 pub use arch::{BREAKPOINT_INSN, hand_back_int3};
 pub use check::{DENIED_FUNCTIONS, DENIED_PREFIXES, DENIED_SECTIONS, MAX_FUNCTION_SCAN};
-pub use error::ProbeError;
 pub use disasm::CpuSource;
+pub use error::ProbeError;
 pub use optimize::{ArmedAs, JumpHandler, JumpKind, MAX_DEFERRALS, Quiesce, locate_arena};
 pub use registry::{ProbeId, ProbeInfo, ProbeRegistry, ProbeStats};
 

@@ -101,9 +101,7 @@ impl std::fmt::Display for ArmedAs {
         match self {
             ArmedAs::Disarmed => write!(f, "disarmed"),
             ArmedAs::Int3 { reason: None } => write!(f, "int3"),
-            ArmedAs::Int3 {
-                reason: Some(why),
-            } => write!(f, "int3 (no jump: {why})"),
+            ArmedAs::Int3 { reason: Some(why) } => write!(f, "int3 (no jump: {why})"),
             ArmedAs::Pending => write!(f, "int3, jump pending"),
             ArmedAs::Jump { kind, slot, len } => write!(
                 f,
@@ -167,6 +165,9 @@ pub(super) struct OptState {
     reserved: Vec<(u64, String)>,
     /// How in-guest handlers find their ring.
     cpu_source: disasm::CpuSource,
+    /// Instructions with exception-table fixups (Linux's `__ex_table`, read from guest
+    /// memory once), sorted.
+    fixups: Option<Vec<u64>>,
 }
 
 /// A site ready to be patched: trampoline written, slot taken.
@@ -219,7 +220,9 @@ impl ProbeEngine {
     pub fn attach_arena(&self, mem: &dyn Target, layout: ArenaLayout) -> Result<(), ProbeError> {
         let mut opt = lock(&self.opt);
         if let Some(a) = &opt.arena {
-            return Err(ProbeError::Arena(ArenaError::AlreadyAttached(a.layout.base)));
+            return Err(ProbeError::Arena(ArenaError::AlreadyAttached(
+                a.layout.base,
+            )));
         }
         let patch = |gpa: Gpa, bytes: &[u8]| {
             mem.write_phys(gpa, bytes)
@@ -317,6 +320,16 @@ impl ProbeEngine {
         };
     }
 
+    /// Gives up on every pending site (they stay int3 probes) with `why`: at the end of a
+    /// session whose guest never offered an arena.
+    pub fn give_up_pending(&self, why: &str) {
+        let mut opt = lock(&self.opt);
+        let pending: Vec<Gva> = opt.wants.keys().copied().collect();
+        for site in pending {
+            Self::refuse(&mut opt, site, why.to_string());
+        }
+    }
+
     /// Whether a pending site was found not quiescent and waits for another pass.
     pub fn has_deferred(&self) -> bool {
         lock(&self.opt).wants.values().any(|w| w.deferrals > 0)
@@ -329,22 +342,27 @@ impl ProbeEngine {
         let slot = opt.arena.as_ref()?.layout.slot_containing(addr)?;
         let site = self.slot_site(slot)?;
         let o = opt.optimized.get(&site)?;
-        o.map.iter().rev().find(|(_, new)| *new <= addr).map(|(old, _)| *old)
+        o.map
+            .iter()
+            .rev()
+            .find(|(_, new)| *new <= addr)
+            .map(|(old, _)| *old)
     }
 
     /// Whether `site` could become a jump, judged from its function's original bytes
     /// (`disasm::can_optimize`) before any arena exists. Checked again when it is optimized.
     pub fn check_jump(&self, target: &dyn Target, site: Gva) -> Result<(), ProbeError> {
         let ctx = self.paging_context(target)?;
-        let (code, start) = self.function_code(target, &ctx, site).map_err(|reason| {
-            ProbeError::CannotJump {
-                addr: site,
-                symbol: self.describe(site),
-                reason,
-            }
-        })?;
+        let (code, start) =
+            self.function_code(target, &ctx, site)
+                .map_err(|reason| ProbeError::CannotJump {
+                    addr: site,
+                    symbol: self.describe(site),
+                    reason,
+                })?;
+        let fixups = self.guest_fixups(target, &ctx);
         disasm::can_optimize(&code, start, site.raw())
-            .map(|_| ())
+            .and_then(|info| disasm::check_fixups(&info, &fixups))
             .map_err(|e| ProbeError::CannotJump {
                 addr: site,
                 symbol: self.describe(site),
@@ -467,18 +485,22 @@ impl ProbeEngine {
         site: Gva,
     ) -> Result<Prepared, String> {
         let (code, func_start) = self.function_code(target, ctx, site)?;
-        let info = disasm::can_optimize(&code, func_start, site.raw()).map_err(|e| e.to_string())?;
+        let info =
+            disasm::can_optimize(&code, func_start, site.raw()).map_err(|e| e.to_string())?;
+        if opt.fixups.is_none() {
+            opt.fixups = Some(self.guest_fixups(target, ctx));
+        }
+        disasm::check_fixups(&info, opt.fixups.as_deref().unwrap_or_default())
+            .map_err(|e| e.to_string())?;
         let len = info.len;
         if len > MAX_WINDOW {
             return Err(format!("the window is {len} bytes"));
         }
         let end = Gva(site.raw() + len as u64);
-        if let Some(other) = self
-            .read_reg()
-            .armed_in(Gva(site.raw() + 1), end)
-            .first()
-        {
-            return Err(format!("another probe at {other} is inside the {len}-byte window"));
+        if let Some(other) = self.read_reg().armed_in(Gva(site.raw() + 1), end).first() {
+            return Err(format!(
+                "another probe at {other} is inside the {len}-byte window"
+            ));
         }
         if let Some((a, who)) = opt
             .reserved
@@ -559,6 +581,33 @@ impl ProbeEngine {
         })
     }
 
+    /// The kernel's exception table, read through the guest's page tables (empty without
+    /// `__start___ex_table` / `__stop___ex_table` symbols, as in the test kernel).
+    fn guest_fixups(&self, target: &dyn Target, ctx: &PagingContext) -> Vec<u64> {
+        let Some(table) = self.symbols() else {
+            return Vec::new();
+        };
+        let (Some(start), Some(end)) = (
+            table.addr_of("__start___ex_table"),
+            table.addr_of("__stop___ex_table"),
+        ) else {
+            return Vec::new();
+        };
+        let Some(len) = end
+            .checked_sub(start)
+            .and_then(|l| usize::try_from(l).ok())
+            .filter(|&l| l <= 16 << 20)
+        else {
+            return Vec::new();
+        };
+        let mut bytes = vec![0u8; len];
+        let mut walker = PageWalker::new();
+        match self.read_virt(&mut walker, target, ctx, Gva(start), &mut bytes) {
+            Ok(()) => disasm::ex_table_insns(&bytes, start),
+            Err(_) => Vec::new(),
+        }
+    }
+
     /// The function containing `site`, as its original bytes and its start.
     fn function_code(
         &self,
@@ -578,7 +627,11 @@ impl ProbeEngine {
             .filter(|&s| s > 0)
             .ok_or_else(|| format!("the size of {} is unknown", so.symbol.name))?;
         if size > super::MAX_FUNCTION_SCAN {
-            return Err(format!("{} is larger than {:#x} bytes", so.symbol.name, super::MAX_FUNCTION_SCAN));
+            return Err(format!(
+                "{} is larger than {:#x} bytes",
+                so.symbol.name,
+                super::MAX_FUNCTION_SCAN
+            ));
         }
         let mut code = vec![0u8; usize::try_from(size).unwrap_or(0)];
         let mut walker = PageWalker::new();
@@ -625,9 +678,8 @@ impl ProbeEngine {
                 Some(a) => a.layout.slot(p.slot),
                 None => break,
             };
-            let jmp = jump_patch(p.site.raw(), slot_va.raw()).map_err(|e| {
-                target_err("jump patch")(e.to_string())
-            })?;
+            let jmp = jump_patch(p.site.raw(), slot_va.raw())
+                .map_err(|e| target_err("jump patch")(e.to_string()))?;
             let write = |gpa: Gpa, bytes: &[u8]| {
                 target
                     .write_phys(gpa, bytes)
@@ -727,7 +779,11 @@ impl ProbeEngine {
 
     /// With every vCPU paused, before `site` is armed: unoptimizes every optimized site whose
     /// window `site` is inside (kprobes does the same for a probe next to an optimized one).
-    pub(super) fn unoptimize_around(&self, target: &dyn Target, site: Gva) -> Result<(), ProbeError> {
+    pub(super) fn unoptimize_around(
+        &self,
+        target: &dyn Target,
+        site: Gva,
+    ) -> Result<(), ProbeError> {
         let hit: Vec<Gva> = lock(&self.opt)
             .optimized
             .iter()
@@ -735,7 +791,11 @@ impl ProbeEngine {
             .map(|(s, _)| *s)
             .collect();
         for s in hit {
-            self.unoptimize_paused(target, s, Some(format!("a probe at {site} is inside its window")))?;
+            self.unoptimize_paused(
+                target,
+                s,
+                Some(format!("a probe at {site} is inside its window")),
+            )?;
         }
         Ok(())
     }
