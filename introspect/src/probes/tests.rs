@@ -1219,3 +1219,5 @@ fn an_emulated_hit_needs_no_step_lock() {
     ));
     e.on_single_step(t.as_ref(), &mut v1).unwrap();
 }
+
+mod optimize;
