@@ -453,7 +453,10 @@ fn main() {
         }
         summaries.push(summary);
     }
-    println!("(lost: summed over the runs of the cell)");
+    println!(
+        "(lost: summed over the runs of the cell; `none` rows: per hit should be ~0, what they \
+         show is the method's bias and noise floor in that ring)"
+    );
 
     // The project's goals.
     let at = |ring: u8, mode: Mode| {

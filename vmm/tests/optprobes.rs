@@ -349,3 +349,67 @@ fn ring_3_exit_handler_probes_take_one_exit_per_call() {
     assert_eq!(assert_guest_ok(&s, &outcome), iters);
     assert_eq!(s.hits("tk_opt_riprel"), iters);
 }
+
+fn hvprobe(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_hvprobe"))
+        .args(args)
+        .output()
+        .expect("hvprobe runs")
+}
+
+#[test]
+fn the_cli_arms_jumps_says_how_in_its_table_and_refuses_impossible_ones() {
+    let dir = std::env::temp_dir().join(format!("hvprobe-opt-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let events = dir.join("events.jsonl");
+    let out = hvprobe(&[
+        "run",
+        "--probe",
+        "tk_loop_body:jump",
+        "--probe",
+        "tk_probe_target:jump-exit",
+        "--probe",
+        "tk_leaf:int3",
+        "--events",
+        events.to_str().unwrap(),
+        "--format",
+        "jsonl",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let row = |name: &str| {
+        stderr
+            .lines()
+            .find(|l| l.starts_with(&format!("probe {name} ")))
+            .unwrap_or_else(|| panic!("no row for {name}: {stderr}"))
+            .to_string()
+    };
+    assert!(
+        row("tk_loop_body").contains("jump (in-guest handler"),
+        "{stderr}"
+    );
+    assert!(row("tk_loop_body").contains(" 100 "), "{stderr}");
+    assert!(
+        row("tk_probe_target").contains("jump (exit handler"),
+        "{stderr}"
+    );
+    assert!(row("tk_leaf").contains("int3 "), "{stderr}");
+    let text = std::fs::read_to_string(&events).unwrap();
+    let in_guest: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|v: &serde_json::Value| v["source"] == "probe tk_loop_body")
+        .collect();
+    assert_eq!(in_guest.len(), 100);
+    for (i, v) in in_guest.iter().enumerate() {
+        assert_eq!(v["hit"], i + 1);
+        assert_eq!(v["regs"]["rdi"], format!("{i:#x}"), "{v}");
+        assert!(v["regs"]["tsc"].is_string(), "{v}");
+    }
+    // A jump that cannot go there is refused before the guest runs, with the reason.
+    let out = hvprobe(&["run", "--probe", "tk_opt_jump_into:jump"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("inside the window"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
