@@ -86,6 +86,14 @@ impl EventSink {
         }
     }
 
+    /// How many events the channel takes before it is full (a producer that can hold events
+    /// back, like the in-guest ring drain, sends no more than this).
+    pub fn room(&self) -> usize {
+        self.tx
+            .capacity()
+            .map_or(usize::MAX, |c| c.saturating_sub(self.tx.len()))
+    }
+
     /// Nanoseconds since the channel was created, for [`Event::time_ns`].
     pub fn now_ns(&self) -> u64 {
         self.shared.now_ns()

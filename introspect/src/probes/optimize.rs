@@ -820,8 +820,8 @@ impl ProbeEngine {
             .unwrap_or_default()
     }
 
-    /// Copies out every committed ring record (up to `max` per ring) and calls `f` with the
-    /// record and its site. Returns how many records were taken.
+    /// Copies out committed ring records (up to `max` in all) and calls `f` with each record
+    /// and its site. Returns how many records were taken.
     pub fn drain_rings(
         &self,
         mem: &(impl PhysMemMut + ?Sized),

@@ -59,8 +59,8 @@ impl RingReader {
         }
     }
 
-    /// Copies out up to `max` committed records per ring, oldest first, calls `f` with each,
-    /// and publishes the new tails. Returns how many records it took.
+    /// Copies out up to `max` committed records in all (oldest first in each ring), calls `f`
+    /// with each, and publishes the new tails. Returns how many records it took.
     pub fn drain(
         &mut self,
         mem: &(impl PhysMemMut + ?Sized),
@@ -69,7 +69,7 @@ impl RingReader {
     ) -> Result<usize, PhysMemError> {
         let mut total = 0;
         for ring in 0..self.layout.ring_count {
-            total += self.drain_ring(mem, ring, max, f)?;
+            total += self.drain_ring(mem, ring, max - total, f)?;
         }
         Ok(total)
     }
