@@ -62,7 +62,13 @@ impl IntrospectHook {
         };
         let doorbell = layout.doorbell().1.raw();
         let device = Arc::new(std::sync::Mutex::new(crate::devices::doorbell::Doorbell));
-        if let Err(e) = ram.carve(doorbell, 0x1000, device) {
+        if let Err(e) = ram.carve(
+            doorbell,
+            0x1000,
+            crate::memslots::TraceMode::All,
+            device,
+            "the probe doorbell",
+        ) {
             self.intro.add_note(format!(
                 "probe doorbell at {doorbell:#x} not set up ({e}): jump probes stay int3"
             ));

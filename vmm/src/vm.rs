@@ -68,23 +68,27 @@ pub struct RamControl {
 }
 
 impl RamControl {
-    /// Carves `[start, start+len)` out of the memory slots and maps `device` over it on the
-    /// MMIO bus, **without** pausing the vCPUs: for pages the guest does not touch until the
-    /// caller says so (the probe doorbell, before any trampoline that writes it exists).
+    /// Carves `[start, start+len)` out of the memory slots (all of it, or only its writes
+    /// with [`crate::memslots::TraceMode::WritesOnly`]) and maps `device` over it on the MMIO
+    /// bus. It does not pause the vCPUs: callers pause them ([`Vm::trace_ram`]) or carve a
+    /// page the guest does not touch yet (the probe doorbell, before any trampoline that
+    /// writes it exists). `what` names the user in errors.
     pub fn carve(
         &self,
         start: u64,
         len: u64,
+        mode: crate::memslots::TraceMode,
         device: crate::devices::bus::SharedDevice,
+        what: &'static str,
     ) -> Result<(), VmError> {
         let dev_err = |e: &dyn std::fmt::Display| VmError::Device {
-            what: "the probe doorbell",
+            what,
             reason: e.to_string(),
         };
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         slots
-            .add(start, len, crate::memslots::TraceMode::All)
-            .map_err(|e| dev_err(&e))?;
+            .add(start, len, mode)
+            .map_err(|e| VmError::Config(e.to_string()))?;
         let result = self
             .io
             .mmio
@@ -560,29 +564,13 @@ impl Vm {
         mode: crate::memslots::TraceMode,
         device: crate::devices::bus::SharedDevice,
     ) -> Result<(), VmError> {
-        let dev_err = |e: &dyn std::fmt::Display| VmError::Device {
-            what: "RAM tracing",
-            reason: e.to_string(),
-        };
-        let mut slots = self.memslots.lock().unwrap_or_else(|p| p.into_inner());
-        slots
-            .add(start, len, mode)
-            .map_err(|e| VmError::Config(e.to_string()))?;
         self.pause_all()?;
         self.io
             .tracing
             .store(true, std::sync::atomic::Ordering::Relaxed);
         let result = self
-            .io
-            .mmio
-            .insert(start, len, device)
-            .map_err(|e| dev_err(&e))
-            .and_then(|()| slots.apply(&self.vm_fd).map_err(|e| dev_err(&e)));
-        if result.is_err() {
-            let _ = slots.remove(start);
-            let _ = self.io.mmio.remove(start);
-            let _ = slots.apply(&self.vm_fd);
-        }
+            .ram_control()
+            .carve(start, len, mode, device, "RAM tracing");
         self.resume_all()?;
         result
     }
