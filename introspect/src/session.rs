@@ -362,6 +362,15 @@ impl Introspector {
             source,
         };
         let site = self.engine.resolve(at).map_err(perr)?;
+        if let ProbeArm::Jump(JumpHandler::InGuest(f)) | ProbeArm::Auto(JumpHandler::InGuest(f)) =
+            &req.arm
+        {
+            for fetch in f {
+                if let Fetch::Mem(addr) = fetch {
+                    self.engine.check_fetch(target, Gva(*addr)).map_err(perr)?;
+                }
+            }
+        }
         let jump = match &req.arm {
             ProbeArm::Int3 => None,
             ProbeArm::Jump(h) => {

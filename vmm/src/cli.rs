@@ -151,9 +151,11 @@ pub struct RunArgs {
     /// Software probe at LOCATION, armed as MODE: int3; jump (a 5-byte jump to a trampoline
     /// in the guest's arena that records the hit in guest memory, no exit); jump-exit (a jump
     /// whose trampoline exits once to the host); or auto (jump where the code and the guest
-    /// allow one, else int3) [default: auto]. Repeatable; adds to the config file's `probe`
-    /// list
-    #[arg(long, value_name = "LOCATION[:MODE]")]
+    /// allow one, else int3) [default: auto]. For jump and auto, FETCH,... chooses what each
+    /// in-guest record holds (up to 6: rax..r15, rsp, rflags, @SYMBOL or @ADDRESS for 8 bytes
+    /// of memory) [default: rsp,rdi,rsi,rdx,rcx,rax]. Repeatable; adds to the config file's
+    /// `probe` list
+    #[arg(long, value_name = "LOCATION[:MODE[:FETCH,...]]")]
     pub probe: Vec<String>,
     /// Hardware execute breakpoint (debug register) at LOCATION. Repeatable; adds to the
     /// config file's `hbreak` list
@@ -1417,15 +1419,18 @@ quiet = true
                 probes: vec![
                     ProbeSpec {
                         at: sym("start_kernel", 0),
-                        mode: ProbeMode::Auto
+                        mode: ProbeMode::Auto,
+                        fetches: Vec::new(),
                     },
                     ProbeSpec {
                         at: sym("foo.isra.0", 16),
-                        mode: ProbeMode::Int3
+                        mode: ProbeMode::Int3,
+                        fetches: Vec::new(),
                     },
                     ProbeSpec {
                         at: Location::Address(0xffff_ffff_8100_0000),
-                        mode: ProbeMode::Jump
+                        mode: ProbeMode::Jump,
+                        fetches: Vec::new(),
                     },
                 ],
                 hbreaks: vec![sym("start_kernel", 4)],

@@ -282,13 +282,15 @@ pub enum ProbeMode {
     JumpExit,
 }
 
-/// One `--probe`: where, and how it is armed.
+/// One `--probe`: where, how it is armed, and what an in-guest handler records.
 ///
 /// ```
-/// use vmm::config::{Location, ProbeMode, ProbeSpec};
+/// use vmm::config::{FetchSpec, Location, ProbeMode, ProbeSpec};
 /// let spec: ProbeSpec = "start_kernel:int3".parse().unwrap();
 /// assert_eq!(spec.mode, ProbeMode::Int3);
 /// assert_eq!("start_kernel".parse::<ProbeSpec>().unwrap().mode, ProbeMode::Auto);
+/// let spec: ProbeSpec = "tk_leaf:jump:rdi,@jiffies".parse().unwrap();
+/// assert_eq!(spec.fetches[0], FetchSpec::Reg("rdi".into()));
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ProbeSpec {
@@ -296,7 +298,29 @@ pub struct ProbeSpec {
     pub at: Location,
     /// How it is armed.
     pub mode: ProbeMode,
+    /// What an in-guest handler records per hit (`:jump` / `:auto` only; empty: RSP, RDI,
+    /// RSI, RDX, RCX, RAX).
+    pub fetches: Vec<FetchSpec>,
 }
+
+/// A value an in-guest probe handler records: a register, or 8 bytes of guest memory at a
+/// fixed address (a global variable, checked to be mapped when the probe is armed).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum FetchSpec {
+    /// A general-purpose register (`rax`..`r15`) or `rflags`.
+    Reg(String),
+    /// `@SYM[+OFF]` or `@ADDR`.
+    Mem(Location),
+}
+
+/// The registers a fetch list may name.
+pub const FETCH_REGISTERS: [&str; 17] = [
+    "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp", "r8", "r9", "r10", "r11", "r12", "r13",
+    "r14", "r15", "rflags",
+];
+
+/// The most values a record holds.
+pub const MAX_FETCHES: usize = 6;
 
 /// One `--watch`: a naturally aligned range of 1, 2, 4 or 8 bytes.
 ///
@@ -360,6 +384,15 @@ pub enum SpecError {
     /// `ADDR+OFF`: offsets are for symbols.
     #[error("an offset goes after a symbol (SYM+OFF): give the address itself")]
     OffsetOnAddress,
+    /// A fetch list on a probe whose handler does not record in the guest.
+    #[error("values to record (:{0}) need the in-guest handler: use :jump or :auto")]
+    FetchesNeedJump(String),
+    /// A fetch that is neither a register nor `@LOCATION`.
+    #[error("{0:?} is not a register (rax..r15, rsp, rflags) or @SYMBOL / @ADDRESS")]
+    BadFetch(String),
+    /// More values than a record holds.
+    #[error("at most 6 values per record, not {0}")]
+    TooManyFetches(usize),
     /// The suffix of a probe is not a mode.
     #[error("probe mode must be auto, int3, jump or jump-exit, not {0:?}")]
     BadProbeMode(String),
@@ -544,26 +577,58 @@ impl fmt::Display for ProbeMode {
 impl FromStr for ProbeSpec {
     type Err = SpecError;
 
-    /// `LOCATION[:MODE]`: the text after the last `:` is the mode (symbols have no `:`).
+    /// `LOCATION[:MODE[:FETCH,...]]` (symbols have no `:`).
     fn from_str(text: &str) -> Result<ProbeSpec, SpecError> {
-        let (at, mode) = match text.rsplit_once(':') {
-            Some((at, mode)) => (at, mode.parse()?),
-            None => (text, ProbeMode::Auto),
+        let mut parts = text.splitn(3, ':');
+        let at = parts.next().unwrap_or_default();
+        let mode = match parts.next() {
+            Some(m) => m.parse()?,
+            None => ProbeMode::Auto,
+        };
+        let fetches = match parts.next() {
+            None => Vec::new(),
+            Some(list) => {
+                if !matches!(mode, ProbeMode::Jump | ProbeMode::Auto) {
+                    return Err(SpecError::FetchesNeedJump(list.to_owned()));
+                }
+                let fetches = list
+                    .split(',')
+                    .map(|f| match f.strip_prefix('@') {
+                        Some(loc) => loc.parse().map(FetchSpec::Mem),
+                        None if FETCH_REGISTERS.contains(&f) => Ok(FetchSpec::Reg(f.to_owned())),
+                        None => Err(SpecError::BadFetch(f.to_owned())),
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                if fetches.len() > MAX_FETCHES {
+                    return Err(SpecError::TooManyFetches(fetches.len()));
+                }
+                fetches
+            }
         };
         Ok(ProbeSpec {
             at: at.parse()?,
             mode,
+            fetches,
         })
     }
 }
 
 impl fmt::Display for ProbeSpec {
-    /// The location, then `:int3` or `:jump` (nothing for the default, auto).
+    /// The location, then `:MODE` (nothing for the default, auto, without fetches), then
+    /// `:FETCH,...`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.mode {
-            ProbeMode::Auto => write!(f, "{}", self.at),
-            mode => write!(f, "{}:{mode}", self.at),
+        match (self.mode, self.fetches.is_empty()) {
+            (ProbeMode::Auto, true) => write!(f, "{}", self.at)?,
+            (mode, _) => write!(f, "{}:{mode}", self.at)?,
         }
+        for (i, fetch) in self.fetches.iter().enumerate() {
+            f.write_str(if i == 0 { ":" } else { "," })?;
+            match fetch {
+                FetchSpec::Reg(r) => f.write_str(r)?,
+                FetchSpec::Mem(loc) => write!(f, "@{loc}")?,
+            }
+        }
+        Ok(())
     }
 }
 
@@ -1241,7 +1306,11 @@ mod tests {
                 "0xffffffff81000000:jump",
             ),
         ] {
-            let spec = ProbeSpec { at, mode };
+            let spec = ProbeSpec {
+                at,
+                mode,
+                fetches: Vec::new(),
+            };
             assert_eq!(text.parse::<ProbeSpec>(), Ok(spec.clone()), "{text}");
             assert_eq!(spec.to_string(), shown);
             assert_eq!(shown.parse::<ProbeSpec>(), Ok(spec));
@@ -1250,13 +1319,13 @@ mod tests {
             ("f:", SpecError::BadProbeMode("".into())),
             ("f:INT3", SpecError::BadProbeMode("INT3".into())),
             ("f:kprobe", SpecError::BadProbeMode("kprobe".into())),
+            ("f:int3:rdi", SpecError::FetchesNeedJump("rdi".into())),
+            ("f:jump:rdi,xmm0", SpecError::BadFetch("xmm0".into())),
             (
-                "f:int3:jump",
-                SpecError::BadSymbol {
-                    name: "f:int3".into(),
-                    bad: ':',
-                },
+                "f:jump:rax,rbx,rcx,rdx,rsi,rdi,rsp",
+                SpecError::TooManyFetches(7),
             ),
+            ("f:jump:@", SpecError::Empty),
             (":int3", SpecError::Empty),
             ("", SpecError::Empty),
         ] {

@@ -10,13 +10,15 @@ use std::io::Write;
 use std::sync::{Arc, OnceLock};
 
 use introspect::events::{self, EventWriter, Format, Sources};
-use introspect::probes::JumpHandler;
+use introspect::probes::{Fetch, JumpHandler};
 use introspect::session::{
     DEFAULT_FETCHES, Decision, Introspector, ProbeArm, ProbeRequest, SessionSpec, WatchRequest,
 };
 use introspect::symbols::SymbolTable;
 
-use crate::config::{EventFormat, Instrumentation, KernelSource, ProbeMode, VmConfig};
+use crate::config::{
+    EventFormat, FetchSpec, Instrumentation, KernelSource, Location, ProbeMode, VmConfig,
+};
 use crate::target::VmTarget;
 use crate::vcpu::exit::{DebugExit, InternalError, StopReason};
 use crate::vcpu::{DebugHook, HookAction, VcpuCtx};
@@ -126,11 +128,25 @@ impl DebugHook for IntrospectHook {
 
 /// The session spec for the configured instrumentation: `:jump` and `:auto` probes record
 /// [`DEFAULT_FETCHES`] in the guest; `:jump-exit` probes exit once per hit.
-pub fn session_spec(ins: &Instrumentation) -> Result<SessionSpec, VmError> {
+///
+/// Memory words to record (`@SYM`) resolve against `symbols`.
+pub fn session_spec(
+    ins: &Instrumentation,
+    symbols: Option<&SymbolTable>,
+) -> Result<SessionSpec, VmError> {
     let mut spec = SessionSpec::default();
     for p in &ins.probes {
         let at = p.at.to_string();
-        let in_guest = || JumpHandler::InGuest(DEFAULT_FETCHES.to_vec());
+        let fetches = if p.fetches.is_empty() {
+            DEFAULT_FETCHES.to_vec()
+        } else {
+            p.fetches
+                .iter()
+                .map(|f| fetch(f, symbols))
+                .collect::<Result<Vec<_>, String>>()
+                .map_err(|e| VmError::Config(format!("--probe {p}: {e}")))?
+        };
+        let in_guest = || JumpHandler::InGuest(fetches.clone());
         spec.probes.push(ProbeRequest {
             at,
             arm: match p.mode {
@@ -152,6 +168,46 @@ pub fn session_spec(ins: &Instrumentation) -> Result<SessionSpec, VmError> {
         })
         .collect();
     Ok(spec)
+}
+
+/// One value to record, as the trampoline builder wants it.
+fn fetch(f: &FetchSpec, symbols: Option<&SymbolTable>) -> Result<Fetch, String> {
+    use introspect::probes::Gpr;
+    Ok(match f {
+        FetchSpec::Reg(r) => match r.as_str() {
+            "rflags" => Fetch::Rflags,
+            name => Fetch::Reg(match name {
+                "rax" => Gpr::Rax,
+                "rbx" => Gpr::Rbx,
+                "rcx" => Gpr::Rcx,
+                "rdx" => Gpr::Rdx,
+                "rsi" => Gpr::Rsi,
+                "rdi" => Gpr::Rdi,
+                "rsp" => Gpr::Rsp,
+                "rbp" => Gpr::Rbp,
+                "r8" => Gpr::R8,
+                "r9" => Gpr::R9,
+                "r10" => Gpr::R10,
+                "r11" => Gpr::R11,
+                "r12" => Gpr::R12,
+                "r13" => Gpr::R13,
+                "r14" => Gpr::R14,
+                "r15" => Gpr::R15,
+                other => return Err(format!("{other:?} is not a register")),
+            }),
+        },
+        FetchSpec::Mem(Location::Address(a)) => Fetch::Mem(*a),
+        FetchSpec::Mem(loc) => {
+            let table = symbols.ok_or_else(|| {
+                format!("@{loc}: this kernel has no symbol table; give an address (@0x...)")
+            })?;
+            Fetch::Mem(
+                table
+                    .resolve(&loc.to_string())
+                    .map_err(|e| format!("@{loc}: {e}"))?,
+            )
+        }
+    })
 }
 
 /// The symbols of the configured kernel (none for a raw program).
@@ -243,12 +299,12 @@ pub fn set_platform_cpu_source(intro: &Introspector) {
 
 /// Builds, instruments, runs and waits for a VM.
 pub fn run_instrumented(config: &VmConfig) -> Result<(RunReport, InstrumentReport), VmError> {
-    let spec = session_spec(&config.instrument)?;
     let symbols = if config.instrument.is_empty() && config.trace.is_empty() {
         None
     } else {
         load_symbols(config)?
     };
+    let spec = session_spec(&config.instrument, symbols.as_deref())?;
     let out = events_output(&config.instrument)?;
     let sources = Arc::new(Sources::new());
     let (sink, receiver) = events::channel(sources.clone(), events::DEFAULT_CAPACITY);

@@ -413,3 +413,49 @@ fn the_cli_arms_jumps_says_how_in_its_table_and_refuses_impossible_ones() {
     assert!(stderr.contains("inside the window"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn chosen_registers_and_memory_words_are_recorded_in_the_guest() {
+    use introspect::probes::{Fetch, Gpr};
+    let calls = symbol("TK_OPT_RIPREL_CALLS");
+    let data = symbol("TK_OPT_DATA");
+    let fetches = vec![
+        Fetch::Mem(calls),
+        Fetch::Reg(Gpr::Rdi),
+        Fetch::Mem(data),
+        Fetch::Rflags,
+    ];
+    let mut s = Session::start(
+        "hvtest=optloop hvring=3 hviters=1000",
+        vec![ProbeRequest::jump(
+            "tk_opt_riprel",
+            JumpHandler::InGuest(fetches),
+            true,
+        )],
+    );
+    let outcome = s.wait();
+    assert_eq!(assert_guest_ok(&s, &outcome), 1000);
+    let events = s.events();
+    assert_eq!(events.len(), 1000);
+    for (i, e) in events.iter().enumerate() {
+        let i = i as u64;
+        // The counter is read at entry, before this call's increment.
+        assert_eq!(reg(e, "mem0"), i, "{e:?}");
+        assert_eq!(reg(e, "rdi"), i);
+        assert_eq!(reg(e, "mem2"), 0x1234_5678_9abc_def0);
+        assert_eq!(reg(e, "rflags") & 0x2, 0x2, "bit 1 of RFLAGS is always set");
+    }
+    // A memory word that is not mapped is refused before the guest runs.
+    let mut config = VmConfig {
+        kernel: KernelSource::Embedded,
+        serial: SerialOutput::Sink,
+        quiet: true,
+        ..VmConfig::default()
+    };
+    config.instrument.probes = vec!["tk_opt_riprel:jump:@0x7ffffffff000".parse().unwrap()];
+    let err = vmm::instrument::run_instrumented(&config)
+        .err()
+        .expect("an unmapped memory word was accepted")
+        .to_string();
+    assert!(err.contains("Cannot translate 0x7ffffffff000"), "{err}");
+}

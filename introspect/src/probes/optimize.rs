@@ -370,6 +370,17 @@ impl ProbeEngine {
             })
     }
 
+    /// Checks that the 8 bytes an in-guest handler would read at `addr` are mapped now (the
+    /// trampoline reads them without a fault handler).
+    pub fn check_fetch(&self, target: &dyn Target, addr: Gva) -> Result<(), ProbeError> {
+        let ctx = self.paging_context(target)?;
+        for a in [addr, Gva(addr.raw().wrapping_add(7))] {
+            paging::translate(target, &ctx, a)
+                .map_err(|source| ProbeError::Translate { addr: a, source })?;
+        }
+        Ok(())
+    }
+
     fn describe(&self, site: Gva) -> String {
         self.symbols()
             .and_then(|t| t.lookup(site.raw()))
