@@ -27,7 +27,9 @@
 //! default 3), `HVPROBE_BENCH_N_SLOW` (N of ring-0 cells on a software KVM, default 500),
 //! `HVPROBE_BENCH_N_EXIT` (N of native exit cells: int3 and jump-exit, default 2000),
 //! `HVPROBE_BENCH_N_FAST` (N of native cells without exits, default 50000; at most the ring
-//! capacity, 65536 records per vCPU).
+//! capacity, 65536 records per vCPU). `HVPROBE_BENCH_VARIANT=RING:MODE` (e.g. `0:jump-exit`,
+//! `3:none`) runs that cell alone, with `HVPROBE_BENCH_N` calls if set
+//! (`scripts/callgrind-hits.sh --bench optprobes` counts host instructions per hit that way).
 
 mod common;
 use common::env_u32;
@@ -101,6 +103,11 @@ struct Cell {
 }
 
 impl Cell {
+    /// `RING:MODE`, as `HVPROBE_BENCH_VARIANT` names it.
+    fn variant(self) -> String {
+        format!("{}:{}", self.ring, self.mode.spec().unwrap_or("none"))
+    }
+
     /// Why this cell cannot run on this machine, if it cannot.
     fn not_run(self, software_kvm: bool) -> Option<&'static str> {
         (software_kvm && self.ring == 3 && self.mode == Mode::Int3).then_some(
@@ -321,6 +328,10 @@ fn main() {
             n_fast
         }
     };
+    let only = std::env::var("HVPROBE_BENCH_VARIANT").ok();
+    let n_only = std::env::var("HVPROBE_BENCH_N")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok());
     let cells: Vec<Cell> = [0u8, 3]
         .into_iter()
         .flat_map(|ring| {
@@ -330,7 +341,19 @@ fn main() {
                 n: n_for(ring, mode),
             })
         })
+        .filter(|c| only.as_deref().is_none_or(|v| v == c.variant()))
+        .map(|c| Cell {
+            n: n_only.unwrap_or(c.n),
+            ..c
+        })
         .collect();
+    if cells.is_empty() {
+        eprintln!(
+            "HVPROBE_BENCH_VARIANT={}: no such cell (RING:MODE, RING 0 or 3, MODE none, int3, jump-exit or jump)",
+            only.unwrap_or_default()
+        );
+        std::process::exit(2);
+    }
 
     let hz = tsc_hz();
     let mut results: Vec<CellResult> = cells.iter().map(|_| CellResult::default()).collect();
