@@ -1048,7 +1048,7 @@ mod tests {
             "--config",
             "512MiB",
             "serial_log",
-            "--probe <LOCATION[:MODE]>",
+            "--probe <LOCATION[:MODE[:FETCH,...]]>",
             "--hbreak <LOCATION>",
             "--watch <LOCATION:LEN:w|rw>",
             "--events <FILE>",
@@ -1308,7 +1308,7 @@ quiet = true
         for (name, expected) in [
             (
                 "test-kernel.toml",
-                "probes [tk_probe_target, tk_loop_body:int3] hbreaks [tk_probe_target]",
+                "probes [tk_probe_target:jump-exit, tk_loop_body:jump:rdi,rsp, tk_leaf:int3] hbreaks [tk_probe_target]",
             ),
             (
                 "debian-kernel.toml",
