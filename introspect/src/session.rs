@@ -154,11 +154,13 @@ pub enum SessionError {
     Target(#[from] TargetError),
 }
 
-/// A probed site's event sources, and what its in-guest records hold.
+/// A probed site's event sources, what its in-guest records hold, and its symbol+offset
+/// (formatted once).
 #[derive(Debug, Default)]
 struct SiteSources {
     sources: Vec<SourceId>,
     fetches: Vec<Fetch>,
+    symbol: Option<String>,
 }
 
 /// Names of the values of in-guest records, for events.
@@ -390,6 +392,7 @@ impl Introspector {
             .as_ref()
             .and_then(|t| t.lookup(site.raw()))
             .map(|so| so.to_string());
+        let symbol_for_drain = symbol.clone();
         let handler = move |ctx: &HitContext<'_>| {
             sink.sources().hit(source);
             sink.emit(Event {
@@ -413,6 +416,7 @@ impl Introspector {
             let mut sites = lock(&self.site_sources);
             let entry = sites.entry(site).or_default();
             entry.sources.push(source);
+            entry.symbol.clone_from(&symbol_for_drain);
             if let Some(JumpHandler::InGuest(f)) = &jump {
                 entry.fetches = f.clone();
             }
@@ -522,7 +526,6 @@ impl Introspector {
     /// the sources' lost counts). Returns how many records it took.
     pub fn drain(&self, mem: &dyn Target) -> usize {
         let sites = lock(&self.site_sources);
-        let symbols = self.symbols.clone();
         let mut emit = |r: &crate::probes::ring::RingRecord, site: Option<Gva>| {
             let Some(site) = site else { return };
             let Some(s) = sites.get(&site) else { return };
@@ -533,10 +536,6 @@ impl Introspector {
             for (k, f) in s.fetches.iter().enumerate() {
                 regs.push((fetch_name(*f, k), r.values[k]));
             }
-            let symbol = symbols
-                .as_ref()
-                .and_then(|t| t.lookup(site.raw()))
-                .map(|so| so.to_string());
             for &src in &s.sources {
                 let hit = self.sources().hit(src);
                 self.sink.emit(Event {
@@ -545,7 +544,7 @@ impl Introspector {
                     kind: EventKind::Probe,
                     source: src,
                     addr: site.raw(),
-                    symbol: symbol.clone(),
+                    symbol: s.symbol.clone(),
                     regs: regs.clone(),
                     hit,
                 });

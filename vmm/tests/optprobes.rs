@@ -33,10 +33,20 @@ fn in_guest() -> JumpHandler {
 
 impl Session {
     fn start(cmdline: &str, probes: Vec<ProbeRequest>) -> Session {
+        Session::start_with(cmdline, 1, None, probes)
+    }
+
+    /// With `cpus` vCPUs and, if given, the in-guest handlers' way of finding their ring.
+    fn start_with(
+        cmdline: &str,
+        cpus: u8,
+        cpu_source: Option<introspect::probes::CpuSource>,
+        probes: Vec<ProbeRequest>,
+    ) -> Session {
         let config = VmConfig {
             kernel: KernelSource::Embedded,
             cmdline: Some(cmdline.to_string()),
-            cpus: 1,
+            cpus,
             serial: SerialOutput::Sink,
             quiet: true,
             ..VmConfig::default()
@@ -44,8 +54,11 @@ impl Session {
         let symbols = vmm::instrument::load_symbols(&config).unwrap();
         let sources = Arc::new(Sources::new());
         let (sink, events) = events::channel(sources.clone(), 1 << 20);
-        let intro = Arc::new(Introspector::new(symbols, 1, sink));
+        let intro = Arc::new(Introspector::new(symbols, usize::from(cpus), sink));
         vmm::instrument::set_platform_cpu_source(&intro);
+        if let Some(c) = cpu_source {
+            intro.engine().set_cpu_source(c);
+        }
         let hook = Arc::new(IntrospectHook::new(intro.clone()));
         let mut vm = Vm::new(&config, Some(hook.clone())).unwrap();
         vm.start_paused().unwrap();
@@ -458,4 +471,33 @@ fn chosen_registers_and_memory_words_are_recorded_in_the_guest() {
         .expect("an unmapped memory word was accepted")
         .to_string();
     assert!(err.contains("Cannot translate 0x7ffffffff000"), "{err}");
+}
+
+#[test]
+fn the_rdtscp_template_runs_natively_and_picks_a_ring_by_cpu_number() {
+    // The default on hardware KVM: the ring is chosen by TSC_AUX. Ring-0 code here is
+    // emulated without rdtscp, but native ring 3 runs it (and reads the *host* CPU's
+    // TSC_AUX: 0 or 1 on this 2-CPU machine). With two vCPUs there are two rings, so every
+    // record finds one; the records say which ring, not which vCPU, here.
+    let iters = 3000;
+    let mut s = Session::start_with(
+        &format!("hvtest=optloop hvring=3 hviters={iters}"),
+        2,
+        Some(introspect::probes::CpuSource::Rdtscp),
+        vec![ProbeRequest::jump("tk_opt_plain", in_guest(), true)],
+    );
+    let outcome = s.wait();
+    assert_eq!(assert_guest_ok(&s, &outcome), iters);
+    let (hits, lost, how) = s.source("tk_opt_plain");
+    assert_eq!((hits, lost), (iters, 0), "{how}");
+    let events = s.events();
+    assert_eq!(events.len() as u64, iters);
+    assert!(events.iter().all(|e| e.vcpu < 2), "a ring beyond the two");
+    let mut rdi: Vec<u64> = events.iter().map(|e| reg(e, "rdi")).collect();
+    rdi.sort_unstable();
+    assert_eq!(
+        rdi,
+        (0..iters).collect::<Vec<_>>(),
+        "every call once, from either ring"
+    );
 }
