@@ -154,6 +154,9 @@ pub enum SessionError {
     Target(#[from] TargetError),
 }
 
+/// How long the final drain waits for the event writer.
+pub const FINAL_DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A probed site's event sources, what its in-guest records hold, and its symbol+offset
 /// (formatted once).
 #[derive(Debug, Default)]
@@ -522,6 +525,28 @@ impl Introspector {
         }
     }
 
+    /// At the end: drains until no committed record is left, waiting for the event writer to
+    /// make room (at most [`FINAL_DRAIN`]; what is left then is counted as lost).
+    fn drain_all(&self, mem: &dyn Target) {
+        let started = std::time::Instant::now();
+        loop {
+            let room = self.sink.room();
+            let n = self.drain(mem);
+            if n == 0 && room > 0 {
+                return;
+            }
+            if started.elapsed() > FINAL_DRAIN {
+                self.note(format!(
+                    "the event writer fell behind: in-guest records left in the rings after {FINAL_DRAIN:?}"
+                ));
+                return;
+            }
+            if n == 0 {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+    }
+
     /// Moves every committed in-guest record into the event stream (and ring-full losses into
     /// the sources' lost counts). Returns how many records it took.
     pub fn drain(&self, mem: &dyn Target) -> usize {
@@ -792,7 +817,7 @@ impl Introspector {
     /// the end, before printing the table).
     pub fn finish(&self, target: Option<&dyn Target>) {
         if let Some(t) = target {
-            self.drain(t);
+            self.drain_all(t);
         }
         if self.engine.arena().is_none() {
             self.engine.give_up_pending(

@@ -74,6 +74,7 @@ impl IntrospectHook {
             self.intro.add_note(format!(
                 "probe doorbell at {doorbell:#x} not set up ({e}): jump probes stay int3"
             ));
+            self.intro.engine().detach_arena();
             return;
         }
         self.intro.optimize_from_vcpu(target, vcpu);

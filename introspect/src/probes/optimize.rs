@@ -243,6 +243,16 @@ impl ProbeEngine {
         Ok(())
     }
 
+    /// Lets go of the arena before anything was optimized into it (the VMM could not set up
+    /// its doorbell): pending sites stay pending, as if no arena had been offered.
+    pub fn detach_arena(&self) {
+        let mut opt = lock(&self.opt);
+        if opt.optimized.is_empty() {
+            opt.arena = None;
+            *lock(&self.rings) = None;
+        }
+    }
+
     /// The attached arena.
     pub fn arena(&self) -> Option<ArenaLayout> {
         lock(&self.opt).arena.as_ref().map(|a| a.layout)
