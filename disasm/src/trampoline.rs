@@ -7,7 +7,7 @@
 //!                                          jmp site+len
 //! ```
 //! Two handler parts:
-//! - [`Handler::Exit`]: one `mov dword ptr [rip+doorbell], SLOT`. The doorbell page is not
+//! - [`Handler::Exit`]: one `mov dword ptr [rip+doorbell], TAG`. The doorbell page is not
 //!   guest RAM, so the write exits to the VMM, which reads the registers KVM saved at the exit:
 //!   the instruction changes no register and no flag, so they are the probed context exactly
 //!   (only RIP differs). Saving and restoring registers is what the exit itself does.
@@ -16,14 +16,14 @@
 //!   keeps `node << 12 | cpu` there, hvprobe sets the vCPU index for its own guests), reserves
 //!   a record in that CPU's ring with `lock cmpxchg` on the ring's head (safe against an
 //!   interrupt on the same CPU re-entering the trampoline, and against migration), fills it
-//!   (slot, TSC, up to [`MAX_FETCHES`] chosen registers or memory words) and commits it by
+//!   (tag, TSC, up to [`MAX_FETCHES`] chosen registers or memory words) and commits it by
 //!   writing its sequence number last. A full ring (or a CPU number beyond the rings) counts
 //!   in the slot's `lost` counter instead. Then it restores everything.
 //!
 //! Ring layout (the host side reads the same): a ring is a 128-byte header (`head` at +0,
 //! written by trampolines; `tail` at +[`RING_TAIL`], written by the host) followed by
 //! `capacity` records of [`RECORD_SIZE`] bytes: +0 u32 sequence (reservation index + 1,
-//! written last), +4 u32 slot, +8 u64 TSC, +16 the fetched values (u64 each).
+//! written last), +4 u32 tag, +8 u64 TSC, +16 the fetched values (u64 each).
 
 use iced_x86::code_asm::{
     AsmRegister64, CodeAssembler, dword_ptr, ecx, get_gpr64, qword_ptr, rax, rbx, rcx, rdx, rsp,
@@ -101,7 +101,7 @@ pub struct RingSpec {
 /// What a trampoline does before the relocated instructions.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Handler {
-    /// Write the slot number to the doorbell at this guest-virtual address (one exit).
+    /// Write the tag to the doorbell at this guest-virtual address (one exit).
     Exit {
         /// The doorbell's address.
         doorbell: u64,
@@ -115,8 +115,10 @@ pub enum Handler {
 pub struct TrampolineSpec<'a> {
     /// Where the trampoline goes (guest-virtual).
     pub at: u64,
-    /// Its slot number (what the doorbell receives and records carry).
-    pub slot: u32,
+    /// Its tag: what the doorbell receives and records carry. Unique per optimization (not
+    /// per slot), so a hit from a trampoline that was just given up is still told apart from
+    /// one of the slot's next occupant.
+    pub tag: u32,
     /// The probed address.
     pub site: u64,
     /// The original bytes of the displaced instructions (from `can_optimize`'s window).
@@ -211,7 +213,7 @@ fn saved_slot(g: Gpr) -> Option<i32> {
 /// Bytes the in-guest prologue moves RSP by (red zone, RFLAGS, four registers).
 const SAVED_BYTES: i32 = RED_ZONE + 5 * 8;
 
-fn in_guest(a: &mut CodeAssembler, slot: u32, ring: &RingSpec) -> Result<(), TrampolineError> {
+fn in_guest(a: &mut CodeAssembler, tag: u32, ring: &RingSpec) -> Result<(), TrampolineError> {
     if ring.fetches.len() > MAX_FETCHES {
         return Err(TrampolineError::Spec(format!(
             "{} values asked, a record holds {MAX_FETCHES}",
@@ -277,7 +279,7 @@ fn in_guest(a: &mut CodeAssembler, slot: u32, ring: &RingSpec) -> Result<(), Tra
         .map_err(e)?;
     a.shl(rax, 6).map_err(e)?;
     a.lea(rbx, qword_ptr(rbx + rax + RECORDS_DISP)).map_err(e)?;
-    a.mov(dword_ptr(rbx + 4), slot).map_err(e)?;
+    a.mov(dword_ptr(rbx + 4), tag).map_err(e)?;
     a.mov(qword_ptr(rbx + 8), rcx).map_err(e)?;
     for (i, f) in ring.fetches.iter().enumerate() {
         let dst = VALUES_DISP + 8 * i32::try_from(i).unwrap_or(0);
@@ -355,10 +357,10 @@ pub fn build_trampoline(spec: &TrampolineSpec<'_>) -> Result<Trampoline, Trampol
         Handler::Exit { doorbell } => {
             add(
                 &mut a,
-                Instruction::with2(Code::Mov_rm32_imm32, rip_abs(*doorbell), spec.slot),
+                Instruction::with2(Code::Mov_rm32_imm32, rip_abs(*doorbell), spec.tag),
             )?;
         }
-        Handler::InGuest(ring) => in_guest(&mut a, spec.slot, ring)?,
+        Handler::InGuest(ring) => in_guest(&mut a, spec.tag, ring)?,
     }
     let prefix = a
         .assemble_options(spec.at, BlockEncoderOptions::NONE)

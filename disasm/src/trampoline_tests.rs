@@ -27,7 +27,7 @@ fn listing(code: &[u8], at: u64) -> Vec<(u64, String, InsnKind)> {
 fn exit_trampoline_rings_the_doorbell_then_runs_the_displaced_code_and_jumps_back() {
     let t = build_trampoline(&TrampolineSpec {
         at: SLOT_AT,
-        slot: 3,
+        tag: 3,
         site: SITE,
         displaced: &PLAIN,
         handler: Handler::Exit {
@@ -54,7 +54,7 @@ fn relocated_rip_relative_operands_and_short_jumps_keep_their_targets() {
     let code = [0x48, 0x8b, 0x05, 0x00, 0x10, 0x00, 0x00, 0x74, 0x20];
     let t = build_trampoline(&TrampolineSpec {
         at: SLOT_AT,
-        slot: 0,
+        tag: 0,
         site: SITE,
         displaced: &code,
         handler: Handler::Exit {
@@ -98,7 +98,7 @@ fn in_guest_trampoline_saves_and_restores_what_it_uses() {
     };
     let t = build_trampoline(&TrampolineSpec {
         at: SLOT_AT,
-        slot: 9,
+        tag: 9,
         site: SITE,
         displaced: &PLAIN,
         handler: Handler::InGuest(ring),
@@ -149,7 +149,7 @@ fn bad_specs_and_far_slots_are_refused() {
     };
     let spec = |handler| TrampolineSpec {
         at: SLOT_AT,
-        slot: 0,
+        tag: 0,
         site: SITE,
         displaced: &PLAIN,
         handler,

@@ -501,3 +501,51 @@ fn the_rdtscp_template_runs_natively_and_picks_a_ring_by_cpu_number() {
         "every call once, from either ring"
     );
 }
+
+#[test]
+fn optimize_and_unoptimize_over_and_over_while_the_guest_calls_the_site() {
+    // Ring 0, two probes with windows the loop runs through constantly: every cycle pauses
+    // the guest wherever it is (sometimes inside a window or a trampoline), so passes defer
+    // and slots go dirty and come back. Every call must still be counted exactly once and
+    // the guest's checksum must hold.
+    let mut s = Session::start(
+        "hvtest=optloop",
+        vec![
+            ProbeRequest::jump("tk_opt_plain", JumpHandler::Exit, true),
+            ProbeRequest::jump("tk_opt_riprel", in_guest(), true),
+        ],
+    );
+    s.wait_for_hits("tk_opt_plain", 5);
+    let target = s.vm.target();
+    let engine = s.intro.engine().clone();
+    let mut jumps = 0;
+    for cycle in 0..25 {
+        for (at, handler) in [
+            ("tk_opt_plain", JumpHandler::Exit),
+            ("tk_opt_riprel", in_guest()),
+        ] {
+            let site = introspect::addr::Gva(symbol(at));
+            if cycle % 2 == 0 {
+                engine.unoptimize(&target, site, "cycle").unwrap();
+            } else {
+                engine.request_jump(site, handler);
+            }
+        }
+        if cycle % 2 == 1 {
+            jumps += engine
+                .optimize_pending(&target, introspect::probes::Quiesce::Controller)
+                .unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(3));
+    }
+    let stop = vm_memory::GuestAddress(symbol("TK_OPT_STOP"));
+    use vm_memory::Bytes;
+    s.vm.memory().inner().write_obj(1u64, stop).unwrap();
+    let outcome = s.wait();
+    let n = assert_guest_ok(&s, &outcome);
+    eprintln!("{n} iterations, {jumps} re-optimizations of 24 tries (2 sites x 12)");
+    assert!(jumps > 0, "no pass ever found the sites quiescent");
+    assert_eq!(s.hits("tk_opt_plain"), n);
+    let (hits, lost, _) = s.source("tk_opt_riprel");
+    assert_eq!(hits + lost, n);
+}

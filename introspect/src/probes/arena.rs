@@ -261,18 +261,18 @@ impl SlotPool {
         }
     }
 
-    /// With every vCPU paused: frees the dirty slots `busy` says no vCPU is in. Returns how
-    /// many were freed.
-    pub fn reclaim(&mut self, busy: impl Fn(u32) -> bool) -> usize {
-        let mut n = 0;
+    /// With every vCPU paused: frees the dirty slots `busy` says no vCPU is in. Returns the
+    /// slots freed.
+    pub fn reclaim(&mut self, busy: impl Fn(u32) -> bool) -> Vec<u32> {
+        let mut freed = Vec::new();
         for (i, s) in self.states.iter_mut().enumerate() {
             let i = u32::try_from(i).unwrap_or(u32::MAX);
             if *s == SlotState::Dirty && !busy(i) {
                 *s = SlotState::Free;
-                n += 1;
+                freed.push(i);
             }
         }
-        n
+        freed
     }
 
     /// (free, used, dirty) counts.

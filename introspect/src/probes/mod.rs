@@ -191,8 +191,10 @@ pub struct ProbeEngine {
     opt: Mutex<optimize::OptState>,
     /// The in-guest handlers' rings, once an arena is attached.
     rings: Mutex<Option<ring::RingReader>>,
-    /// Optimized sites by trampoline slot (outside `opt`: the doorbell path reads it).
-    by_slot: RwLock<std::collections::HashMap<u32, Gva>>,
+    /// Sites by trampoline tag, for every optimization ever made (outside `opt`: the
+    /// doorbell path reads it; a tag is never reused, so a late hit from a given-up
+    /// trampoline still finds its site).
+    tags: RwLock<std::collections::HashMap<u32, Gva>>,
 }
 
 impl Default for ProbeEngine {
@@ -219,7 +221,7 @@ impl ProbeEngine {
             denied: Vec::new(),
             opt: Mutex::new(optimize::OptState::default()),
             rings: Mutex::new(None),
-            by_slot: RwLock::new(std::collections::HashMap::new()),
+            tags: RwLock::new(std::collections::HashMap::new()),
         }
     }
 

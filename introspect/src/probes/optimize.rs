@@ -150,8 +150,14 @@ struct ArenaState {
     layout: ArenaLayout,
     pool: SlotPool,
     generation: u64,
+    /// The next trampoline tag (never reused).
+    next_tag: u32,
+    /// The site of every slot in use or dirty, for its `lost` counter.
+    slot_site: HashMap<u32, Gva>,
     /// Each slot's `lost` counter as last read.
     lost_seen: HashMap<u32, u64>,
+    /// Losses read from slots as they were freed, not yet taken.
+    freed_lost: Vec<(Gva, u64)>,
 }
 
 /// The optimizer's state, inside the [`ProbeEngine`]. Lock order: this, then the registry.
@@ -175,6 +181,7 @@ struct Prepared {
     site: Gva,
     gpa: Gpa,
     slot: u32,
+    tag: u32,
     window: Window,
     kind: JumpKind,
     map: Vec<(u64, u64)>,
@@ -238,7 +245,10 @@ impl ProbeEngine {
             layout,
             pool: SlotPool::new(layout.slot_count),
             generation: 0,
+            next_tag: 1,
+            slot_site: HashMap::new(),
             lost_seen: HashMap::new(),
+            freed_lost: Vec::new(),
         });
         Ok(())
     }
@@ -308,26 +318,15 @@ impl ProbeEngine {
         }
     }
 
-    /// The site whose trampoline is in `slot`. Takes only the slot map's read lock: the
-    /// doorbell path calls it inside an exit, while an optimizer pass may hold the
-    /// optimizer's lock waiting for that very vCPU to pause.
-    pub fn slot_site(&self, slot: u32) -> Option<Gva> {
-        self.by_slot
+    /// The site a trampoline tag belongs to. Takes only the tag map's read lock: the doorbell
+    /// path calls it inside an exit, while an optimizer pass may hold the optimizer's lock
+    /// waiting for that very vCPU to pause.
+    pub fn tag_site(&self, tag: u32) -> Option<Gva> {
+        self.tags
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(&slot)
+            .get(&tag)
             .copied()
-    }
-
-    fn set_slot_site(&self, slot: u32, site: Option<Gva>) {
-        let mut m = self
-            .by_slot
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match site {
-            Some(s) => m.insert(slot, s),
-            None => m.remove(&slot),
-        };
     }
 
     /// Gives up on every pending site (they stay int3 probes) with `why`: at the end of a
@@ -350,8 +349,7 @@ impl ProbeEngine {
     pub fn original_address(&self, addr: u64) -> Option<u64> {
         let opt = lock(&self.opt);
         let slot = opt.arena.as_ref()?.layout.slot_containing(addr)?;
-        let site = self.slot_site(slot)?;
-        let o = opt.optimized.get(&site)?;
+        let o = opt.optimized.values().find(|o| o.slot == slot)?;
         o.map
             .iter()
             .rev()
@@ -553,6 +551,8 @@ impl ProbeEngine {
             .pool
             .alloc()
             .ok_or("every trampoline slot is in use")?;
+        let tag = arena.next_tag;
+        arena.next_tag = arena.next_tag.wrapping_add(1).max(1);
         let (slot_va, slot_pa) = layout.slot(slot);
         let handler = match &want_handler {
             JumpHandler::Exit => Handler::Exit {
@@ -570,7 +570,7 @@ impl ProbeEngine {
         };
         let built = build_trampoline(&TrampolineSpec {
             at: slot_va.raw(),
-            slot,
+            tag,
             site: site.raw(),
             displaced: window.bytes(),
             handler,
@@ -591,11 +591,11 @@ impl ProbeEngine {
             arena.pool.free_unused(slot);
             return Err(e.to_string());
         }
-        arena.lost_seen.insert(slot, 0);
         Ok(Prepared {
             site,
             gpa: first.gpa,
             slot,
+            tag,
             window,
             kind: want_handler.kind(),
             map: t.map,
@@ -713,7 +713,14 @@ impl ProbeEngine {
             write(p.gpa, &jmp[..1])?;
             self.write_reg().set_window(p.site, Some(p.window));
             opt.wants.remove(&p.site);
-            self.set_slot_site(p.slot, Some(p.site));
+            self.tags
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(p.tag, p.site);
+            if let Some(a) = opt.arena.as_mut() {
+                a.slot_site.insert(p.slot, p.site);
+                a.lost_seen.insert(p.slot, 0);
+            }
             opt.optimized.insert(
                 p.site,
                 Optimized {
@@ -728,11 +735,25 @@ impl ProbeEngine {
         }
         if let Some(a) = opt.arena.as_mut() {
             let layout = a.layout;
-            a.pool.reclaim(|slot| {
+            let freed = a.pool.reclaim(|slot| {
                 let (va, _) = layout.slot(slot);
                 rips.iter()
                     .any(|&r| r >= va.raw() && r < va.raw() + u64::from(SLOT_SIZE))
             });
+            // No vCPU is in a freed slot: its `lost` counter is final.
+            for slot in freed {
+                let site = a.slot_site.remove(&slot);
+                let seen = a.lost_seen.remove(&slot).unwrap_or(0);
+                let mut w = [0u8; 8];
+                if let (Some(site), Ok(())) =
+                    (site, target.read_phys(layout.slot_lost(slot).1, &mut w))
+                {
+                    let now = u64::from_le_bytes(w);
+                    if now > seen {
+                        a.freed_lost.push((site, now - seen));
+                    }
+                }
+            }
             a.generation += 1;
             let gen_at = Gpa(layout.gpa.raw() + HEADER_GENERATION);
             target
@@ -766,7 +787,6 @@ impl ProbeEngine {
         write(o.gpa, &[super::BREAKPOINT_INSN])?;
         write(Gpa(o.gpa.raw() + 1), &o.window.bytes()[1..])?;
         self.write_reg().set_window(site, None);
-        self.set_slot_site(o.slot, None);
         if let Some(a) = opt.arena.as_mut() {
             a.pool.retire(o.slot);
         }
@@ -821,12 +841,12 @@ impl ProbeEngine {
         Ok(())
     }
 
-    /// A doorbell exit from slot `value`'s trampoline: calls the site's handlers with the
-    /// vCPU's registers (RIP set to the probed address). `None` if no optimized site has
-    /// that slot.
+    /// A doorbell exit from the trampoline tagged `value`: calls the site's handlers with the
+    /// vCPU's registers (RIP set to the probed address). `None` if no trampoline had that
+    /// tag.
     pub fn on_doorbell(&self, vcpu: &mut dyn VcpuAccess, value: u64) -> Option<HookDecision> {
-        let slot = u32::try_from(value).ok()?;
-        let site = self.slot_site(slot)?;
+        let tag = u32::try_from(value).ok()?;
+        let site = self.tag_site(tag)?;
         let probes = self.read_reg().site(site)?.probes.clone();
         let mut regs = vcpu.regs().ok()?;
         regs.rip = site.raw();
@@ -853,13 +873,13 @@ impl ProbeEngine {
         let Some(reader) = rings.as_mut() else {
             return Ok(0);
         };
-        let by_slot = self
-            .by_slot
+        let tags = self
+            .tags
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
         reader
-            .drain(mem, max, &mut |r| f(r, by_slot.get(&r.slot).copied()))
+            .drain(mem, max, &mut |r| f(r, tags.get(&r.tag).copied()))
             .map_err(|source| ProbeError::Patch {
                 gpa: Gpa(0),
                 source,
@@ -868,19 +888,12 @@ impl ProbeEngine {
 
     /// Records lost since the last call, by site: in-guest hits whose ring was full.
     pub fn take_lost(&self, mem: &(impl PhysMem + ?Sized)) -> Vec<(Gva, u64)> {
-        let slots: Vec<(u32, Gva)> = self
-            .by_slot
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .iter()
-            .map(|(s, g)| (*s, *g))
-            .collect();
         let mut opt = lock(&self.opt);
         let Some(a) = opt.arena.as_mut() else {
             return Vec::new();
         };
-        let mut out = Vec::new();
-        for (slot, site) in slots {
+        let mut out = std::mem::take(&mut a.freed_lost);
+        for (&slot, &site) in &a.slot_site {
             let mut w = [0u8; 8];
             if mem.read_phys(a.layout.slot_lost(slot).1, &mut w).is_err() {
                 continue;

@@ -19,8 +19,8 @@ use crate::paging::{PhysMemError, PhysMemMut};
 pub struct RingRecord {
     /// The ring's vCPU (the CPU number the trampoline read with `rdtscp`).
     pub vcpu: u32,
-    /// The trampoline slot (which probe).
-    pub slot: u32,
+    /// The trampoline's tag (which optimization of which probe).
+    pub tag: u32,
     /// The guest's TSC at the hit.
     pub tsc: u64,
     /// The fetched values, in the probe's order (unused ones are 0).
@@ -116,7 +116,7 @@ impl RingReader {
             }
             f(&RingRecord {
                 vcpu: ring,
-                slot: u32_at(r, 4),
+                tag: u32_at(r, 4),
                 tsc: u64_at(r, 8),
                 values,
             });

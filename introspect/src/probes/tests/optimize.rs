@@ -27,6 +27,10 @@ fn jump_probe(t: &MockTarget, e: &ProbeEngine, site: u64) -> Arc<AtomicU64> {
     n
 }
 
+fn old_slot_rip(layout: &ArenaLayout) -> u64 {
+    layout.slot(0).0.raw()
+}
+
 fn original_func_a(t: &MockTarget) -> Vec<u8> {
     let e = ProbeEngine::new();
     let mut b = vec![0u8; WINDOW];
@@ -68,11 +72,18 @@ fn a_quiescent_site_becomes_a_jump_and_reads_still_see_the_original_bytes() {
             target: layout.doorbell().0.raw()
         }
     );
-    // A doorbell with that slot is a hit at the site, with the vCPU's registers.
+    // The doorbell carries the trampoline's tag (the first optimization's: 1): a hit at the
+    // site, with the vCPU's registers.
+    assert!(
+        disasm::decode(&code, slot)
+            .unwrap()
+            .to_string()
+            .ends_with(", 1")
+    );
     let mut v = at(&t, 0, first.next_ip());
-    assert_eq!(e.on_doorbell(&mut v, 0), Some(HookDecision::Continue));
+    assert_eq!(e.on_doorbell(&mut v, 1), Some(HookDecision::Continue));
     assert_eq!(hits.load(Ordering::Relaxed), 1);
-    assert_eq!(e.on_doorbell(&mut v, 7), None, "no such slot");
+    assert_eq!(e.on_doorbell(&mut v, 7), None, "no such tag");
     // A vCPU stopped inside the relocated instructions maps back to the original ones.
     let map_back = e.original_address(first.next_ip()).unwrap();
     assert_eq!(map_back, FUNC_A);
@@ -139,6 +150,12 @@ fn unoptimize_restores_int3_then_bytes_and_frees_the_slot_only_when_no_vcpu_is_i
             reason: Some("test".into())
         }
     );
+    // A late doorbell from the given-up trampoline (a vCPU was inside it) still counts.
+    let (h, late) = counter();
+    e.register(Gva(FUNC_A), h);
+    let mut v = at(&t, 0, old_slot_rip(&layout));
+    assert_eq!(e.on_doorbell(&mut v, 1), Some(HookDecision::Continue));
+    assert_eq!(late.load(Ordering::Relaxed), 1);
     // Optimize again while a vCPU is still inside the old trampoline: a new slot.
     let old = layout.slot(0).0.raw();
     e.request_jump(Gva(FUNC_A), JumpHandler::Exit);
