@@ -86,6 +86,21 @@ impl Default for VmConfig {
     }
 }
 
+impl VmConfig {
+    /// The embedded test kernel with `cmdline` (its scenario, e.g. `hvtest=optloop`) on `cpus`
+    /// vCPUs, console to a sink and no phase lines: what tests and benchmarks run.
+    pub fn quiet_test_kernel(cmdline: &str, cpus: u8) -> VmConfig {
+        VmConfig {
+            kernel: KernelSource::Embedded,
+            cmdline: Some(cmdline.to_string()),
+            cpus,
+            serial: SerialOutput::Sink,
+            quiet: true,
+            ..VmConfig::default()
+        }
+    }
+}
+
 /// The most vCPUs a VM may have.
 pub const MAX_CPUS: u8 = 64;
 

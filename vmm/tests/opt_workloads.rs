@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use vmm::config::{KernelSource, SerialOutput, VmConfig};
+use vmm::config::VmConfig;
 use vmm::devices::test_device::REG_SCRATCH;
 use vmm::layout::TEST_DEVICE_MMIO_BASE;
 use vmm::memory::Gpa;
@@ -19,14 +19,7 @@ use vmm::vm::Vm;
 const ARENA_LEN: u64 = 8 << 20;
 
 fn config(cmdline: &str, cpus: u8) -> VmConfig {
-    VmConfig {
-        kernel: KernelSource::Embedded,
-        cmdline: Some(cmdline.to_string()),
-        cpus,
-        serial: SerialOutput::Sink,
-        quiet: true,
-        ..VmConfig::default()
-    }
+    VmConfig::quiet_test_kernel(cmdline, cpus)
 }
 
 /// Boots the test kernel with `cmdline` and runs it to the end; prints how long it took.

@@ -43,14 +43,7 @@ impl Session {
         cpu_source: Option<introspect::probes::CpuSource>,
         probes: Vec<ProbeRequest>,
     ) -> Session {
-        let config = VmConfig {
-            kernel: KernelSource::Embedded,
-            cmdline: Some(cmdline.to_string()),
-            cpus,
-            serial: SerialOutput::Sink,
-            quiet: true,
-            ..VmConfig::default()
-        };
+        let config = VmConfig::quiet_test_kernel(cmdline, cpus);
         let symbols = vmm::instrument::load_symbols(&config).unwrap();
         let sources = Arc::new(Sources::new());
         let (sink, events) = events::channel(sources.clone(), 1 << 20);

@@ -4,19 +4,12 @@
 use std::process::Command;
 use std::time::Duration;
 
-use vmm::config::{KernelSource, SerialOutput, VmConfig};
+use vmm::config::VmConfig;
 use vmm::outcome::{EXIT_GUEST_CRASH, EXIT_GUEST_RESET, EXIT_TIMEOUT, Outcome};
 use vmm::vm::Vm;
 
 fn scenario(cmdline: &str, cpus: u8) -> (Outcome, Vm) {
-    let config = VmConfig {
-        kernel: KernelSource::Embedded,
-        cmdline: Some(cmdline.to_string()),
-        cpus,
-        serial: SerialOutput::Sink,
-        quiet: true,
-        ..VmConfig::default()
-    };
+    let config = VmConfig::quiet_test_kernel(cmdline, cpus);
     let mut vm = Vm::new(&config, None).expect("VM builds");
     vm.start().expect("VM starts");
     let outcome = vm.wait(Some(Duration::from_secs(30))).expect("VM runs");
