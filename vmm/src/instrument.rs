@@ -288,10 +288,11 @@ pub struct InstrumentReport {
     pub notes: Vec<String>,
 }
 
-/// On our software KVM, guest ring-0 code runs on an instruction emulator without `rdtscp`:
-/// in-guest trampolines use `rdtsc` and one shared ring there (said once, in the notes).
+/// On our software KVM, guest ring-0 code runs on an instruction emulator without `rdtscp`
+/// (and KVMs that do not offer `rdtscp` to guests leave it out too): in-guest trampolines use
+/// `rdtsc` and one shared ring there.
 pub fn set_platform_cpu_source(intro: &Introspector) {
-    if crate::platform::is_software_kvm() {
+    if crate::platform::is_software_kvm() || !crate::platform::kvm_offers_rdtscp() {
         intro
             .engine()
             .set_cpu_source(introspect::probes::CpuSource::SharedRing);

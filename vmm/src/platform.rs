@@ -54,6 +54,18 @@ const RING0_LOOP: [u8; 20] = [
 /// Iterations of [`RING0_LOOP`].
 pub const RING0_LOOP_ITERATIONS: u64 = 100_000;
 
+/// Whether this KVM gives its guests `rdtscp` (CPUID.8000_0001h:EDX bit 27), which hvprobe's
+/// in-guest probe trampolines use to find their vCPU's ring. False if KVM cannot be asked.
+pub fn kvm_offers_rdtscp() -> bool {
+    crate::vm::open_kvm()
+        .ok()
+        .and_then(|kvm| {
+            kvm.get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+                .ok()
+        })
+        .is_some_and(|c| crate::boot::cpu::has_rdtscp(&c))
+}
+
 /// Runs 100,000 iterations of a tight ring-0 loop in a throwaway VM and returns the wall time
 /// from start to the guest's exit. About 0.1 ms of loop on hardware KVM; about 150 ms on our
 /// software KVM, which emulates ring-0 code.
