@@ -28,18 +28,22 @@
 //! interrupts off; for Linux, jump optimization waits for the guest module's quiescence
 //! barrier (`synchronize_rcu_tasks()`), so Linux probes stay int3 until it exists.
 
+mod attach;
+mod hits;
+mod prepare;
+
+pub use attach::locate_arena;
+
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use disasm::{Fetch, Handler, JUMP_LEN, RingSpec, TrampolineSpec, build_trampoline, jump_patch};
+use disasm::{Fetch, JUMP_LEN, jump_patch};
 
-use super::arena::{ArenaError, ArenaLayout, HEADER_GENERATION, SLOT_CODE, SLOT_SIZE, SlotPool};
-use super::registry::{MAX_WINDOW, Window};
-use super::ring::{RingReader, RingRecord};
-use super::{HookDecision, ProbeEngine, ProbeError, ProbeId, lock};
+use super::arena::{ArenaLayout, HEADER_GENERATION, SLOT_SIZE, SlotPool};
+use super::registry::Window;
+use super::{ProbeEngine, ProbeError, lock};
 use crate::addr::{Gpa, Gva};
-use crate::paging::{self, PageWalker, PagingContext, PhysMem, PhysMemMut};
-use crate::target::{Target, TargetError, VcpuAccess};
+use crate::target::{Target, TargetError};
 
 /// How often a pass may find a site not quiescent before it gives up on the jump.
 pub const MAX_DEFERRALS: u32 = 100;
@@ -187,87 +191,11 @@ struct Prepared {
     map: Vec<(u64, u64)>,
 }
 
-/// Finds the arena `[base, base+len)` in guest memory with `ctx` and lays it out for `vcpus`.
-pub fn locate_arena<M: PhysMem + ?Sized>(
-    mem: &M,
-    ctx: &PagingContext,
-    base: Gva,
-    len: u64,
-    vcpus: usize,
-) -> Result<ArenaLayout, ArenaError> {
-    if base.raw() % 0x1000 != 0 || len % 0x1000 != 0 || len == 0 {
-        return Err(ArenaError::Unaligned { base, len });
-    }
-    let first = paging::translate(mem, ctx, base).map_err(|e| ArenaError::Unmapped {
-        at: base,
-        reason: e.to_string(),
-    })?;
-    let mut off = 0x1000;
-    while off < len {
-        let at = Gva(base.raw() + off);
-        let t = paging::translate(mem, ctx, at).map_err(|e| ArenaError::Unmapped {
-            at,
-            reason: e.to_string(),
-        })?;
-        let expected = Gpa(first.gpa.raw() + off);
-        if t.gpa != expected {
-            return Err(ArenaError::NotContiguous { base, at, expected });
-        }
-        off += 0x1000;
-    }
-    ArenaLayout::plan(base, first.gpa, len, vcpus)
-}
-
 fn target_err(what: &'static str) -> impl Fn(String) -> ProbeError {
     move |reason| ProbeError::Target(TargetError::Vm { what, reason })
 }
 
 impl ProbeEngine {
-    /// Takes `layout` as the trampoline arena: writes its header and empties its rings.
-    pub fn attach_arena(&self, mem: &dyn Target, layout: ArenaLayout) -> Result<(), ProbeError> {
-        let mut opt = lock(&self.opt);
-        if let Some(a) = &opt.arena {
-            return Err(ProbeError::Arena(ArenaError::AlreadyAttached(
-                a.layout.base,
-            )));
-        }
-        let patch = |gpa: Gpa, bytes: &[u8]| {
-            mem.write_phys(gpa, bytes)
-                .map_err(|source| ProbeError::Patch { gpa, source })
-        };
-        for r in 0..layout.ring_count {
-            // head and tail (the header is RING_RECORDS = 128 bytes).
-            patch(layout.ring(r).1, &[0u8; 128])?;
-        }
-        patch(layout.gpa, &layout.header())?;
-        *lock(&self.rings) = Some(RingReader::new(layout));
-        opt.arena = Some(ArenaState {
-            layout,
-            pool: SlotPool::new(layout.slot_count),
-            generation: 0,
-            next_tag: 1,
-            slot_site: HashMap::new(),
-            lost_seen: HashMap::new(),
-            freed_lost: Vec::new(),
-        });
-        Ok(())
-    }
-
-    /// Lets go of the arena before anything was optimized into it (the VMM could not set up
-    /// its doorbell): pending sites stay pending, as if no arena had been offered.
-    pub fn detach_arena(&self) {
-        let mut opt = lock(&self.opt);
-        if opt.optimized.is_empty() {
-            opt.arena = None;
-            *lock(&self.rings) = None;
-        }
-    }
-
-    /// The attached arena.
-    pub fn arena(&self) -> Option<ArenaLayout> {
-        lock(&self.opt).arena.as_ref().map(|a| a.layout)
-    }
-
     /// Asks for `site` (armed, or about to be) to become a jump with `handler`.
     pub fn request_jump(&self, site: Gva, handler: JumpHandler) {
         let mut opt = lock(&self.opt);
@@ -318,17 +246,6 @@ impl ProbeEngine {
         }
     }
 
-    /// The site a trampoline tag belongs to. Takes only the tag map's read lock: the doorbell
-    /// path calls it inside an exit, while an optimizer pass may hold the optimizer's lock
-    /// waiting for that very vCPU to pause.
-    pub fn tag_site(&self, tag: u32) -> Option<Gva> {
-        self.tags
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(&tag)
-            .copied()
-    }
-
     /// Gives up on every pending site (they stay int3 probes) with `why`: at the end of a
     /// session whose guest never offered an arena.
     pub fn give_up_pending(&self, why: &str) {
@@ -342,57 +259,6 @@ impl ProbeEngine {
     /// Whether a pending site was found not quiescent and waits for another pass.
     pub fn has_deferred(&self) -> bool {
         lock(&self.opt).wants.values().any(|w| w.deferrals > 0)
-    }
-
-    /// The original address of trampoline address `addr` (a vCPU stopped inside a
-    /// trampoline's relocated instructions was, in the original code, there).
-    pub fn original_address(&self, addr: u64) -> Option<u64> {
-        let opt = lock(&self.opt);
-        let slot = opt.arena.as_ref()?.layout.slot_containing(addr)?;
-        let o = opt.optimized.values().find(|o| o.slot == slot)?;
-        o.map
-            .iter()
-            .rev()
-            .find(|(_, new)| *new <= addr)
-            .map(|(old, _)| *old)
-    }
-
-    /// Whether `site` could become a jump, judged from its function's original bytes
-    /// (`disasm::can_optimize`) before any arena exists. Checked again when it is optimized.
-    pub fn check_jump(&self, target: &dyn Target, site: Gva) -> Result<(), ProbeError> {
-        let ctx = self.paging_context(target)?;
-        let (code, start) =
-            self.function_code(target, &ctx, site)
-                .map_err(|reason| ProbeError::CannotJump {
-                    addr: site,
-                    symbol: self.describe(site),
-                    reason,
-                })?;
-        let fixups = self.guest_fixups(target, &ctx);
-        disasm::can_optimize(&code, start, site.raw())
-            .and_then(|info| disasm::check_fixups(&info, &fixups))
-            .map_err(|e| ProbeError::CannotJump {
-                addr: site,
-                symbol: self.describe(site),
-                reason: e.to_string(),
-            })
-    }
-
-    /// Checks that the 8 bytes an in-guest handler would read at `addr` are mapped now (the
-    /// trampoline reads them without a fault handler).
-    pub fn check_fetch(&self, target: &dyn Target, addr: Gva) -> Result<(), ProbeError> {
-        let ctx = self.paging_context(target)?;
-        for a in [addr, Gva(addr.raw().wrapping_add(7))] {
-            paging::translate(target, &ctx, a)
-                .map_err(|source| ProbeError::Translate { addr: a, source })?;
-        }
-        Ok(())
-    }
-
-    fn describe(&self, site: Gva) -> String {
-        self.symbols()
-            .and_then(|t| t.lookup(site.raw()))
-            .map_or_else(|| site.to_string(), |s| s.to_string())
     }
 
     fn refuse(opt: &mut OptState, site: Gva, why: String) {
@@ -492,173 +358,6 @@ impl ProbeEngine {
             rips.push(rip);
         }
         Ok(rips)
-    }
-
-    /// Checks `site` and writes its trampoline into a fresh slot (the guest may run: nothing
-    /// jumps to a free slot). The error is the reason the site stays an int3.
-    fn prepare(
-        &self,
-        target: &dyn Target,
-        ctx: &PagingContext,
-        opt: &mut OptState,
-        site: Gva,
-    ) -> Result<Prepared, String> {
-        let (code, func_start) = self.function_code(target, ctx, site)?;
-        let info =
-            disasm::can_optimize(&code, func_start, site.raw()).map_err(|e| e.to_string())?;
-        if opt.fixups.is_none() {
-            opt.fixups = Some(self.guest_fixups(target, ctx));
-        }
-        disasm::check_fixups(&info, opt.fixups.as_deref().unwrap_or_default())
-            .map_err(|e| e.to_string())?;
-        let len = info.len;
-        if len > MAX_WINDOW {
-            return Err(format!("the window is {len} bytes"));
-        }
-        let end = Gva(site.raw() + len as u64);
-        if let Some(other) = self.read_reg().armed_in(Gva(site.raw() + 1), end).first() {
-            return Err(format!(
-                "another probe at {other} is inside the {len}-byte window"
-            ));
-        }
-        if let Some((a, who)) = opt
-            .reserved
-            .iter()
-            .find(|(a, _)| *a > site.raw() && *a < end.raw())
-        {
-            return Err(format!("{who} at {a:#x} is inside the {len}-byte window"));
-        }
-        let first = paging::translate(target, ctx, site).map_err(|e| e.to_string())?;
-        let last = paging::translate(target, ctx, Gva(end.raw() - 1)).map_err(|e| e.to_string())?;
-        if last.gpa.raw() != first.gpa.raw() + len as u64 - 1 {
-            return Err("the window crosses into a page that is not physically next".into());
-        }
-        let mut window = Window {
-            len,
-            orig: [0; MAX_WINDOW],
-        };
-        self.read_phys(target, first.gpa, &mut window.orig[..len])
-            .map_err(|e| e.to_string())?;
-        let want_handler = opt
-            .wants
-            .get(&site)
-            .map(|w| w.handler.clone())
-            .unwrap_or(JumpHandler::Exit);
-        let cpu_source = opt.cpu_source;
-        let arena = opt.arena.as_mut().ok_or("no arena")?;
-        let layout = arena.layout;
-        let slot = arena
-            .pool
-            .alloc()
-            .ok_or("every trampoline slot is in use")?;
-        let tag = arena.next_tag;
-        arena.next_tag = arena.next_tag.wrapping_add(1).max(1);
-        let (slot_va, slot_pa) = layout.slot(slot);
-        let handler = match &want_handler {
-            JumpHandler::Exit => Handler::Exit {
-                doorbell: layout.doorbell().0.raw(),
-            },
-            JumpHandler::InGuest(fetches) => Handler::InGuest(RingSpec {
-                cpu: cpu_source,
-                rings: layout.ring(0).0.raw(),
-                ring_count: layout.ring_count,
-                ring_stride: u32::try_from(layout.ring_stride).unwrap_or(u32::MAX),
-                capacity: layout.ring_capacity,
-                lost: layout.slot_lost(slot).0.raw(),
-                fetches: fetches.clone(),
-            }),
-        };
-        let built = build_trampoline(&TrampolineSpec {
-            at: slot_va.raw(),
-            tag,
-            site: site.raw(),
-            displaced: window.bytes(),
-            handler,
-            max_len: SLOT_CODE,
-        })
-        .and_then(|t| jump_patch(site.raw(), slot_va.raw()).map(|_| t));
-        let t = match built {
-            Ok(t) => t,
-            Err(e) => {
-                arena.pool.free_unused(slot);
-                return Err(e.to_string());
-            }
-        };
-        let mut bytes = vec![0xccu8; usize::try_from(SLOT_SIZE).unwrap_or(256)];
-        bytes[..t.code.len()].copy_from_slice(&t.code);
-        bytes[SLOT_CODE..].fill(0);
-        if let Err(e) = target.write_phys(slot_pa, &bytes) {
-            arena.pool.free_unused(slot);
-            return Err(e.to_string());
-        }
-        Ok(Prepared {
-            site,
-            gpa: first.gpa,
-            slot,
-            tag,
-            window,
-            kind: want_handler.kind(),
-            map: t.map,
-        })
-    }
-
-    /// The kernel's exception table, read through the guest's page tables (empty without
-    /// `__start___ex_table` / `__stop___ex_table` symbols, as in the test kernel).
-    fn guest_fixups(&self, target: &dyn Target, ctx: &PagingContext) -> Vec<u64> {
-        let Some(table) = self.symbols() else {
-            return Vec::new();
-        };
-        let (Some(start), Some(end)) = (
-            table.addr_of("__start___ex_table"),
-            table.addr_of("__stop___ex_table"),
-        ) else {
-            return Vec::new();
-        };
-        let Some(len) = end
-            .checked_sub(start)
-            .and_then(|l| usize::try_from(l).ok())
-            .filter(|&l| l <= 16 << 20)
-        else {
-            return Vec::new();
-        };
-        let mut bytes = vec![0u8; len];
-        let mut walker = PageWalker::new();
-        match self.read_virt(&mut walker, target, ctx, Gva(start), &mut bytes) {
-            Ok(()) => disasm::ex_table_insns(&bytes, start),
-            Err(_) => Vec::new(),
-        }
-    }
-
-    /// The function containing `site`, as its original bytes and its start.
-    fn function_code(
-        &self,
-        target: &dyn Target,
-        ctx: &PagingContext,
-        site: Gva,
-    ) -> Result<(Vec<u8>, u64), String> {
-        let table = self
-            .symbols()
-            .ok_or("no symbol table: the function's bounds are unknown")?;
-        let so = table
-            .lookup(site.raw())
-            .ok_or("no function symbol covers the address")?;
-        let size = so
-            .symbol
-            .size
-            .filter(|&s| s > 0)
-            .ok_or_else(|| format!("the size of {} is unknown", so.symbol.name))?;
-        if size > super::MAX_FUNCTION_SCAN {
-            return Err(format!(
-                "{} is larger than {:#x} bytes",
-                so.symbol.name,
-                super::MAX_FUNCTION_SCAN
-            ));
-        }
-        let mut code = vec![0u8; usize::try_from(size).unwrap_or(0)];
-        let mut walker = PageWalker::new();
-        self.read_virt(&mut walker, target, ctx, Gva(so.symbol.addr), &mut code)
-            .map_err(|e| e.to_string())?;
-        Ok((code, so.symbol.addr))
     }
 
     fn patch_quiesced(
@@ -839,73 +538,6 @@ impl ProbeEngine {
             )?;
         }
         Ok(())
-    }
-
-    /// A doorbell exit from the trampoline tagged `value`: calls the site's handlers with the
-    /// vCPU's registers (RIP set to the probed address). `None` if no trampoline had that
-    /// tag.
-    pub fn on_doorbell(&self, vcpu: &mut dyn VcpuAccess, value: u64) -> Option<HookDecision> {
-        let tag = u32::try_from(value).ok()?;
-        let site = self.tag_site(tag)?;
-        let probes = self.read_reg().site(site)?.probes.clone();
-        let mut regs = vcpu.regs().ok()?;
-        regs.rip = site.raw();
-        Some(self.call_handlers(vcpu, site, &probes, &regs))
-    }
-
-    /// Counts one in-guest hit on every probe at `site`; returns (probe, its hit count).
-    pub fn count_guest_hit(&self, site: Gva) -> Vec<(ProbeId, u64)> {
-        let reg = self.read_reg();
-        reg.site(site)
-            .map(|s| s.probes.iter().map(|p| (p.id, p.hit())).collect())
-            .unwrap_or_default()
-    }
-
-    /// Copies out committed ring records (up to `max` in all) and calls `f` with each record
-    /// and its site. Returns how many records were taken.
-    pub fn drain_rings(
-        &self,
-        mem: &(impl PhysMemMut + ?Sized),
-        max: usize,
-        f: &mut dyn FnMut(&RingRecord, Option<Gva>),
-    ) -> Result<usize, ProbeError> {
-        let mut rings = lock(&self.rings);
-        let Some(reader) = rings.as_mut() else {
-            return Ok(0);
-        };
-        let tags = self
-            .tags
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
-        reader
-            .drain(mem, max, &mut |r| f(r, tags.get(&r.tag).copied()))
-            .map_err(|source| ProbeError::Patch {
-                gpa: Gpa(0),
-                source,
-            })
-    }
-
-    /// Records lost since the last call, by site: in-guest hits whose ring was full.
-    pub fn take_lost(&self, mem: &(impl PhysMem + ?Sized)) -> Vec<(Gva, u64)> {
-        let mut opt = lock(&self.opt);
-        let Some(a) = opt.arena.as_mut() else {
-            return Vec::new();
-        };
-        let mut out = std::mem::take(&mut a.freed_lost);
-        for (&slot, &site) in &a.slot_site {
-            let mut w = [0u8; 8];
-            if mem.read_phys(a.layout.slot_lost(slot).1, &mut w).is_err() {
-                continue;
-            }
-            let now = u64::from_le_bytes(w);
-            let seen = a.lost_seen.entry(slot).or_insert(0);
-            if now > *seen {
-                out.push((site, now - *seen));
-                *seen = now;
-            }
-        }
-        out
     }
 
     /// Every optimized site (for tests and tables).
