@@ -7,6 +7,10 @@
 //! is ignored for execute breakpoints in emulated code; both paths below end in the same
 //! handlers as on hardware KVM.
 
+mod jumps;
+
+pub use jumps::FINAL_DRAIN;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -17,8 +21,8 @@ use crate::hwbp::{
     SlotManager,
 };
 use crate::probes::{
-    ArmedAs, BreakpointOutcome, HitContext, HookDecision, JumpHandler, ProbeEngine, ProbeError,
-    Quiesce, hand_back_int3, locate_arena,
+    BreakpointOutcome, HitContext, HookDecision, JumpHandler, ProbeEngine, ProbeError, Quiesce,
+    hand_back_int3,
 };
 use crate::symbols::{ResolveError, SymbolTable};
 use crate::target::{GuestDebug, Target, TargetError, VcpuAccess};
@@ -154,9 +158,6 @@ pub enum SessionError {
     Target(#[from] TargetError),
 }
 
-/// How long the final drain waits for the event writer.
-pub const FINAL_DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
-
 /// A probed site's event sources, what its in-guest records hold, and its symbol+offset
 /// (formatted once).
 #[derive(Debug, Default)]
@@ -164,33 +165,6 @@ struct SiteSources {
     sources: Vec<SourceId>,
     fetches: Vec<Fetch>,
     symbol: Option<String>,
-}
-
-/// Names of the values of in-guest records, for events.
-fn fetch_name(f: Fetch, index: usize) -> &'static str {
-    const MEM: [&str; disasm::MAX_FETCHES] = ["mem0", "mem1", "mem2", "mem3", "mem4", "mem5"];
-    match f {
-        Fetch::Reg(g) => match g {
-            Gpr::Rax => "rax",
-            Gpr::Rcx => "rcx",
-            Gpr::Rdx => "rdx",
-            Gpr::Rbx => "rbx",
-            Gpr::Rsp => "rsp",
-            Gpr::Rbp => "rbp",
-            Gpr::Rsi => "rsi",
-            Gpr::Rdi => "rdi",
-            Gpr::R8 => "r8",
-            Gpr::R9 => "r9",
-            Gpr::R10 => "r10",
-            Gpr::R11 => "r11",
-            Gpr::R12 => "r12",
-            Gpr::R13 => "r13",
-            Gpr::R14 => "r14",
-            Gpr::R15 => "r15",
-        },
-        Fetch::Rflags => "rflags",
-        Fetch::Mem(_) => MEM.get(index).copied().unwrap_or("mem"),
-    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -434,167 +408,6 @@ impl Introspector {
         }
         self.refresh_how();
         Ok(source)
-    }
-
-    /// Updates every probe source's "how" from its site's state (int3, pending, jump, and
-    /// why not a jump).
-    pub fn refresh_how(&self) {
-        for (site, s) in lock(&self.site_sources).iter() {
-            let how = self.engine.armed_as(*site).to_string();
-            for &src in &s.sources {
-                self.sources().set_how(src, how.clone());
-            }
-        }
-    }
-
-    /// How the probe at `at` is armed now.
-    pub fn armed_as(&self, at: &str) -> Option<ArmedAs> {
-        let site = self.engine.resolve(at).ok()?;
-        Some(self.engine.armed_as(site))
-    }
-
-    /// From vCPU `vcpu`'s thread, inside the exit where the guest reported its trampoline
-    /// arena `[base, base+len)`: checks and lays it out and writes its header. The VMM then
-    /// makes the doorbell page exit and calls [`Introspector::optimize_from_vcpu`].
-    pub fn attach_arena(
-        &self,
-        target: &dyn Target,
-        vcpu: &dyn VcpuAccess,
-        base: u64,
-        len: u64,
-    ) -> Result<crate::probes::arena::ArenaLayout, ProbeError> {
-        let ctx = vcpu.paging()?;
-        self.engine.set_paging_if_unset(ctx);
-        let layout = locate_arena(target, &ctx, Gva(base), len, target.vcpu_count())?;
-        self.engine.attach_arena(target, layout)?;
-        Ok(layout)
-    }
-
-    /// One optimizer pass from vCPU `vcpu`'s thread (inside an exit): the other vCPUs are
-    /// paused around it.
-    pub fn optimize_from_vcpu(&self, target: &dyn Target, vcpu: &dyn VcpuAccess) {
-        let rip = match vcpu.regs() {
-            Ok(r) => r.rip,
-            Err(e) => {
-                self.note(format!("cannot read vCPU {}'s RIP: {e}", vcpu.index()));
-                return;
-            }
-        };
-        let q = Quiesce::FromVcpu {
-            me: vcpu.index(),
-            rip,
-        };
-        if let Err(e) = self.engine.optimize_pending(target, q) {
-            self.note(format!("jump optimization failed: {e}"));
-        }
-        // Not refreshed here: that takes the optimizer's lock, which a controller's pass may
-        // hold while it waits for this vCPU to pause. The next tick does it.
-        self.how_stale
-            .store(true, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// From a controlling thread, every few milliseconds: a ring drain, and an optimizer pass
-    /// when a pending site was not quiescent on the last one.
-    pub fn tick(&self, target: &dyn Target) -> usize {
-        if self
-            .how_stale
-            .swap(false, std::sync::atomic::Ordering::Relaxed)
-        {
-            self.refresh_how();
-        }
-        if self.engine.has_deferred() {
-            if let Err(e) = self.engine.optimize_pending(target, Quiesce::Controller) {
-                self.note(format!("jump optimization failed: {e}"));
-            }
-            self.refresh_how();
-        }
-        self.drain(target)
-    }
-
-    /// A doorbell exit (a jump-optimized probe's exit handler) on `vcpu`.
-    pub fn on_doorbell(&self, vcpu: &mut dyn VcpuAccess, value: u64) -> Decision {
-        match self.engine.on_doorbell(vcpu, value) {
-            Some(d) => decision(d),
-            None => {
-                self.note(format!(
-                    "doorbell write {value:#x} from vCPU {} matches no trampoline",
-                    vcpu.index()
-                ));
-                Decision::Continue
-            }
-        }
-    }
-
-    /// At the end: drains until no committed record is left, waiting for the event writer to
-    /// make room (at most [`FINAL_DRAIN`]; what is left then is counted as lost).
-    fn drain_all(&self, mem: &dyn Target) {
-        let started = std::time::Instant::now();
-        loop {
-            let room = self.sink.room();
-            let n = self.drain(mem);
-            if n == 0 && room > 0 {
-                return;
-            }
-            if started.elapsed() > FINAL_DRAIN {
-                self.note(format!(
-                    "the event writer fell behind: in-guest records left in the rings after {FINAL_DRAIN:?}"
-                ));
-                return;
-            }
-            if n == 0 {
-                std::thread::sleep(std::time::Duration::from_millis(1));
-            }
-        }
-    }
-
-    /// Moves every committed in-guest record into the event stream (and ring-full losses into
-    /// the sources' lost counts). Returns how many records it took.
-    pub fn drain(&self, mem: &dyn Target) -> usize {
-        let sites = lock(&self.site_sources);
-        let mut emit = |r: &crate::probes::ring::RingRecord, site: Option<Gva>| {
-            let Some(site) = site else { return };
-            let Some(s) = sites.get(&site) else { return };
-            self.engine.count_guest_hit(site);
-            let mut regs = Vec::with_capacity(s.fetches.len() + 2);
-            regs.push(("rip", site.raw()));
-            regs.push(("tsc", r.tsc));
-            for (k, f) in s.fetches.iter().enumerate() {
-                regs.push((fetch_name(*f, k), r.values[k]));
-            }
-            for &src in &s.sources {
-                let hit = self.sources().hit(src);
-                self.sink.emit(Event {
-                    time_ns: self.sink.now_ns(),
-                    vcpu: r.vcpu,
-                    kind: EventKind::Probe,
-                    source: src,
-                    addr: site.raw(),
-                    symbol: s.symbol.clone(),
-                    regs: regs.clone(),
-                    hit,
-                });
-            }
-        };
-        // Records stay in the guest's rings (65,536 per vCPU for the test kernel) until the
-        // event channel has room: bursts wait there instead of being dropped here. A ring
-        // that fills meanwhile counts its own losses.
-        let sources_per_record = sites.values().map(|s| s.sources.len()).max().unwrap_or(1);
-        let room = self.sink.room() / sources_per_record.max(1);
-        let n = match self.engine.drain_rings(mem, room, &mut emit) {
-            Ok(n) => n,
-            Err(e) => {
-                self.note(format!("reading the in-guest probe rings failed: {e}"));
-                0
-            }
-        };
-        for (site, lost) in self.engine.take_lost(mem) {
-            if let Some(s) = sites.get(&site) {
-                for &src in &s.sources {
-                    self.sources().add_lost(src, lost);
-                }
-            }
-        }
-        n
     }
 
     /// Writes the current debug state (probe int3 intercept, DR0-DR3, DR7) to every vCPU.
