@@ -140,27 +140,47 @@ pub enum Gpr {
     R15,
 }
 
+/// Every register with its iced register and its name (the one table all mappings use).
+const GPRS: [(Gpr, Register, &str); 16] = [
+    (Gpr::Rax, Register::RAX, "rax"),
+    (Gpr::Rcx, Register::RCX, "rcx"),
+    (Gpr::Rdx, Register::RDX, "rdx"),
+    (Gpr::Rbx, Register::RBX, "rbx"),
+    (Gpr::Rsp, Register::RSP, "rsp"),
+    (Gpr::Rbp, Register::RBP, "rbp"),
+    (Gpr::Rsi, Register::RSI, "rsi"),
+    (Gpr::Rdi, Register::RDI, "rdi"),
+    (Gpr::R8, Register::R8, "r8"),
+    (Gpr::R9, Register::R9, "r9"),
+    (Gpr::R10, Register::R10, "r10"),
+    (Gpr::R11, Register::R11, "r11"),
+    (Gpr::R12, Register::R12, "r12"),
+    (Gpr::R13, Register::R13, "r13"),
+    (Gpr::R14, Register::R14, "r14"),
+    (Gpr::R15, Register::R15, "r15"),
+];
+
 impl Gpr {
     fn from_iced(r: Register) -> Option<Gpr> {
-        Some(match r {
-            Register::RAX => Gpr::Rax,
-            Register::RCX => Gpr::Rcx,
-            Register::RDX => Gpr::Rdx,
-            Register::RBX => Gpr::Rbx,
-            Register::RSP => Gpr::Rsp,
-            Register::RBP => Gpr::Rbp,
-            Register::RSI => Gpr::Rsi,
-            Register::RDI => Gpr::Rdi,
-            Register::R8 => Gpr::R8,
-            Register::R9 => Gpr::R9,
-            Register::R10 => Gpr::R10,
-            Register::R11 => Gpr::R11,
-            Register::R12 => Gpr::R12,
-            Register::R13 => Gpr::R13,
-            Register::R14 => Gpr::R14,
-            Register::R15 => Gpr::R15,
-            _ => return None,
-        })
+        GPRS.iter().find(|(_, i, _)| *i == r).map(|(g, _, _)| *g)
+    }
+
+    pub(crate) fn iced(self) -> Register {
+        GPRS.iter()
+            .find(|(g, _, _)| *g == self)
+            .map_or(Register::None, |(_, r, _)| *r)
+    }
+
+    /// Its name, lower case (`rax`, `r8`).
+    pub fn name(self) -> &'static str {
+        GPRS.iter()
+            .find(|(g, _, _)| *g == self)
+            .map_or("?", |(_, _, n)| *n)
+    }
+
+    /// The register called `name` (lower case, as [`Gpr::name`] gives it).
+    pub fn from_name(name: &str) -> Option<Gpr> {
+        GPRS.iter().find(|(_, _, n)| *n == name).map(|(g, _, _)| *g)
     }
 }
 

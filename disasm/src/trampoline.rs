@@ -298,7 +298,7 @@ fn in_guest(a: &mut CodeAssembler, tag: u32, ring: &RingSpec) -> Result<(), Tram
                     a.mov(qword_ptr(rbx + dst), rax).map_err(e)?;
                 }
                 None => {
-                    let r: AsmRegister64 = get_gpr64(gpr_register(g))
+                    let r: AsmRegister64 = get_gpr64(g.iced())
                         .ok_or_else(|| TrampolineError::Assemble(format!("no register {g:?}")))?;
                     a.mov(qword_ptr(rbx + dst), r).map_err(e)?;
                 }
@@ -326,27 +326,6 @@ fn in_guest(a: &mut CodeAssembler, tag: u32, ring: &RingSpec) -> Result<(), Tram
     a.popfq().map_err(e)?;
     a.lea(rsp, qword_ptr(rsp + RED_ZONE)).map_err(e)?;
     Ok(())
-}
-
-fn gpr_register(g: Gpr) -> Register {
-    match g {
-        Gpr::Rax => Register::RAX,
-        Gpr::Rcx => Register::RCX,
-        Gpr::Rdx => Register::RDX,
-        Gpr::Rbx => Register::RBX,
-        Gpr::Rsp => Register::RSP,
-        Gpr::Rbp => Register::RBP,
-        Gpr::Rsi => Register::RSI,
-        Gpr::Rdi => Register::RDI,
-        Gpr::R8 => Register::R8,
-        Gpr::R9 => Register::R9,
-        Gpr::R10 => Register::R10,
-        Gpr::R11 => Register::R11,
-        Gpr::R12 => Register::R12,
-        Gpr::R13 => Register::R13,
-        Gpr::R14 => Register::R14,
-        Gpr::R15 => Register::R15,
-    }
 }
 
 /// Builds the trampoline for `spec`: handler part, relocated displaced instructions, jump

@@ -184,3 +184,17 @@ fn bad_specs_and_far_slots_are_refused() {
         [0xe9, 0xfb, 0xff, 0xff, 0xff]
     );
 }
+
+#[test]
+fn register_names_round_trip() {
+    for name in [
+        "rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", "r8", "r9", "r10", "r11", "r12",
+        "r13", "r14", "r15",
+    ] {
+        let g = Gpr::from_name(name).unwrap();
+        assert_eq!(g.name(), name);
+        assert_eq!(Gpr::from_iced(g.iced()), Some(g));
+    }
+    assert_eq!(Gpr::from_name("rflags"), None);
+    assert_eq!(Gpr::from_name("RAX"), None);
+}

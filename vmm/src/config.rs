@@ -328,12 +328,6 @@ pub enum FetchSpec {
     Mem(Location),
 }
 
-/// The registers a fetch list may name.
-pub const FETCH_REGISTERS: [&str; 17] = [
-    "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp", "r8", "r9", "r10", "r11", "r12", "r13",
-    "r14", "r15", "rflags",
-];
-
 /// The most values a record holds.
 pub const MAX_FETCHES: usize = 6;
 
@@ -610,7 +604,9 @@ impl FromStr for ProbeSpec {
                     .split(',')
                     .map(|f| match f.strip_prefix('@') {
                         Some(loc) => loc.parse().map(FetchSpec::Mem),
-                        None if FETCH_REGISTERS.contains(&f) => Ok(FetchSpec::Reg(f.to_owned())),
+                        None if f == "rflags" || disasm::Gpr::from_name(f).is_some() => {
+                            Ok(FetchSpec::Reg(f.to_owned()))
+                        }
                         None => Err(SpecError::BadFetch(f.to_owned())),
                     })
                     .collect::<Result<Vec<_>, _>>()?;

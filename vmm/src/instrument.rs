@@ -175,28 +175,10 @@ pub fn session_spec(
 fn fetch(f: &FetchSpec, symbols: Option<&SymbolTable>) -> Result<Fetch, String> {
     use introspect::probes::Gpr;
     Ok(match f {
-        FetchSpec::Reg(r) => match r.as_str() {
-            "rflags" => Fetch::Rflags,
-            name => Fetch::Reg(match name {
-                "rax" => Gpr::Rax,
-                "rbx" => Gpr::Rbx,
-                "rcx" => Gpr::Rcx,
-                "rdx" => Gpr::Rdx,
-                "rsi" => Gpr::Rsi,
-                "rdi" => Gpr::Rdi,
-                "rsp" => Gpr::Rsp,
-                "rbp" => Gpr::Rbp,
-                "r8" => Gpr::R8,
-                "r9" => Gpr::R9,
-                "r10" => Gpr::R10,
-                "r11" => Gpr::R11,
-                "r12" => Gpr::R12,
-                "r13" => Gpr::R13,
-                "r14" => Gpr::R14,
-                "r15" => Gpr::R15,
-                other => return Err(format!("{other:?} is not a register")),
-            }),
-        },
+        FetchSpec::Reg(r) if r == "rflags" => Fetch::Rflags,
+        FetchSpec::Reg(r) => {
+            Fetch::Reg(Gpr::from_name(r).ok_or_else(|| format!("{r:?} is not a register"))?)
+        }
         FetchSpec::Mem(Location::Address(a)) => Fetch::Mem(*a),
         FetchSpec::Mem(loc) => {
             let table = symbols.ok_or_else(|| {

@@ -6,7 +6,7 @@ use crate::addr::Gva;
 use crate::events::{Event, EventKind};
 use crate::probes::{ArmedAs, ProbeError, Quiesce, locate_arena};
 use crate::target::{Target, VcpuAccess};
-use disasm::{Fetch, Gpr};
+use disasm::Fetch;
 
 /// How long the final drain waits for the event writer.
 pub const FINAL_DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
@@ -15,24 +15,7 @@ pub const FINAL_DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
 fn fetch_name(f: Fetch, index: usize) -> &'static str {
     const MEM: [&str; disasm::MAX_FETCHES] = ["mem0", "mem1", "mem2", "mem3", "mem4", "mem5"];
     match f {
-        Fetch::Reg(g) => match g {
-            Gpr::Rax => "rax",
-            Gpr::Rcx => "rcx",
-            Gpr::Rdx => "rdx",
-            Gpr::Rbx => "rbx",
-            Gpr::Rsp => "rsp",
-            Gpr::Rbp => "rbp",
-            Gpr::Rsi => "rsi",
-            Gpr::Rdi => "rdi",
-            Gpr::R8 => "r8",
-            Gpr::R9 => "r9",
-            Gpr::R10 => "r10",
-            Gpr::R11 => "r11",
-            Gpr::R12 => "r12",
-            Gpr::R13 => "r13",
-            Gpr::R14 => "r14",
-            Gpr::R15 => "r15",
-        },
+        Fetch::Reg(g) => g.name(),
         Fetch::Rflags => "rflags",
         Fetch::Mem(_) => MEM.get(index).copied().unwrap_or("mem"),
     }

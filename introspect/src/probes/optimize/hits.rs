@@ -2,7 +2,7 @@
 //! mapping trampoline addresses back to the original code.
 
 use super::super::ring::RingRecord;
-use super::super::{HookDecision, ProbeEngine, ProbeError, ProbeId, lock};
+use super::super::{HookDecision, ProbeEngine, ProbeError, lock};
 use crate::addr::{Gpa, Gva};
 use crate::paging::{PhysMem, PhysMemMut};
 use crate::target::VcpuAccess;
@@ -44,12 +44,13 @@ impl ProbeEngine {
         Some(self.call_handlers(vcpu, site, &probes, &regs))
     }
 
-    /// Counts one in-guest hit on every probe at `site`; returns (probe, its hit count).
-    pub fn count_guest_hit(&self, site: Gva) -> Vec<(ProbeId, u64)> {
-        let reg = self.read_reg();
-        reg.site(site)
-            .map(|s| s.probes.iter().map(|p| (p.id, p.hit())).collect())
-            .unwrap_or_default()
+    /// Counts one in-guest hit on every probe at `site` (per drained record: no allocation).
+    pub fn count_guest_hit(&self, site: Gva) {
+        if let Some(s) = self.read_reg().site(site) {
+            for p in s.probes.iter() {
+                p.hit();
+            }
+        }
     }
 
     /// Copies out committed ring records (up to `max` in all) and calls `f` with each record
@@ -64,11 +65,12 @@ impl ProbeEngine {
         let Some(reader) = rings.as_mut() else {
             return Ok(0);
         };
+        // Held for the drain, not copied every tick: only an optimizer pass writes it, with
+        // the vCPUs paused, and a drain never waits for a vCPU.
         let tags = self
             .tags
             .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         reader
             .drain(mem, max, &mut |r| f(r, tags.get(&r.tag).copied()))
             .map_err(|source| ProbeError::Patch {
