@@ -326,9 +326,17 @@ pub fn run_instrumented(config: &VmConfig) -> Result<(RunReport, InstrumentRepor
             .log(format_args!("instrument: {} ({})", s.name(), s.how()));
     }
     vm.resume_all()?;
-    let ticker = Ticker::spawn(intro.clone(), target.clone());
+    // Only jump probes need the ticker (ring drain, deferred passes): no 1 kHz wake-ups
+    // otherwise.
+    let ticker = spec
+        .probes
+        .iter()
+        .any(|p| !matches!(p.arm, ProbeArm::Int3))
+        .then(|| Ticker::spawn(intro.clone(), target.clone()));
     let outcome = vm.wait(config.timeout)?;
-    ticker.stop();
+    if let Some(t) = ticker {
+        t.stop();
+    }
     intro.finish(Some(&target));
     if let Some(t) = trace {
         let s = t.finish();

@@ -6,7 +6,7 @@ use disasm::{Handler, RingSpec, TrampolineSpec, build_trampoline, jump_patch};
 
 use super::super::arena::{SLOT_CODE, SLOT_SIZE};
 use super::super::registry::{MAX_WINDOW, Window};
-use super::super::{ProbeEngine, ProbeError};
+use super::super::{ProbeEngine, ProbeError, lock};
 use super::{JumpHandler, OptState, Prepared};
 use crate::addr::Gva;
 use crate::paging::{self, PageWalker, PagingContext};
@@ -24,9 +24,10 @@ impl ProbeEngine {
                     symbol: self.describe(site),
                     reason,
                 })?;
-        let fixups = self.guest_fixups(target, &ctx);
+        let mut opt = lock(&self.opt);
+        let fixups = self.fixups(&mut opt, target, &ctx);
         disasm::can_optimize(&code, start, site.raw())
-            .and_then(|info| disasm::check_fixups(&info, &fixups))
+            .and_then(|info| disasm::check_fixups(&info, fixups))
             .map_err(|e| ProbeError::CannotJump {
                 addr: site,
                 symbol: self.describe(site),
@@ -63,11 +64,7 @@ impl ProbeEngine {
         let (code, func_start) = self.function_code(target, ctx, site)?;
         let info =
             disasm::can_optimize(&code, func_start, site.raw()).map_err(|e| e.to_string())?;
-        if opt.fixups.is_none() {
-            opt.fixups = Some(self.guest_fixups(target, ctx));
-        }
-        disasm::check_fixups(&info, opt.fixups.as_deref().unwrap_or_default())
-            .map_err(|e| e.to_string())?;
+        disasm::check_fixups(&info, self.fixups(opt, target, ctx)).map_err(|e| e.to_string())?;
         let len = info.len;
         if len > MAX_WINDOW {
             return Err(format!("the window is {len} bytes"));
@@ -157,6 +154,18 @@ impl ProbeEngine {
             kind: want_handler.kind(),
             map: t.map,
         })
+    }
+
+    /// The kernel's exception-table instructions, read from guest memory once and kept.
+    fn fixups<'a>(
+        &self,
+        opt: &'a mut OptState,
+        target: &dyn Target,
+        ctx: &PagingContext,
+    ) -> &'a [u64] {
+        opt.fixups
+            .get_or_insert_with(|| self.guest_fixups(target, ctx))
+            .as_slice()
     }
 
     /// The kernel's exception table, read through the guest's page tables (empty without
