@@ -55,7 +55,7 @@ taken out of KVM's memory slots so every access exits; :w traces only writes.
   --mmiotrace uart --mmiotrace 0x200000:4K:w --trace t.jsonl --trace-format jsonl
 
 A config file (--config) takes the same settings as the flags, as TOML keys: kernel, initrd,
-cmdline, mem, cpus, timeout, serial_log, quiet, probe, hbreak, watch, events, format,
+cmdline, mem, cpus, timeout, serial_log, quiet, steering, probe, hbreak, watch, events, format,
 mmiotrace, trace, trace_format (probe, hbreak, watch and mmiotrace are arrays of strings:
 probe = [\"start_kernel\", \"0x1000:int3\"], mmiotrace = [\"edu\", \"0x200000:4K:w\"]).
 Relative paths in it are relative to the file's directory. Flags win over the file, except
@@ -148,6 +148,11 @@ pub struct RunArgs {
     /// Print nothing on stderr but errors (no boot phases, no outcome line)
     #[arg(long, short)]
     pub quiet: bool,
+    /// On the software KVM (kvm_pvm) only: do not add the Linux command-line words that steer
+    /// the guest around what that emulator cannot run or runs very slowly (printed at boot
+    /// when added). Without them Debian's kernel does not reach user space there
+    #[arg(long)]
+    pub no_steering: bool,
     /// Software probe at LOCATION, armed as MODE: int3; jump (a 5-byte jump to a trampoline
     /// in the guest's arena that records the hit in guest memory, no exit); jump-exit (a jump
     /// whose trampoline exits once to the host); or auto (jump where the code and the guest
@@ -555,6 +560,10 @@ pub fn merge(
         config.serial = SerialOutput::File(path);
     }
     config.quiet = args.quiet || file.and_then(|f| f.quiet.as_ref()).is_some_and(|q| q.value);
+    config.steering = !args.no_steering
+        && file
+            .and_then(|f| f.steering.as_ref())
+            .is_none_or(|s| s.value);
 
     let instrument = &mut config.instrument;
     for (value, origin) in listed(&args.probe, "--probe", file, "probe", |f| &f.probe) {
@@ -714,6 +723,23 @@ mod tests {
             Request::Symbols { .. } => panic!("unexpected symbols request"),
             Request::ProbeCheck { .. } => panic!("unexpected probe-check request"),
         }
+    }
+
+    #[test]
+    fn steering_is_on_by_default_and_off_by_flag_or_file() {
+        assert!(run(&[]).unwrap().steering);
+        assert!(!run(&["--no-steering"]).unwrap().steering);
+        let s = Scratch::new("steering");
+        let off = s.file("off.toml", "steering = false\n");
+        assert!(!run(&["--config", off.to_str().unwrap()]).unwrap().steering);
+        let on = s.file("on.toml", "steering = true\n");
+        assert!(run(&["--config", on.to_str().unwrap()]).unwrap().steering);
+        // the flag wins over the file
+        assert!(
+            !run(&["--config", on.to_str().unwrap(), "--no-steering"])
+                .unwrap()
+                .steering
+        );
     }
 
     #[test]

@@ -55,6 +55,10 @@ pub struct VmConfig {
     pub serial: SerialOutput,
     /// Silence boot phases and timings on stderr.
     pub quiet: bool,
+    /// On the software KVM only: add the Linux command-line words that steer the guest around
+    /// what the platform cannot run or runs very slowly ([`crate::platform::steering`]).
+    /// `--no-steering` / `steering = false` turns them off.
+    pub steering: bool,
     /// Probes, hardware breakpoints and watchpoints to arm, and where their events go.
     pub instrument: Instrumentation,
     /// Devices and guest RAM ranges whose accesses are traced, and where the trace goes.
@@ -80,6 +84,7 @@ impl Default for VmConfig {
             timeout: None,
             serial: SerialOutput::Stdout,
             quiet: false,
+            steering: true,
             instrument: Instrumentation::default(),
             trace: TraceConfig::default(),
         }
@@ -937,6 +942,8 @@ pub struct ConfigFile {
     pub serial_log: Option<Setting<PathBuf>>,
     /// `quiet`: silence boot phases on stderr.
     pub quiet: Option<Setting<bool>>,
+    /// `steering`: the software-KVM command-line steering for Linux guests (default true).
+    pub steering: Option<Setting<bool>>,
     /// `probe`: software probes as written (`"SYM[+OFF]|ADDR[:MODE]"`), each with its line;
     /// empty if absent.
     pub probe: Vec<Setting<String>>,
@@ -1018,6 +1025,7 @@ struct RawConfigFile {
     timeout: Option<toml::Spanned<f64>>,
     serial_log: Option<toml::Spanned<PathBuf>>,
     quiet: Option<toml::Spanned<bool>>,
+    steering: Option<toml::Spanned<bool>>,
     #[serde(default)]
     probe: Vec<toml::Spanned<String>>,
     #[serde(default)]
@@ -1086,6 +1094,7 @@ impl ConfigFile {
             timeout: raw.timeout.map(|s| setting(text, s)),
             serial_log: raw.serial_log.map(path_setting),
             quiet: raw.quiet.map(|s| setting(text, s)),
+            steering: raw.steering.map(|s| setting(text, s)),
             probe: raw.probe.into_iter().map(|s| setting(text, s)).collect(),
             hbreak: raw.hbreak.into_iter().map(|s| setting(text, s)).collect(),
             watch: raw.watch.into_iter().map(|s| setting(text, s)).collect(),

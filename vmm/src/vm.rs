@@ -234,6 +234,8 @@ pub struct Vm {
     events_tx: Sender<VcpuEvent>,
     events_rx: Receiver<VcpuEvent>,
     hook: Option<Arc<dyn DebugHook>>,
+    /// What Linux needs at run time on the software KVM (none elsewhere).
+    accommodation: Option<Arc<crate::platform::accommodation::Accommodation>>,
     serial: Arc<Mutex<SerialDevice>>,
     console: ConsoleCapture,
     test_device: Arc<Mutex<TestDevice>>,
@@ -314,15 +316,12 @@ impl Vm {
             (None, true) => DEFAULT_LINUX_CMDLINE.to_string(),
             (None, false) => String::new(),
         };
-        if let (true, Some((words, why))) = (is_linux, crate::platform::linux_cmdline_extra()) {
-            let missing: Vec<&str> = words
-                .split_whitespace()
-                .filter(|w| !cmdline.split_whitespace().any(|c| c == *w))
-                .collect();
-            if !missing.is_empty() {
-                cmdline = format!("{} {}", cmdline.trim_end(), missing.join(" "));
-                phases.log(format_args!("note: {why}"));
+        if is_linux && config.steering && crate::platform::is_software_kvm() {
+            let steered = crate::platform::steering::steer_linux_cmdline(&cmdline);
+            if let Some(note) = crate::platform::steering::note(&steered) {
+                phases.log(format_args!("note: {note}"));
             }
+            cmdline = steered.cmdline;
         }
         let initrd = match &config.initrd {
             Some(path) => Some(load_initrd(&mem, path, &kernel, &phases)?),
@@ -345,7 +344,7 @@ impl Vm {
         let console = ConsoleCapture::default();
         let (io, serial, test_device) = make_devices(&vm_fd, config, &console, &phases, &mem)?;
 
-        let mask = if is_linux {
+        let mask = if is_linux && config.steering {
             crate::platform::linux_cpuid_mask()
         } else {
             None
@@ -378,6 +377,14 @@ impl Vm {
             }
             vcpus.push(VcpuSlot::Ready(fd));
         }
+        let accommodation = (is_linux && crate::platform::is_software_kvm()).then(|| {
+            Arc::new(crate::platform::accommodation::Accommodation::for_linux(
+                &mem,
+                symbols_in_guest(&mem, &kernel).map(Arc::new),
+                usize::from(config.cpus),
+                &phases,
+            ))
+        });
         let (events_tx, events_rx) = crossbeam_channel::unbounded();
         Ok(Vm {
             vcpus,
@@ -385,6 +392,7 @@ impl Vm {
             events_tx,
             events_rx,
             hook,
+            accommodation,
             serial,
             console,
             test_device,
@@ -431,20 +439,30 @@ impl Vm {
                 let VcpuSlot::Ready(fd) = std::mem::replace(slot, VcpuSlot::Taken) else {
                     continue;
                 };
-                let runner = VcpuRunner::new(
+                let mut runner = VcpuRunner::new(
                     u8::try_from(i).unwrap_or(u8::MAX),
                     fd,
                     self.io.clone(),
                     self.hook.clone(),
                     self.events_tx.clone(),
                 );
+                runner.accommodation = self.accommodation.clone();
                 *slot = VcpuSlot::Started(runner.spawn(paused)?);
             }
+        }
+        if let Some(a) = &self.accommodation {
+            a.attach(self.target());
         }
         let how = if paused { " (paused)" } else { "" };
         self.phases
             .log(format_args!("vcpus: {} started{how}", self.vcpus.len()));
         Ok(())
+    }
+
+    /// The software-KVM accommodation (Linux guests on `kvm_pvm` only): its counters say
+    /// how many syscalls were relayed and which instructions ran on the host.
+    pub fn accommodation(&self) -> Option<&Arc<crate::platform::accommodation::Accommodation>> {
+        self.accommodation.as_ref()
     }
 
     /// Waits until the guest ends or `timeout` passes (then the outcome is
@@ -459,6 +477,9 @@ impl Vm {
             }
             None => Outcome::Timeout,
         };
+        if let Some(a) = &self.accommodation {
+            self.phases.log(format_args!("{}", a.summary()));
+        }
         self.phases.log(format_args!("vm: {outcome}"));
         Ok(outcome)
     }
@@ -741,6 +762,19 @@ fn load_kernel(mem: &GuestMem, config: &VmConfig) -> Result<(LoadedKernel, bool,
         t.elapsed().as_millis()
     );
     Ok((k, is_linux, line))
+}
+
+/// The kernel's symbols from the kallsyms tables in guest memory (where the loader put the
+/// image), without decompressing the image a second time. `None` if it has none.
+fn symbols_in_guest(
+    mem: &GuestMem,
+    kernel: &LoadedKernel,
+) -> Option<introspect::symbols::SymbolTable> {
+    let len = usize::try_from(kernel.load_end.raw().checked_sub(kernel.load_start.raw())?).ok()?;
+    let mut bytes = vec![0u8; len];
+    mem.read(kernel.load_start, &mut bytes).ok()?;
+    let base = crate::boot::paging::KERNEL_MAP_START + kernel.load_start.raw();
+    introspect::symbols::SymbolTable::from_kallsyms_bytes(&bytes, base).ok()
 }
 
 fn load_initrd(

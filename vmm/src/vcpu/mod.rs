@@ -286,6 +286,8 @@ pub struct VcpuRunner {
     pub io: Arc<crate::vm::IoDevices>,
     /// Introspection hook.
     pub hook: Option<Arc<dyn DebugHook>>,
+    /// The software-KVM accommodation, asked about emulation failures before the hook.
+    pub accommodation: Option<Arc<crate::platform::accommodation::Accommodation>>,
     /// Where to report the end.
     pub events: Sender<VcpuEvent>,
     /// Pauses not yet undone by a resume (see [`VcpuMsg::Pause`]).
@@ -319,6 +321,7 @@ impl VcpuRunner {
             fd,
             io,
             hook,
+            accommodation: None,
             events,
             pauses: 0,
             ended: false,
@@ -433,6 +436,9 @@ impl VcpuRunner {
                 self.after_hook(action)
             }
             ExitAction::InternalError(e) => {
+                if let Some(action) = self.accommodate(&e) {
+                    return self.after_hook(action);
+                }
                 let claimed = self.hook.as_ref().and_then(|h| {
                     h.on_internal_error(
                         &mut VcpuCtx::at_exit(self.index, &mut self.fd, self.sync_regs),
@@ -459,6 +465,17 @@ impl VcpuRunner {
                 self.after_hook(action)
             }
         }
+    }
+
+    /// The software-KVM accommodation's answer to an emulation failure, if it has one.
+    fn accommodate(&mut self, e: &InternalError) -> Option<HookAction> {
+        let acc = self.accommodation.as_ref()?;
+        if e.suberror != InternalError::EMULATION {
+            return None;
+        }
+        let mut ctx = VcpuCtx::at_exit(self.index, &mut self.fd, self.sync_regs);
+        let rip = ctx.regs().ok()?.rip;
+        acc.on_emulation_failure(&mut ctx, rip)
     }
 
     fn after_hook(&mut self, action: HookAction) -> VcpuState {
