@@ -78,9 +78,10 @@ pub trait EmuCpu {
     fn sregs(&self) -> Result<kvm_sregs, CpuError>;
     /// Sets them (KVM_SET_SREGS); the emulator uses it only to set CR2 for a #PF.
     fn set_sregs(&mut self, sregs: &kvm_sregs) -> Result<(), CpuError>;
-    /// x87 and SSE state in FXSAVE form (KVM_GET_FPU).
+    /// x87 and SSE state, MXCSR included (a real vCPU reads it with KVM_GET_XSAVE: see
+    /// [`super::xsave`] for why not KVM_GET_FPU).
     fn fpu(&self) -> Result<kvm_fpu, CpuError>;
-    /// Sets it (KVM_SET_FPU).
+    /// Sets it, MXCSR included (KVM_SET_XSAVE on a real vCPU).
     fn set_fpu(&mut self, fpu: &kvm_fpu) -> Result<(), CpuError>;
     /// XCR0 (KVM_GET_XCRS).
     fn xcr0(&self) -> Result<u64, CpuError>;
@@ -127,11 +128,19 @@ impl EmuCpu for VcpuCpu<'_, '_> {
     }
 
     fn fpu(&self) -> Result<kvm_fpu, CpuError> {
-        self.ctx.fd().get_fpu().map_err(kvm("KVM_GET_FPU"))
+        let x = self.ctx.fd().get_xsave().map_err(kvm("KVM_GET_XSAVE"))?;
+        Ok(super::xsave::fpu_from_xsave(&x))
     }
 
     fn set_fpu(&mut self, fpu: &kvm_fpu) -> Result<(), CpuError> {
-        self.ctx.fd().set_fpu(fpu).map_err(kvm("KVM_SET_FPU"))
+        let fd = self.ctx.fd();
+        let mut x = fd.get_xsave().map_err(kvm("KVM_GET_XSAVE"))?;
+        super::xsave::fpu_into_xsave(fpu, &mut x);
+        // SAFETY: KVM_SET_XSAVE reads the VM's XSAVE size from the buffer, which exceeds the
+        // 4096 bytes of `kvm_xsave` only when dynamically enabled XSTATE features (AMX) were
+        // granted to the VM with arch_prctl(ARCH_REQ_XCOMP_GUEST_PERM); hvprobe never asks for
+        // them, and the buffer came from KVM_GET_XSAVE of this very vCPU.
+        unsafe { fd.set_xsave(&x) }.map_err(kvm("KVM_SET_XSAVE"))
     }
 
     fn xcr0(&self) -> Result<u64, CpuError> {

@@ -17,7 +17,7 @@ use super::{CR0_EM, CR0_TS, Exception};
 /// The size of the memory operand.
 pub const IMAGE_LEN: usize = 512;
 /// The part of the image `fxsave` writes.
-const WRITTEN_LEN: usize = 416;
+pub const WRITTEN_LEN: usize = 416;
 /// EFER.FFXSR: AMD's fast FXSAVE/FXRSTOR, which skips XMM registers at CPL 0 in 64-bit mode.
 const EFER_FFXSR: u64 = 1 << 14;
 
@@ -77,13 +77,19 @@ pub fn image(fpu: &kvm_fpu, is64: bool, xmm: bool) -> [u8; WRITTEN_LEN] {
 
 /// Loads an image into `fpu`, as `fxrstor` does; `None` if MXCSR has reserved bits set.
 pub fn load(fpu: &mut kvm_fpu, b: &[u8; IMAGE_LEN], is64: bool, xmm: bool) -> Option<()> {
-    let u16_at = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]);
-    let u32_at = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
-    let u64_at = |o: usize| u64::from(u32_at(o)) | (u64::from(u32_at(o + 4)) << 32);
-    let mxcsr = u32_at(24);
+    let mxcsr = u32::from_le_bytes([b[24], b[25], b[26], b[27]]);
     if mxcsr & !MXCSR_MASK != 0 {
         return None;
     }
+    decode(fpu, b, is64, xmm);
+    Some(())
+}
+
+/// Copies an FXSAVE image's fields into `fpu`, unchecked (the first 416 bytes matter).
+pub fn decode(fpu: &mut kvm_fpu, b: &[u8; IMAGE_LEN], is64: bool, xmm: bool) {
+    let u16_at = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]);
+    let u32_at = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+    let u64_at = |o: usize| u64::from(u32_at(o)) | (u64::from(u32_at(o + 4)) << 32);
     fpu.fcw = u16_at(0);
     fpu.fsw = u16_at(2);
     fpu.ftwx = b[4];
@@ -95,7 +101,7 @@ pub fn load(fpu: &mut kvm_fpu, b: &[u8; IMAGE_LEN], is64: bool, xmm: bool) -> Op
         fpu.last_ip = u64::from(u32_at(8));
         fpu.last_dp = u64::from(u32_at(16));
     }
-    fpu.mxcsr = mxcsr;
+    fpu.mxcsr = u32_at(24);
     for (i, st) in fpu.fpr.iter_mut().enumerate() {
         *st = [0; 16];
         st[..10].copy_from_slice(&b[32 + 16 * i..32 + 16 * i + 10]);
@@ -105,7 +111,6 @@ pub fn load(fpu: &mut kvm_fpu, b: &[u8; IMAGE_LEN], is64: bool, xmm: bool) -> Op
             x.copy_from_slice(&b[160 + 16 * i..176 + 16 * i]);
         }
     }
-    Some(())
 }
 
 /// `fxsave m512` / `fxsave64 m512`.

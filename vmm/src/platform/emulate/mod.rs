@@ -13,7 +13,8 @@
 //! (`fxsave`/`fxrstor` and their 64-bit forms), [`mxcsr`] (`ldmxcsr`, `stmxcsr`), [`bits`]
 //! (`popcnt`), [`random`] (`rdrand`, `rdseed`), [`system`] (`xgetbv`, `clac`, `stac`) and
 //! [`atomic`] (`cmpxchg16b`, with the other vCPUs paused). [`access`] is guest memory through
-//! the page tables, [`cpu`] what the emulator needs from a vCPU.
+//! the page tables, [`cpu`] what the emulator needs from a vCPU, [`xsave`] how a real vCPU's
+//! x87/SSE state (MXCSR included) is read and written.
 //!
 //! Not modelled: RFLAGS.TF single-step traps after an emulated instruction, and #AC
 //! alignment checks (CR0.AM with RFLAGS.AC at CPL 3).
@@ -28,6 +29,7 @@ pub mod operands;
 pub mod random;
 pub mod system;
 pub mod x87;
+pub mod xsave;
 
 #[cfg(test)]
 mod tests;
