@@ -6,6 +6,8 @@
 //! device: POINT at port 0x600, EXIT at port 0x604, SCRATCH at 0x60c, and the same registers
 //! in the MMIO page at 0xd000_0000.
 
+pub mod linux;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 
@@ -138,4 +140,37 @@ pub fn debian_kernel() -> Option<PathBuf> {
 pub fn skip(what: &str, why: &str) {
     use std::io::Write;
     let _ = writeln!(std::io::stderr(), "SKIPPED (not tested): {what}: {why}");
+}
+
+/// Runs a checker from `scripts/trace-check/` (`program script file`) on `text`; a missing
+/// program is a loud skip outside CI and a failure in CI.
+pub fn trace_check(program: &str, script: &str, text: &str) {
+    use std::io::Write;
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let file = std::env::temp_dir().join(format!("hvprobe-check-{}-{n}", std::process::id()));
+    std::fs::write(&file, text).expect("a scratch file");
+    let script = workspace_root().join("scripts/trace-check").join(script);
+    let out = match std::process::Command::new(program)
+        .arg(&script)
+        .arg(&file)
+        .output()
+    {
+        Ok(o) => o,
+        Err(_) => {
+            assert!(std::env::var_os("CI").is_none(), "CI must install {program}");
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED (not tested): {program} not installed"
+            );
+            return;
+        }
+    };
+    let _ = std::fs::remove_file(&file);
+    assert!(
+        out.status.success(),
+        "{script:?} rejected the trace:\n{}\n{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

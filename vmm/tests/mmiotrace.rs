@@ -183,44 +183,11 @@ fn a_write_only_ram_trace_shows_no_reads() {
     );
 }
 
-/// Runs a checker from `scripts/trace-check/` on `text` written to a file.
-fn external_check(program: &str, script: &str, text: &str) {
-    use std::io::Write;
-    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let file = std::env::temp_dir().join(format!("hvprobe-check-{}-{n}", std::process::id()));
-    std::fs::write(&file, text).unwrap();
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../scripts/trace-check")
-        .join(script);
-    let out = match Command::new(program).arg(&script).arg(&file).output() {
-        Ok(o) => o,
-        Err(_) => {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "CI must install {program}"
-            );
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIPPED (not tested): {program} not installed"
-            );
-            return;
-        }
-    };
-    let _ = std::fs::remove_file(&file);
-    assert!(
-        out.status.success(),
-        "{script:?} rejected the trace:\n{}\n{}\n{text}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[test]
 fn the_real_driver_trace_passes_the_external_checks() {
     let (mmio, _) = hvprobe_trace(&["--mmiotrace", "edu"], "mmiotrace");
-    external_check("bash", "mmiotrace-gawk.sh", &mmio);
-    external_check("python3", "demmio_check.py", &mmio);
+    hvprobe_tests::trace_check("bash", "mmiotrace-gawk.sh", &mmio);
+    hvprobe_tests::trace_check("python3", "demmio_check.py", &mmio);
     let (chrome, _) = hvprobe_trace(&["--mmiotrace", "edu"], "chrome");
-    external_check("python3", "chrome_check.py", &chrome);
+    hvprobe_tests::trace_check("python3", "chrome_check.py", &chrome);
 }

@@ -86,7 +86,9 @@ impl Accommodation {
             target: OnceLock::new(),
             phases: phases.clone(),
             said: Mutex::new(BTreeSet::new()),
-            walkers: (0..vcpus.max(1)).map(|_| Mutex::new(PageWalker::new())).collect(),
+            walkers: (0..vcpus.max(1))
+                .map(|_| Mutex::new(PageWalker::new()))
+                .collect(),
         }
     }
 
@@ -112,7 +114,8 @@ impl Accommodation {
 
     fn say_once(&self, kind: &str, text: impl FnOnce() -> String) {
         if lock(&self.said).insert(kind.to_string()) {
-            self.phases.log(format_args!("note: software KVM: {}", text()));
+            self.phases
+                .log(format_args!("note: software KVM: {}", text()));
         }
     }
 
@@ -148,7 +151,7 @@ impl Accommodation {
             Emulated::Done { mnemonic } => {
                 self.say_once(mnemonic, || {
                     format!(
-                        "ran `{mnemonic}` on the host (first at {}): this emulator cannot",
+                        "ran `{mnemonic}` on the host (first at {}): this emulator cannot run it",
                         describe(self.symbols.as_deref(), rip)
                     )
                 });

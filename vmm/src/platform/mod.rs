@@ -4,24 +4,15 @@
 //! ring-0 code and cannot run some instructions Linux uses (see `shared/PLATFORM.md`); users
 //! run on hardware KVM.
 
+pub mod accommodation;
+/// Host-side execution of the instructions the software KVM cannot emulate.
+pub mod emulate;
+pub mod steering;
+pub mod syscall_relay;
+
 use std::path::Path;
 
 use crate::boot::cpu::{CPUID_1_ECX_CX16, CpuidMask};
-
-/// Kernel command-line words a Linux guest needs on this platform, with the reason (printed on
-/// stderr at boot). Empty on hardware KVM.
-///
-/// Masking these features in CPUID does not reach the guest on this emulator (measured:
-/// Linux still saw XSAVE and POPCNT), so the kernel is told on its command line instead:
-/// `noxsave` (xrstor), and `clearcpuid=` for popcnt (`__bitmap_weight`), cmpxchg16b (SLUB)
-/// and SMAP (`clac`/`stac` in the entry and uaccess code).
-pub fn linux_cmdline_extra() -> Option<(&'static str, &'static str)> {
-    is_software_kvm().then_some((
-        "noxsave clearcpuid=popcnt,cx16,smap",
-        "software KVM (kvm_pvm) detected: adding `noxsave clearcpuid=popcnt,cx16,smap` to the \
-         Linux command line: this emulator cannot run xrstor, popcnt, cmpxchg16b or clac",
-    ))
-}
 
 /// Whether `/dev/kvm` is the `kvm_pvm` software hypervisor.
 pub fn is_software_kvm() -> bool {

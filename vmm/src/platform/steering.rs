@@ -48,15 +48,15 @@ pub const LINUX_STEERING: [SteeringWord; 6] = [
     },
     SteeringWord {
         word: "rodata=off",
-        why: "skips the W+X page-table scan (94 s emulated)",
+        why: "skips the W+X page-table scan, 94 s emulated",
     },
     SteeringWord {
         word: "initcall_blacklist=trace_eval_init,tracer_init_tracefs,\
                ftrace_check_for_weak_functions,cubictcp_register,bpf_rstat_kfunc_init,\
                kfunc_init,bpf_prog_test_run_init,load_system_certificate_list,\
                crypto_kdf108_init,init_encrypted,slab_sysfs_init",
-        why: "initcalls that are pure emulation cost (certificate load 62 s, BTF kfunc \
-              sets, tracefs, slab sysfs)",
+        why: "initcalls that are pure emulation cost: certificate load 62 s, BTF kfunc \
+              sets, tracefs, slab sysfs",
     },
 ];
 
@@ -109,7 +109,11 @@ pub fn note(s: &Steered) -> Option<String> {
         text.push_str(": added to its command line:");
         for w in LINUX_STEERING.iter().filter(|w| s.added.contains(&w.word)) {
             let shown = if w.word.len() > 40 {
-                format!("{}=... ({} entries)", w.key(), w.word.matches(',').count() + 1)
+                format!(
+                    "{}=... ({} entries)",
+                    w.key(),
+                    w.word.matches(',').count() + 1
+                )
             } else {
                 w.word.to_string()
             };
@@ -135,7 +139,10 @@ mod tests {
     #[test]
     fn adds_every_word_once_in_order() {
         let s = steer_linux_cmdline("console=ttyS0 nokaslr ");
-        assert!(s.cmdline.starts_with("console=ttyS0 nokaslr noxsave clearcpuid="));
+        assert!(
+            s.cmdline
+                .starts_with("console=ttyS0 nokaslr noxsave clearcpuid=")
+        );
         assert_eq!(s.added.len(), LINUX_STEERING.len());
         assert!(s.user_won.is_empty());
         assert!(!s.cmdline.contains("  "));
