@@ -10,7 +10,7 @@ top=$(cd "$(dirname "$0")/.." && pwd)
 if [ $# -ge 1 ]; then
   ver=$1
 else
-  vmlinuz=$("$top/scripts/fetch-debian-kernel.sh")
+  vmlinuz=$("$top/scripts/fetch-debian-kernel.sh" --cached)
   ver=${vmlinuz##*/vmlinuz-}
 fi
 kdir=${HVPROBE_LINUX_HEADERS:-/usr/src/linux-headers-$ver}

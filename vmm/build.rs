@@ -62,6 +62,41 @@ fn main() -> ExitCode {
     }
 }
 
+/// Fails with the fix when the toolchain building hvprobe has no standard library for
+/// [`TARGET`] (a fresh rustup install has only the host's; a `rust-toolchain.toml` listing the
+/// target does not add it here). Asks the same rustc cargo uses for its target libdir; if that
+/// question cannot be asked, the child build below reports instead.
+fn check_target_installed() -> Result<(), String> {
+    let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let Ok(out) = Command::new(&rustc)
+        .args(["--print", "target-libdir", "--target", TARGET])
+        .output()
+    else {
+        return Ok(());
+    };
+    if !out.status.success() {
+        return Ok(());
+    }
+    let libdir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    let has_core = fs::read_dir(&libdir).is_ok_and(|entries| {
+        entries
+            .filter_map(Result::ok)
+            .any(|e| e.file_name().to_string_lossy().starts_with("libcore-"))
+    });
+    if has_core {
+        return Ok(());
+    }
+    let toolchain = env::var("RUSTUP_TOOLCHAIN")
+        .map(|t| format!("toolchain {t}"))
+        .unwrap_or_else(|_| "this toolchain".into());
+    Err(format!(
+        "the Rust target {TARGET} is not installed ({toolchain}: no core library in {}).\n\
+         vmm/build.rs builds hvprobe's bundled test kernel for it. Run once:\n\
+         \n    rustup target add {TARGET}\n",
+        libdir.display()
+    ))
+}
+
 fn build() -> Result<(), String> {
     let manifest_dir =
         PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").ok_or("CARGO_MANIFEST_DIR is not set")?);
@@ -88,6 +123,8 @@ fn build() -> Result<(), String> {
             kernel_dir.join(input).display()
         );
     }
+
+    check_target_installed()?;
 
     let target_dir = out_dir.join("test-kernel-target");
     let mut command = Command::new(&cargo);
