@@ -16,11 +16,14 @@
 //! - [`probes`]: int3 probes in the kprobes model: a registry with aggregation, arming
 //!   through guest-physical memory, recovery of the original bytes, refusals, and hit handling
 //!   with in-place single-stepping under a step lock.
+//! - [`btf`]: the kernel's BTF type information (`.BTF`): structs with member offsets,
+//!   typedefs, function prototypes, C-like type names.
 //! - [`elf`]: the few ELF64 structures the above need (program headers, symbol table).
 //!
 //! This crate does not depend on the VMM: the VMM implements [`PhysMem`] for guest memory.
 
 pub mod addr;
+pub mod btf;
 pub mod elf;
 pub mod events;
 pub mod hwbp;
