@@ -1,0 +1,276 @@
+//! hvprobe's guest module (`guest-kmod/`): built against Debian's headers by
+//! `scripts/build-guest-kmod.sh` (which runs the loader checks on every build), its ELF
+//! post-processing tool exercised on a hand-made object, and the module loaded and unloaded in
+//! Debian's kernel under QEMU TCG (no hvprobe device there: it must load and do nothing).
+//! The module under hvprobe itself is `vmm/tests/linux.rs`'s `guest_module_*` test.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hvprobe_tests::{skip, workspace_root};
+
+/// The fetched Debian kernel and its version, or a loud skip (a failure in CI).
+fn kernel_or_skip(what: &str) -> Option<(PathBuf, String)> {
+    let Some(k) = hvprobe_tests::debian_kernel() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must fetch the Debian kernel first (scripts/fetch-debian-kernel.sh)"
+        );
+        skip(
+            what,
+            "Debian kernel not fetched; run scripts/fetch-debian-kernel.sh",
+        );
+        return None;
+    };
+    let name = k.file_name()?.to_str()?.to_string();
+    let ver = name.strip_prefix("vmlinuz-")?.to_string();
+    if !Path::new(&format!("/usr/src/linux-headers-{ver}/Makefile")).is_file() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must install linux-headers-{ver} (scripts/test.sh)"
+        );
+        skip(what, &format!("linux-headers-{ver} not installed"));
+        return None;
+    }
+    Some((k, ver))
+}
+
+/// Builds the module (the script's checks included); panics with its output on failure.
+pub fn build_guest_kmod(ver: &str) -> PathBuf {
+    let t = Instant::now();
+    let out = Command::new(workspace_root().join("scripts/build-guest-kmod.sh"))
+        .arg(ver)
+        .output()
+        .expect("bash runs scripts/build-guest-kmod.sh");
+    assert!(
+        out.status.success(),
+        "scripts/build-guest-kmod.sh {ver} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("guest module built in {:.1} s", t.elapsed().as_secs_f64());
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+fn tool(cmd: &str, args: &[&str]) -> String {
+    let o = Command::new(cmd).args(args).output().expect(cmd);
+    assert!(
+        o.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn guest_module_builds_against_debian_headers_and_passes_the_loader_checks() {
+    let what = "guest module build against Debian's headers";
+    let Some((kernel, ver)) = kernel_or_skip(what) else {
+        return;
+    };
+    let ko = build_guest_kmod(&ver);
+    assert!(ko.is_file(), "{} missing", ko.display());
+    let info = |field: &str| tool("modinfo", &["-F", field, ko.to_str().unwrap()]);
+    assert_eq!(info("license").trim(), "Dual MIT/GPL");
+    assert_eq!(info("name").trim(), "hvprobe_guest");
+    assert!(
+        info("alias").contains("pci:v00001234d00004856"),
+        "bound to hvprobe's device: {}",
+        info("alias")
+    );
+    // The exact vermagic must be the guest kernel's own: find it in the decompressed image.
+    let vermagic = info("vermagic");
+    let vermagic = vermagic.trim_end_matches('\n');
+    assert!(vermagic.starts_with(&format!("{ver} ")), "{vermagic:?}");
+    let image = std::fs::read(&kernel).unwrap();
+    let (vmlinux, _) = vmm::loader::decompress_bzimage(&image).unwrap();
+    let mut needle = vermagic.as_bytes().to_vec();
+    needle.push(0);
+    assert!(
+        vmlinux.windows(needle.len()).any(|w| w == needle),
+        "the kernel image has no vermagic {vermagic:?}"
+    );
+    // The loader's relocation check, run again on the result (it must pass), and the GPL
+    // exports the module needs are resolved against the headers' Module.symvers.
+    let st = Command::new("python3")
+        .arg(workspace_root().join("guest-kmod/tools/kmodelf.py"))
+        .args(["relocs", ko.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let undefined = tool("nm", &["-u", ko.to_str().unwrap()]);
+    assert!(undefined.contains("synchronize_rcu_tasks"), "{undefined}");
+    assert!(!undefined.contains("GOTPCREL"), "{undefined}");
+}
+
+/// The GOT relaxation on an object that has every form the prebuilt `core` emits, and one it
+/// must refuse.
+#[test]
+fn kmodelf_rewrites_got_relative_calls_jumps_and_loads_and_refuses_other_forms() {
+    let dir = std::env::temp_dir().join(format!("hvprobe-kmodelf-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let asm = |name: &str, text: &str| {
+        let s = dir.join(format!("{name}.s"));
+        let o = dir.join(format!("{name}.o"));
+        std::fs::write(&s, text).unwrap();
+        tool(
+            "as",
+            &["--64", "-o", o.to_str().unwrap(), s.to_str().unwrap()],
+        );
+        o
+    };
+    let kmodelf = workspace_root().join("guest-kmod/tools/kmodelf.py");
+    let run = |cmd: &str, o: &Path| {
+        Command::new("python3")
+            .arg(&kmodelf)
+            .args([cmd, o.to_str().unwrap()])
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap()
+    };
+    let good = asm(
+        "good",
+        ".text\nf:\n call *memcpy@GOTPCREL(%rip)\n jmp *memset@GOTPCREL(%rip)\n \
+         mov data@GOTPCREL(%rip), %rax\n mov data@GOTPCREL(%rip), %r11\n",
+    );
+    let before = tool("readelf", &["-rW", good.to_str().unwrap()]);
+    assert_eq!(before.matches("GOTPCREL").count(), 4, "{before}");
+    assert!(
+        !run("relocs", &good).status.success(),
+        "GOTPCREL must fail the check"
+    );
+    assert!(run("relax", &good).status.success());
+    let after = tool("readelf", &["-rW", good.to_str().unwrap()]);
+    assert!(!after.contains("GOTPCREL"), "{after}");
+    assert_eq!(after.matches("R_X86_64_PLT32").count(), 2, "{after}");
+    assert_eq!(after.matches("R_X86_64_PC32").count(), 2, "{after}");
+    assert!(run("relocs", &good).status.success());
+    let dis = tool(
+        "objdump",
+        &["-d", "--no-show-raw-insn", good.to_str().unwrap()],
+    );
+    let insns: Vec<&str> = dis
+        .lines()
+        .filter_map(|l| l.split_once(":\t").map(|(_, i)| i.trim()))
+        .collect();
+    assert!(insns[0].starts_with("addr32 call"), "{dis}");
+    assert!(insns[1] == "nop" && insns[2].starts_with("jmp"), "{dis}");
+    assert!(
+        insns[3].starts_with("lea") && insns[3].contains(",%rax"),
+        "{dis}"
+    );
+    assert!(
+        insns[4].starts_with("lea") && insns[4].contains(",%r11"),
+        "{dis}"
+    );
+
+    // `add x@GOTPCREL(%rip), %rax` has no direct form here: the tool must refuse it.
+    let bad = asm("bad", ".text\n add data@GOTPCREL(%rip), %rax\n");
+    let o = run("relax", &bad);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("unknown instruction form"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Loads and unloads the module in Debian's kernel under QEMU TCG: it has no device to bind
+/// there, so it must load, stay quiet and unload.
+#[test]
+fn guest_module_loads_and_unloads_under_qemu_tcg_without_hvprobe() {
+    let what = "guest module insmod/rmmod under QEMU TCG";
+    let Some((kernel, ver)) = kernel_or_skip(what) else {
+        return;
+    };
+    let bb = workspace_root().join(".cache/busybox/root/bin/busybox");
+    if !bb.is_file() {
+        assert!(std::env::var_os("CI").is_none(), "CI must fetch busybox");
+        skip(
+            what,
+            "busybox-static not fetched; run scripts/fetch-busybox.sh",
+        );
+        return;
+    }
+    if Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI: qemu-system-x86 missing"
+        );
+        skip(what, "qemu-system-x86_64 not installed");
+        return;
+    }
+    let ko = build_guest_kmod(&ver);
+    let dir = std::env::temp_dir().join(format!("hvprobe-kmod-qemu-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let cpio = hvprobe_tests::linux::initramfs(
+        &dir,
+        "insmod /lib/hvprobe_guest.ko\n\
+         grep -q '^hvprobe_guest ' /proc/modules\n\
+         echo KMOD-LOADED\n\
+         ls /sys/bus/pci/drivers/hvprobe_guest\n\
+         rmmod hvprobe_guest\n\
+         ! grep -q '^hvprobe_guest ' /proc/modules\n\
+         echo KMOD-UNLOADED\n\
+         dmesg | grep -i hvprobe_guest || true\n",
+        &[(&ko, "/lib/hvprobe_guest.ko")],
+    );
+    let log = dir.join("console.log");
+    let t = Instant::now();
+    let mut child = Command::new("qemu-system-x86_64")
+        .args(["-accel", "tcg", "-m", "256", "-nographic", "-no-reboot"])
+        .arg("-kernel")
+        .arg(&kernel)
+        .arg("-initrd")
+        .arg(&cpio)
+        .args([
+            "-append",
+            "console=ttyS0 panic=-1 nokaslr hvprobe.end=reboot",
+        ])
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("qemu-system-x86_64 starts");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let console = String::from_utf8_lossy(&std::fs::read(&log).unwrap()).into_owned();
+    eprintln!(
+        "guest module insmod/rmmod under QEMU TCG: {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    // hvprobe.end=reboot with -no-reboot: QEMU exits 0 when the run is over.
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{console}");
+    assert!(console.contains("HVPROBE-RUN-END status=0"), "{console}");
+    assert!(console.contains("KMOD-LOADED") && console.contains("KMOD-UNLOADED"));
+    assert!(
+        !console.contains("arena code"),
+        "no hvprobe device under QEMU: the module must not bind\n{console}"
+    );
+    for bad in [
+        "Unknown rela relocation",
+        "disagrees about version",
+        "Unknown symbol",
+        "BUG:",
+        "Oops",
+    ] {
+        assert!(!console.contains(bad), "{bad}:\n{console}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
