@@ -39,8 +39,11 @@ cargo fmt --all -- --check
 step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
-step "tests"
-cargo test --workspace
+step "tests (cargo-nextest: each test's wall time; Linux boots one at a time, .config/nextest.toml)"
+command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
+cargo nextest run --workspace
+step "doc tests"
+cargo test --workspace --doc
 
 step "README's first command on a toolchain without x86_64-unknown-none"
 scripts/test-first-run.sh

@@ -1316,10 +1316,18 @@ quiet = true
             debian.mem.as_ref().map(|m| parse_mem_size(&m.value)),
             Some(Ok(256 << 20))
         );
-        assert_eq!(debian.timeout.as_ref().map(|t| t.value), Some(60.0));
-        // The kernel may not be fetched yet; everything else must check out.
+        assert_eq!(debian.timeout.as_ref().map(|t| t.value), Some(300.0));
+        assert!(
+            debian
+                .initrd
+                .as_ref()
+                .is_some_and(|i| i.value.ends_with(".cache/initramfs/initramfs.cpio")),
+            "the guest kit's initramfs"
+        );
+        // The kernel and the initramfs may not be made yet; everything else must check out.
         let args = run_args(|a| {
-            a.kernel = Some(concat!(env!("CARGO_MANIFEST_DIR"), "/src/cli.rs").into())
+            a.kernel = Some(concat!(env!("CARGO_MANIFEST_DIR"), "/src/cli.rs").into());
+            a.initrd = Some(concat!(env!("CARGO_MANIFEST_DIR"), "/src/cli.rs").into());
         });
         let config = merge(&args, Some(&debian), None).unwrap();
         assert_eq!(config.mem_size, 256 << 20);
