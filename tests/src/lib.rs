@@ -158,7 +158,10 @@ pub fn trace_check(program: &str, script: &str, text: &str) {
     {
         Ok(o) => o,
         Err(_) => {
-            assert!(std::env::var_os("CI").is_none(), "CI must install {program}");
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI must install {program}"
+            );
             let _ = writeln!(
                 std::io::stderr(),
                 "SKIPPED (not tested): {program} not installed"

@@ -103,7 +103,13 @@ impl LinuxRun {
 
 /// Runs `hvprobe run ARGS --serial-log <dir>/console.txt`, polling the console to time the
 /// `stages` (console substrings), until hvprobe exits or `limit` passes (then it is killed).
-pub fn run_linux(hvprobe: &Path, args: &[&str], dir: &Path, stages: &[&str], limit: Duration) -> LinuxRun {
+pub fn run_linux(
+    hvprobe: &Path,
+    args: &[&str],
+    dir: &Path,
+    stages: &[&str],
+    limit: Duration,
+) -> LinuxRun {
     std::fs::create_dir_all(dir).expect("a scratch directory");
     let console_path = dir.join("console.txt");
     let stderr_path = dir.join("stderr.txt");

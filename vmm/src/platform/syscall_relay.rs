@@ -197,7 +197,11 @@ impl SyscallRelay {
         mem.read(gpa, &mut code)
             .map_err(|e| RelayError::Memory(gpa, e.to_string()))?;
         let off = find_site(&code, entry).ok_or_else(|| RelayError::UnexpectedEntry {
-            bytes: code.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" "),
+            bytes: code
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(" "),
         })?;
         let site = entry + off as u64;
         mem.write(text_gpa(site), &[0xcc])
@@ -356,7 +360,8 @@ mod tests {
 
     #[test]
     fn a_ring3_fetch_fault_at_lstar_is_relayed_with_syscalls_state() {
-        let frame = FaultFrame::from_words([0x15, LSTAR, 0x33, 0x246 | RFLAGS_RF, 0x7ffd_1000, 0x2b]);
+        let frame =
+            FaultFrame::from_words([0x15, LSTAR, 0x33, 0x246 | RFLAGS_RF, 0x7ffd_1000, 0x2b]);
         assert_eq!(
             decide(&frame, &msrs()),
             RelayDecision::Syscall {
@@ -388,7 +393,10 @@ mod tests {
     #[test]
     fn the_site_is_the_cld_after_clac_padding() {
         // Debian 6.1: three nops (the CLAC alternative), then cld
-        assert_eq!(find_site(&[0x90, 0x90, 0x90, 0xfc, 0xe8, 0, 0, 0, 0], 0), Some(3));
+        assert_eq!(
+            find_site(&[0x90, 0x90, 0x90, 0xfc, 0xe8, 0, 0, 0, 0], 0),
+            Some(3)
+        );
         // patched to clac
         assert_eq!(find_site(&[0x0f, 0x01, 0xca, 0xfc], 0), Some(3));
         // endbr64 and a 3-byte nop
