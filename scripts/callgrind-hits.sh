@@ -48,7 +48,7 @@ total_ir() {
     valgrind --tool=callgrind --callgrind-out-file="$file" "$bin" >"$file.log" 2>&1 \
     || { echo "callgrind-hits.sh: $1 N=$2 failed:" >&2; tail -20 "$file.log" >&2; exit 1; }
   local ir
-  ir=$(sed -n 's/^\(summary\|totals\): *\([0-9]*\).*/\2/p' "$file" | head -1)
+  ir=$(sed -n 's/^\(summary\|totals\): *\([0-9]*\).*/\2/p' "$file" | sed -n 1p)
   [ -n "$ir" ] || { echo "callgrind-hits.sh: no total in $file" >&2; exit 1; }
   echo "$ir"
 }

@@ -39,10 +39,10 @@ flock 9
 echo "fetch-debian-kernel: updating apt lists (apt-get update)" >&2
 apt-get update -qq >&2 ||
   die "apt-get update failed: the kernel is resolved from fresh apt lists (needs root and network); scripts/fetch-debian-kernel.sh --cached prints the kernel fetched last"
-image=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+image=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ && !n++ {print $2}')
 [ -n "$image" ] || die "cannot tell which image linux-image-amd64 depends on (apt-cache depends linux-image-amd64)"
 kver=${image#linux-image-}
-candidate() { apt-cache policy "$1" 2>/dev/null | awk '/Candidate:/ {print $2; exit}'; }
+candidate() { apt-cache policy "$1" 2>/dev/null | awk '/Candidate:/ && !n++ {print $2}'; }
 iver=$(candidate "$image")
 hver=$(candidate "linux-headers-$kver")
 [ -n "$iver" ] && [ "$iver" != "(none)" ] || die "linux-image-amd64 depends on $image, which the archive does not offer"

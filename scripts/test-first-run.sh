@@ -22,7 +22,7 @@ name=${sysroot##*/}
 [ -d "$sysroot/lib/rustlib" ] || die "no lib/rustlib in $sysroot"
 
 # README's first command: the Quick start's first line, without its trailing comment
-first=$(awk '/^## Quick start/ {q=1} q && /^cargo |^rustup / {print; exit}' "$top/README.md")
+first=$(awk '/^## Quick start/ {q=1} q && /^cargo |^rustup / && !n++ {print}' "$top/README.md")
 first=${first%%#*}
 first=$(echo "$first" | sed 's/[[:space:]]*$//')
 case $first in
@@ -62,7 +62,7 @@ printf 'version = "12"\ndefault_toolchain = "%s"\nprofile = "minimal"\nauto_self
 
 export RUSTUP_HOME=$home CARGO_TARGET_DIR=$base
 unset RUSTUP_TOOLCHAIN RUSTC RUSTDOC RUSTC_WRAPPER RUSTC_WORKSPACE_WRAPPER CARGO_BUILD_TARGET
-if rustup target list --installed | grep -qx "$target"; then
+if rustup target list --installed | grep -x "$target" >/dev/null; then
   die "the copied toolchain still lists $target"
 fi
 # vmm's build script must run again (its last run, with the target, is cached): forget it
@@ -92,6 +92,6 @@ bash -c "$first" >"$work/2.out" 2>"$work/2.err"
 rc=$?
 set -e
 [ $rc -eq 0 ] || { tail -n 30 "$work/2.err" >&2; die "README's first command exited $rc (expected 0)"; }
-rustup target list --installed | grep -qx "$target" || die "$target is still not installed"
+rustup target list --installed | grep -x "$target" >/dev/null || die "$target is still not installed"
 echo "test-first-run: 2. ok: exit status 0 after $(($(date +%s) - t0)) s" >&2
 echo "test-first-run: passed"
