@@ -28,6 +28,7 @@ pub mod elf;
 pub mod events;
 pub mod hwbp;
 pub mod paging;
+pub mod probe_lang;
 pub mod probes;
 pub mod session;
 pub mod symbols;
