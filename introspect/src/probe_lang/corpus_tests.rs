@@ -114,3 +114,63 @@ fn filter_corpus_replays() {
         assert!(exercise_filter(text));
     }
 }
+
+/// A deterministic mutation run over the seeds (no nightly needed): random inserts of
+/// syntax bytes, deletions, duplications and splices, each through the fuzz targets' checks.
+fn mutate_and_exercise(corpus: &[Vec<u8>], rounds: usize, exercise: fn(&str) -> bool) {
+    const ALPHABET: &[u8] = b" \t:/+-%@$\\\"'()[]{}=!&|<>~.,*?_0123456789xabcdefpruCPUSstack\
+                              retvalcommargstringb@/";
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move |n: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        usize::try_from(state % u64::try_from(n.max(1)).unwrap()).unwrap()
+    };
+    for _ in 0..rounds {
+        let mut input = corpus[next(corpus.len())].clone();
+        for _ in 0..=next(4) {
+            let at = next(input.len() + 1);
+            match next(4) {
+                0 => input.insert(at, ALPHABET[next(ALPHABET.len())]),
+                1 if at < input.len() => {
+                    input.remove(at);
+                }
+                2 => {
+                    let end = (at + next(8)).min(input.len());
+                    let piece = input[at..end].to_vec();
+                    input.splice(at..at, piece);
+                }
+                _ => {
+                    let other = &corpus[next(corpus.len())];
+                    let from = next(other.len() + 1);
+                    let to = (from + next(16)).min(other.len());
+                    input.splice(at..at, other[from..to].iter().copied());
+                }
+            }
+        }
+        exercise(&String::from_utf8_lossy(&input));
+    }
+}
+
+#[test]
+fn kprobe_mutations() {
+    let mut seeds: Vec<Vec<u8>> = corpus("kprobe_def").into_iter().map(|(_, b)| b).collect();
+    seeds.extend(
+        super::kprobe_tests::VALID
+            .iter()
+            .map(|s| s.as_bytes().to_vec()),
+    );
+    mutate_and_exercise(&seeds, 50_000, exercise_kprobe);
+}
+
+#[test]
+fn filter_mutations() {
+    let mut seeds: Vec<Vec<u8>> = corpus("event_filter").into_iter().map(|(_, b)| b).collect();
+    seeds.extend(
+        super::filter_tests::VALID
+            .iter()
+            .map(|s| s.as_bytes().to_vec()),
+    );
+    mutate_and_exercise(&seeds, 50_000, exercise_filter);
+}
