@@ -66,6 +66,7 @@ static void hvk_barrier_work(struct work_struct *work)
 
 	synchronize_rcu_tasks();
 	hvk_barrier_done(h->regs, seq);
+	pr_info("hvprobe_guest: barrier %u done\n", seq);
 }
 
 static irqreturn_t hvk_interrupt(int irq, void *data)

@@ -29,6 +29,9 @@ pub struct IntrospectHook {
     intro: Arc<Introspector>,
     target: OnceLock<VmTarget>,
     ram: OnceLock<crate::vm::RamControl>,
+    kmod: OnceLock<crate::devices::kmod::KmodHandle>,
+    /// The guest module's arena while attached: its doorbell page (guest-physical).
+    kmod_doorbell: std::sync::Mutex<Option<u64>>,
 }
 
 impl IntrospectHook {
@@ -38,6 +41,105 @@ impl IntrospectHook {
             intro,
             target: OnceLock::new(),
             ram: OnceLock::new(),
+            kmod: OnceLock::new(),
+            kmod_doorbell: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Gives the hook the guest module's device, whose requests it then answers.
+    pub fn attach_kmod(&self, kmod: crate::devices::kmod::KmodHandle) {
+        let _ = self.kmod.set(kmod);
+    }
+
+    /// A request from the guest module (`devices::kmod`), on the writing vCPU's thread.
+    ///
+    /// - Attach: the arena is checked and laid out (`Introspector::attach_split_arena`), its
+    ///   doorbell page carved, and, when probes wait for a jump, a quiescence barrier asked
+    ///   for; no pass runs yet.
+    /// - Barrier done: the pass runs (with its own pause-all RIP check), so a jump is written
+    ///   only after both.
+    /// - Release (rmmod): every jump into the arena becomes an int3 again before the guest
+    ///   runs on; the doorbell page is guest RAM again.
+    fn on_kmod(&self, vcpu: &mut VcpuCtx<'_>, req: crate::devices::kmod::KmodRequest) {
+        use crate::devices::kmod::{KmodRequest, STATUS_ARENA, STATUS_REFUSED, STATUS_RELEASED};
+        let (Some(target), Some(ram), Some(kmod)) =
+            (self.target.get(), self.ram.get(), self.kmod.get())
+        else {
+            return;
+        };
+        let mut doorbell = self
+            .kmod_doorbell
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match req {
+            KmodRequest::Attach { code, data } => {
+                if doorbell.is_some() || self.intro.engine().arena().is_some() {
+                    self.intro.add_note(
+                        "guest module arena refused: an arena is already attached".into(),
+                    );
+                    kmod.set_status(STATUS_REFUSED);
+                    return;
+                }
+                let layout = match self.intro.attach_split_arena(target, vcpu, code, data) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        self.intro.add_note(format!(
+                            "guest module arena (code {:#x}+{:#x}, data {:#x}+{:#x}) refused: {e}",
+                            code.0, code.1, data.0, data.1
+                        ));
+                        kmod.set_status(STATUS_REFUSED);
+                        return;
+                    }
+                };
+                let bell = layout.doorbell().1.raw();
+                let device = Arc::new(std::sync::Mutex::new(crate::devices::doorbell::Doorbell));
+                if let Err(e) = ram.carve(
+                    bell,
+                    0x1000,
+                    crate::memslots::TraceMode::All,
+                    device,
+                    "the probe doorbell",
+                ) {
+                    self.intro.add_note(format!(
+                        "probe doorbell at {bell:#x} not set up ({e}): jump probes stay int3"
+                    ));
+                    self.intro.engine().detach_arena();
+                    kmod.set_status(STATUS_REFUSED);
+                    return;
+                }
+                *doorbell = Some(bell);
+                kmod.set_status(STATUS_ARENA);
+                self.intro.add_note(format!(
+                    "guest module arena: code {:#x} ({} slots), data {:#x} ({} rings of {} records)",
+                    code.0, layout.slot_count, data.0, layout.ring_count, layout.ring_capacity
+                ));
+                if self.intro.engine().has_pending() {
+                    kmod.request_barrier();
+                }
+            }
+            KmodRequest::BarrierDone(seq) => {
+                drop(doorbell);
+                self.intro
+                    .add_note(format!("quiescence barrier {seq} completed in the guest"));
+                if seq == kmod.barrier_wanted() && self.intro.engine().arena().is_some() {
+                    self.intro.optimize_from_vcpu(target, vcpu);
+                }
+            }
+            KmodRequest::Release => {
+                let n = self
+                    .intro
+                    .release_arena(target, vcpu, "the guest module is unloading");
+                if let Some(bell) = doorbell.take()
+                    && let Err(e) = ram.uncarve(bell, "the probe doorbell")
+                {
+                    self.intro
+                        .add_note(format!("probe doorbell at {bell:#x} not given back: {e}"));
+                }
+                kmod.set_status(STATUS_RELEASED);
+                self.intro.add_note(format!(
+                    "guest module released its arena: {n} jump(s) back to int3"
+                ));
+            }
         }
     }
 
@@ -97,6 +199,10 @@ impl DebugHook for IntrospectHook {
         match *request {
             crate::devices::GuestRequest::Arena { base, len } => {
                 self.on_arena(vcpu, base, len);
+                HookAction::Continue
+            }
+            crate::devices::GuestRequest::Kmod(req) => {
+                self.on_kmod(vcpu, req);
                 HookAction::Continue
             }
             crate::devices::GuestRequest::Doorbell { value, .. } => {
@@ -316,6 +422,7 @@ pub fn run_instrumented(config: &VmConfig) -> Result<(RunReport, InstrumentRepor
     vm.start_paused()?;
     let target = vm.target();
     hook.attach(target.clone(), vm.ram_control());
+    hook.attach_kmod(vm.kmod());
     if let Err(e) = intro.setup(&target, &spec) {
         vm.stop();
         let _ = writer.finish();

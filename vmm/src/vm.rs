@@ -102,6 +102,20 @@ impl RamControl {
         }
         result
     }
+
+    /// Gives a range [`RamControl::carve`]d at `start` back to guest RAM (the guest module
+    /// releases its arena, whose pages the guest kernel frees next).
+    pub fn uncarve(&self, start: u64, what: &'static str) -> Result<(), VmError> {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots
+            .remove(start)
+            .map_err(|e| VmError::Config(e.to_string()))?;
+        let _ = self.io.mmio.remove(start);
+        slots.apply(&self.vm_fd).map_err(|e| VmError::Device {
+            what,
+            reason: e.to_string(),
+        })
+    }
 }
 
 /// Errors of building and running a VM.
@@ -239,6 +253,8 @@ pub struct Vm {
     serial: Arc<Mutex<SerialDevice>>,
     console: ConsoleCapture,
     test_device: Arc<Mutex<TestDevice>>,
+    /// The guest module's device (`devices::kmod`): the introspection layer's side.
+    kmod: crate::devices::kmod::KmodHandle,
     kernel: LoadedKernel,
     memslots: Arc<Mutex<crate::memslots::Memslots>>,
     phases: Phases,
@@ -342,7 +358,8 @@ impl Vm {
         }
 
         let console = ConsoleCapture::default();
-        let (io, serial, test_device) = make_devices(&vm_fd, config, &console, &phases, &mem)?;
+        let (io, serial, test_device, kmod) =
+            make_devices(&vm_fd, config, &console, &phases, &mem)?;
 
         let mask = if is_linux && config.steering {
             crate::platform::linux_cpuid_mask()
@@ -396,6 +413,7 @@ impl Vm {
             serial,
             console,
             test_device,
+            kmod,
             kernel,
             memslots: Arc::new(Mutex::new(memslots)),
             phases,
@@ -612,6 +630,11 @@ impl Vm {
         result
     }
 
+    /// The introspection layer's side of the guest module's device (status, barriers).
+    pub fn kmod(&self) -> crate::devices::kmod::KmodHandle {
+        self.kmod.clone()
+    }
+
     /// A handle that carves RAM pages into device pages from any thread (the probe doorbell
     /// is set up from the vCPU that reported the arena).
     pub fn ram_control(&self) -> RamControl {
@@ -804,6 +827,7 @@ type Devices = (
     Arc<IoDevices>,
     Arc<Mutex<SerialDevice>>,
     Arc<Mutex<TestDevice>>,
+    crate::devices::kmod::KmodHandle,
 );
 
 fn make_devices(
@@ -855,6 +879,13 @@ fn make_devices(
         .clone()
         .ok_or_else(|| dev_err("the PCI bus")(&"missing"))?;
     edu::EduDevice::attach(edu, &pci).map_err(|e| dev_err("edu")(&e))?;
+    let kmod_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| dev_err("kmod")(&e))?;
+    vm_fd
+        .register_irqfd(&kmod_irq, u32::from(crate::devices::kmod::KMOD_IRQ))
+        .map_err(|e| dev_err("the kmod interrupt")(&e))?;
+    let (kmod_dev, kmod) = crate::devices::kmod::KmodDevice::new(Some(kmod_irq));
+    crate::devices::kmod::KmodDevice::attach(Arc::new(Mutex::new(kmod_dev)), &pci)
+        .map_err(|e| dev_err("kmod")(&e))?;
     let bus_err = |what: &'static str| {
         move |e: crate::devices::bus::BusError| VmError::Device {
             what,
@@ -888,7 +919,7 @@ fn make_devices(
             test_device.clone(),
         )
         .map_err(bus_err("test device MMIO"))?;
-    Ok((io, serial, test_device))
+    Ok((io, serial, test_device, kmod))
 }
 
 /// Builds, starts and waits for a VM: what `hvprobe run` does. With instrumentation, see

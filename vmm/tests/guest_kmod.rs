@@ -274,3 +274,138 @@ fn guest_module_loads_and_unloads_under_qemu_tcg_without_hvprobe() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Serializes Linux boots within this test binary (each loads a core for minutes).
+fn serialize() -> std::sync::MutexGuard<'static, ()> {
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ONE.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// One boot of Debian's kernel under hvprobe, checked stage by stage: the module loads, binds
+/// hvprobe's device and reports its arena, hvprobe asks for a quiescence barrier and the
+/// module runs it, `vfs_read` becomes a jump whose hits (in-guest records) add up with its
+/// int3 hits to exactly the int3 probe on its only caller here (`ksys_read`), and rmmod with
+/// the jump active leaves the guest running and the probe an int3 with the reason.
+#[test]
+#[ignore = "not passing yet: the first run stalled after the guest's first relayed syscall \
+            (console silent from kernel time 147 s, 8 minutes of wall time); run with --ignored"]
+fn guest_module_under_hvprobe_binds_gives_an_arena_runs_barriers_and_rmmod_unoptimizes() {
+    let what = "guest module under hvprobe on Debian's kernel";
+    let Some((kernel, ver)) = kernel_or_skip(what) else {
+        return;
+    };
+    let bb = workspace_root().join(".cache/busybox/root/bin/busybox");
+    if !bb.is_file() {
+        assert!(std::env::var_os("CI").is_none(), "CI must fetch busybox");
+        skip(
+            what,
+            "busybox-static not fetched; run scripts/fetch-busybox.sh",
+        );
+        return;
+    }
+    let _one = serialize();
+    let ko = build_guest_kmod(&ver);
+    let dir = std::env::temp_dir().join(format!("hvprobe-kmod-linux-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("f.txt");
+    std::fs::write(&file, "kmod test file\n").unwrap();
+    let script = "insmod /lib/hvprobe_guest.ko\n\
+         test -e /sys/bus/pci/drivers/hvprobe_guest/0000:00:02.0\n\
+         echo KMOD-BOUND\n\
+         for i in $(seq 120); do dmesg | grep -q 'barrier 1 done' && break; sleep 1; done\n\
+         dmesg | grep -q 'barrier 1 done'\n\
+         sleep 1\n\
+         for i in 1 2 3 4 5 6; do cat /etc/kmod-f.txt; done\n\
+         echo KMOD-READS-DONE\n\
+         rmmod hvprobe_guest\n\
+         cat /etc/kmod-f.txt\n\
+         echo KMOD-AFTER-RMMOD\n";
+    let initrd = hvprobe_tests::linux::initramfs(
+        &dir,
+        script,
+        &[(&ko, "/lib/hvprobe_guest.ko"), (&file, "/etc/kmod-f.txt")],
+    );
+    let events = dir.join("events.jsonl");
+    let run = hvprobe_tests::linux::run_linux(
+        Path::new(env!("CARGO_BIN_EXE_hvprobe")),
+        &[
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--initrd",
+            initrd.to_str().unwrap(),
+            "--mem",
+            "128M",
+            "--cpus",
+            "2",
+            "--probe",
+            "vfs_read+5:jump",
+            "--probe",
+            "ksys_read+5:int3",
+            "--events",
+            events.to_str().unwrap(),
+            "--format",
+            "jsonl",
+        ],
+        &dir,
+        &[
+            "HVPROBE-INIT-START",
+            "arena in use",
+            "KMOD-BOUND",
+            "barrier 1 done",
+            "KMOD-READS-DONE",
+            "arena released",
+            "KMOD-AFTER-RMMOD",
+            "HVPROBE-RUN-END status=0",
+        ],
+        Duration::from_secs(1200),
+    );
+    eprintln!("{}", run.report(what));
+    assert_eq!(
+        run.status,
+        Some(0),
+        "stderr:\n{}\nconsole:\n{}",
+        run.stderr,
+        run.console
+    );
+    for note in [
+        "guest module arena: code",
+        "quiescence barrier 1 completed in the guest",
+        "guest module released its arena: 1 jump(s) back to int3",
+    ] {
+        assert!(run.stderr.contains(note), "{note}:\n{}", run.stderr);
+    }
+    let table_line = |name: &str| {
+        run.stderr
+            .lines()
+            .find(|l| l.trim_start().starts_with(name))
+            .unwrap_or_else(|| panic!("{name} in the table:\n{}", run.stderr))
+            .to_string()
+    };
+    let vfs = table_line("probe vfs_read");
+    assert!(vfs.contains("the guest module is unloading"), "{vfs}");
+    eprintln!("{what}: {vfs}\n{what}: {}", table_line("probe ksys_read"));
+    let text = std::fs::read_to_string(&events).unwrap();
+    let evs: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let from =
+        |e: &serde_json::Value, src: &str| e["source"].as_str().is_some_and(|s| s.starts_with(src));
+    let of = |src: &str| evs.iter().filter(|e| from(e, src)).count();
+    let in_guest = evs
+        .iter()
+        .filter(|e| from(e, "probe vfs_read") && e["regs"].get("tsc").is_some())
+        .count();
+    let (vfs_hits, ksys_hits) = (of("probe vfs_read"), of("probe ksys_read"));
+    eprintln!(
+        "{what}: vfs_read {vfs_hits} hits ({in_guest} through the jump), ksys_read {ksys_hits} hits"
+    );
+    assert!(
+        in_guest >= 6,
+        "the 6 cats read through the jump: {in_guest}"
+    );
+    assert_eq!(vfs_hits, ksys_hits, "every read(2) reaches vfs_read once");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -16,6 +16,14 @@
 //! waits for its rings to drain); only hvprobe writes it.
 //!
 //! Each slot ends with its u64 `lost` counter (records its in-guest handler could not write).
+//!
+//! A **split** arena ([`ArenaLayout::plan_split`], the guest module's on Linux) has two
+//! regions that are virtually contiguous but physically scattered (module space is
+//! `vmalloc`ed): a data region the guest maps writable (header, doorbell, then one page of
+//! `lost` counters, u64 per slot, at [`ArenaLayout::lost_offset`], then the rings) and a code
+//! region the guest maps executable (only slots: the guest cannot write it, hvprobe writes
+//! it through guest-physical memory). Every address goes through the page map taken at
+//! attach ([`PageMap`]).
 
 use crate::addr::{Gpa, Gva};
 
@@ -80,12 +88,21 @@ pub enum ArenaError {
     AlreadyAttached(Gva),
 }
 
+/// The guest-physical page of every page of a split arena's regions, taken at attach.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PageMap {
+    /// Data region pages, in order.
+    pub data: Vec<Gpa>,
+    /// Code region (first byte guest-virtual) and its pages, in order.
+    pub code: Option<(Gva, Vec<Gpa>)>,
+}
+
 /// Where everything in an arena is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ArenaLayout {
-    /// First byte (guest-virtual).
+    /// First byte (guest-virtual) of the arena, or of a split arena's data region.
     pub base: Gva,
-    /// First byte (guest-physical; the arena is one physical range).
+    /// First byte (guest-physical; the arena is one physical range unless `pages` is set).
     pub gpa: Gpa,
     /// Length in bytes.
     pub len: u64,
@@ -101,7 +118,12 @@ pub struct ArenaLayout {
     pub slots_offset: u64,
     /// Number of slots.
     pub slot_count: u32,
+    /// A split arena's page map (`None`: one physically contiguous range at `gpa`).
+    pub pages: Option<std::sync::Arc<PageMap>>,
 }
+
+/// Offset of a split arena's `lost` counters in its data region (after header and doorbell).
+pub const SPLIT_LOST_OFFSET: u64 = 2 * PAGE;
 
 fn page_up(x: u64) -> u64 {
     x.div_ceil(PAGE) * PAGE
@@ -145,46 +167,149 @@ impl ArenaLayout {
             ring_stride,
             slots_offset: fixed + rings * ring_stride,
             slot_count: u32::try_from(slots).map_err(|_| too_small)?,
+            pages: None,
         })
+    }
+
+    /// Lays out a split arena: `data` (guest-virtual, its pages in `pages.data`) holds the
+    /// header, the doorbell, the `lost` counters and `vcpus` rings (the largest power-of-two
+    /// capacity that fits); the code region in `pages.code` holds at most 256 slots.
+    pub fn plan_split(data: Gva, pages: PageMap, vcpus: usize) -> Result<ArenaLayout, ArenaError> {
+        let len = pages.data.len() as u64 * PAGE;
+        let too_small = ArenaError::TooSmall {
+            base: data,
+            len,
+            vcpus,
+        };
+        let Some((code, code_pages)) = &pages.code else {
+            return Err(too_small);
+        };
+        if data.raw() % PAGE != 0 || code.raw() % PAGE != 0 {
+            return Err(ArenaError::Unaligned { base: data, len });
+        }
+        let slots = (code_pages.len() as u64 * PAGE / u64::from(SLOT_SIZE)).min(MAX_SLOTS);
+        let rings = u64::try_from(vcpus.max(1)).map_err(|_| too_small.clone())?;
+        let fixed = SPLIT_LOST_OFFSET + page_up(MAX_SLOTS * 8);
+        let per_ring = len.saturating_sub(fixed) / rings;
+        let mut capacity = MIN_CAPACITY;
+        if slots == 0 || page_up(disasm::RING_RECORDS + capacity * disasm::RECORD_SIZE) > per_ring {
+            return Err(too_small);
+        }
+        while page_up(disasm::RING_RECORDS + capacity * 2 * disasm::RECORD_SIZE) <= per_ring
+            && capacity < (1 << 24)
+        {
+            capacity *= 2;
+        }
+        let ring_stride = page_up(disasm::RING_RECORDS + capacity * disasm::RECORD_SIZE);
+        let first = pages
+            .data
+            .first()
+            .copied()
+            .ok_or_else(|| too_small.clone())?;
+        Ok(ArenaLayout {
+            base: data,
+            gpa: first,
+            len,
+            ring_count: u32::try_from(rings).map_err(|_| too_small.clone())?,
+            ring_capacity: u32::try_from(capacity).map_err(|_| too_small.clone())?,
+            rings_offset: fixed,
+            ring_stride,
+            slots_offset: 0,
+            slot_count: u32::try_from(slots).map_err(|_| too_small)?,
+            pages: Some(std::sync::Arc::new(pages)),
+        })
+    }
+
+    /// The guest-physical address of `va` inside the arena (a split arena's through its page
+    /// map). Outside it: an address no guest RAM has, so any access fails.
+    pub fn pa(&self, va: Gva) -> Gpa {
+        const NOWHERE: Gpa = Gpa(!0xfff);
+        let Some(map) = &self.pages else {
+            return match va.raw().checked_sub(self.base.raw()) {
+                Some(off) if off < self.len => Gpa(self.gpa.raw() + off),
+                _ => NOWHERE,
+            };
+        };
+        let page = |base: Gva, pages: &[Gpa]| {
+            let off = va.raw().checked_sub(base.raw())?;
+            let p = pages.get(usize::try_from(off / PAGE).ok()?)?;
+            Some(Gpa(p.raw() + off % PAGE))
+        };
+        page(self.base, &map.data)
+            .or_else(|| map.code.as_ref().and_then(|(b, p)| page(*b, p)))
+            .unwrap_or(NOWHERE)
+    }
+
+    /// Reads `buf.len()` bytes at `va` (page by page: a split arena is physically scattered).
+    pub fn read<M: crate::paging::PhysMem + ?Sized>(
+        &self,
+        mem: &M,
+        va: Gva,
+        buf: &mut [u8],
+    ) -> Result<(), crate::paging::PhysMemError> {
+        let mut done = 0;
+        while done < buf.len() {
+            let at = va.raw() + done as u64;
+            let n = usize::try_from(PAGE - at % PAGE)
+                .unwrap_or(usize::MAX)
+                .min(buf.len() - done);
+            mem.read_phys(self.pa(Gva(at)), &mut buf[done..done + n])?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// The slot region's first byte (guest-virtual).
+    fn slots_base(&self) -> Gva {
+        match self.pages.as_ref().and_then(|m| m.code.as_ref()) {
+            Some((code, _)) => *code,
+            None => Gva(self.base.raw() + self.slots_offset),
+        }
     }
 
     /// The doorbell page (guest-virtual, guest-physical).
     pub fn doorbell(&self) -> (Gva, Gpa) {
-        (Gva(self.base.raw() + PAGE), Gpa(self.gpa.raw() + PAGE))
+        let va = Gva(self.base.raw() + PAGE);
+        (va, self.pa(va))
     }
 
     /// Ring `i`'s header (guest-virtual, guest-physical).
     pub fn ring(&self, i: u32) -> (Gva, Gpa) {
-        let off = self.rings_offset + u64::from(i) * self.ring_stride;
-        (Gva(self.base.raw() + off), Gpa(self.gpa.raw() + off))
+        let va = Gva(self.base.raw() + self.rings_offset + u64::from(i) * self.ring_stride);
+        (va, self.pa(va))
     }
 
     /// Slot `i`'s first byte (guest-virtual, guest-physical).
     pub fn slot(&self, i: u32) -> (Gva, Gpa) {
-        let off = self.slots_offset + u64::from(i) * u64::from(SLOT_SIZE);
-        (Gva(self.base.raw() + off), Gpa(self.gpa.raw() + off))
+        let va = Gva(self.slots_base().raw() + u64::from(i) * u64::from(SLOT_SIZE));
+        (va, self.pa(va))
     }
 
-    /// Slot `i`'s `lost` counter (guest-virtual, guest-physical).
+    /// Slot `i`'s `lost` counter (guest-virtual, guest-physical): the slot's last 8 bytes,
+    /// or in a split arena's data region (its code region is not writable in the guest).
     pub fn slot_lost(&self, i: u32) -> (Gva, Gpa) {
-        let (v, p) = self.slot(i);
-        let off = SLOT_CODE as u64;
-        (Gva(v.raw() + off), Gpa(p.raw() + off))
+        let va = if self.pages.is_some() {
+            Gva(self.base.raw() + SPLIT_LOST_OFFSET + 8 * u64::from(i))
+        } else {
+            Gva(self.slot(i).0.raw() + SLOT_CODE as u64)
+        };
+        (va, self.pa(va))
     }
 
     /// The slot whose bytes contain `addr`, if any.
     pub fn slot_containing(&self, addr: u64) -> Option<u32> {
-        let start = self.base.raw() + self.slots_offset;
-        let off = addr.checked_sub(start)?;
+        let off = addr.checked_sub(self.slots_base().raw())?;
         let i = off / u64::from(SLOT_SIZE);
         (i < u64::from(self.slot_count))
             .then(|| u32::try_from(i).ok())
             .flatten()
     }
 
-    /// Whether `addr` is inside the arena.
+    /// Whether `addr` is inside the arena (either region of a split one).
     pub fn contains(&self, addr: u64) -> bool {
-        addr >= self.base.raw() && addr - self.base.raw() < self.len
+        let code = self.pages.as_ref().and_then(|m| m.code.as_ref());
+        (addr >= self.base.raw() && addr - self.base.raw() < self.len)
+            || code.is_some_and(|(b, p)| addr >= b.raw() && addr - b.raw() < p.len() as u64 * PAGE)
     }
 
     /// The header page's first 64 bytes, as written at attach (generation 0).

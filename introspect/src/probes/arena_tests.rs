@@ -3,7 +3,9 @@
 
 use std::cell::RefCell;
 
-use super::arena::{ARENA_MAGIC, ArenaError, ArenaLayout, SLOT_SIZE, SlotPool};
+use super::arena::{
+    ARENA_MAGIC, ArenaError, ArenaLayout, PageMap, SLOT_SIZE, SPLIT_LOST_OFFSET, SlotPool,
+};
 use super::ring::RingReader;
 use crate::addr::{Gpa, Gva};
 use crate::paging::{PhysMem, PhysMemError, PhysMemMut};
@@ -102,7 +104,7 @@ fn the_reader_takes_committed_records_in_order_across_the_wrap_and_stops_at_a_ga
     let ram = Ram(RefCell::new(vec![0; usize::try_from(MIB).unwrap()]));
     let l = ArenaLayout::plan(Gva(0), Gpa(0), MIB, 1).unwrap();
     let cap = u64::from(l.ring_capacity);
-    let mut reader = RingReader::new(l);
+    let mut reader = RingReader::new(l.clone());
     let mut seen = Vec::new();
     // Fill to the wrap point, drain, then write across the wrap with one record reserved
     // but not committed yet.
@@ -139,4 +141,121 @@ fn the_reader_takes_committed_records_in_order_across_the_wrap_and_stops_at_a_ga
         .drain(&ram, usize::MAX, &mut |r| seen.push(r.values[0]))
         .unwrap();
     assert_eq!(seen, [cap + 1, cap + 2]);
+}
+
+/// A split arena like the guest module's: 16 data pages and 2 code pages, physically
+/// scattered (data pages in reverse order, code pages apart).
+fn split() -> ArenaLayout {
+    let data: Vec<Gpa> = (0..16u64)
+        .rev()
+        .map(|i| Gpa(0x10_0000 + i * 0x1000))
+        .collect();
+    let code = vec![Gpa(0x3_0000), Gpa(0x5_0000)];
+    ArenaLayout::plan_split(
+        Gva(0xffff_ffff_c000_0000),
+        PageMap {
+            data,
+            code: Some((Gva(0xffff_ffff_c010_0000), code)),
+        },
+        1,
+    )
+    .unwrap()
+}
+
+#[test]
+fn a_split_arena_translates_every_address_through_its_page_map() {
+    let l = split();
+    let base = 0xffff_ffff_c000_0000u64;
+    // Header: data page 0, which is the last physical page.
+    assert_eq!(l.pa(Gva(base)), Gpa(0x10_f000));
+    assert_eq!(l.doorbell(), (Gva(base + 0x1000), Gpa(0x10_e000)));
+    // Lost counters in the data region (the code region is not writable in the guest).
+    assert_eq!(
+        l.slot_lost(3),
+        (Gva(base + SPLIT_LOST_OFFSET + 24), Gpa(0x10_d018))
+    );
+    // Slots in the code region: 2 pages of 16 slots each.
+    assert_eq!(l.slot_count, 32);
+    assert_eq!(l.slot(0), (Gva(0xffff_ffff_c010_0000), Gpa(0x3_0000)));
+    assert_eq!(l.slot(17).1, Gpa(0x5_0000 + 256));
+    assert_eq!(l.slot_containing(0xffff_ffff_c010_1105), Some(17));
+    assert_eq!(l.slot_containing(0xffff_ffff_c010_2000), None);
+    assert!(l.contains(0xffff_ffff_c010_1fff) && l.contains(base + 0xffff));
+    assert!(!l.contains(0xffff_ffff_c010_2000) && !l.contains(base + 0x10000));
+    // Anything outside both regions translates nowhere.
+    assert!(l.pa(Gva(base + 0x10000)).raw() > 0xffff_0000_0000_0000);
+    // Rings start after the lost page and fit in the data region.
+    assert_eq!(l.rings_offset, SPLIT_LOST_OFFSET + 0x1000);
+    assert!(l.rings_offset + l.ring_stride <= l.len);
+}
+
+#[test]
+fn the_reader_reads_records_across_scattered_pages_of_a_split_arena() {
+    let ram = Ram(RefCell::new(vec![0; usize::try_from(2 * MIB).unwrap()]));
+    let l = split();
+    let cap = u64::from(l.ring_capacity);
+    assert!(cap >= 64 * 2, "records span several pages: {cap}");
+    let hdr = l.ring(0).0.raw();
+    let w = |va: u64, b: &[u8]| ram.write_phys(l.pa(Gva(va)), b).unwrap();
+    for i in 0..cap - 1 {
+        let rec = hdr + 128 + i * 64;
+        w(rec + 4, &9u32.to_le_bytes());
+        w(rec + 16, &(i * 3).to_le_bytes());
+        w(rec, &u32::try_from(i + 1).unwrap().to_le_bytes());
+    }
+    w(hdr, &(cap - 1).to_le_bytes());
+    let mut reader = RingReader::new(l.clone());
+    let mut seen = Vec::new();
+    let n = reader
+        .drain(&ram, usize::MAX, &mut |r| seen.push((r.tag, r.values[0])))
+        .unwrap();
+    assert_eq!(n as u64, cap - 1);
+    assert!(
+        seen.iter()
+            .enumerate()
+            .all(|(i, &(t, v))| t == 9 && v == i as u64 * 3)
+    );
+    let mut tail = [0u8; 8];
+    ram.read_phys(l.pa(Gva(hdr + 64)), &mut tail).unwrap();
+    assert_eq!(u64::from_le_bytes(tail), cap - 1);
+}
+
+#[test]
+fn a_split_arena_without_room_for_a_ring_or_a_slot_is_refused() {
+    let pages = |n: u64| (0..n).map(|i| Gpa(i * 0x1000)).collect::<Vec<_>>();
+    let data = Gva(0x10_0000);
+    let code = Some((Gva(0x20_0000), pages(1)));
+    assert!(matches!(
+        ArenaLayout::plan_split(
+            data,
+            PageMap {
+                data: pages(3),
+                code: code.clone()
+            },
+            1
+        ),
+        Err(ArenaError::TooSmall { .. })
+    ));
+    assert!(matches!(
+        ArenaLayout::plan_split(
+            data,
+            PageMap {
+                data: pages(16),
+                code: None
+            },
+            1
+        ),
+        Err(ArenaError::TooSmall { .. })
+    ));
+    assert!(
+        ArenaLayout::plan_split(
+            data,
+            PageMap {
+                data: pages(16),
+                code
+            },
+            1
+        )
+        .is_ok()
+    );
 }

@@ -97,7 +97,10 @@ pub use arch::{BREAKPOINT_INSN, hand_back_int3};
 pub use check::{DENIED_FUNCTIONS, DENIED_PREFIXES, DENIED_SECTIONS, MAX_FUNCTION_SCAN};
 pub use disasm::{CpuSource, Fetch, Gpr};
 pub use error::ProbeError;
-pub use optimize::{ArmedAs, JumpHandler, JumpKind, MAX_DEFERRALS, Quiesce, locate_arena};
+pub use optimize::{
+    ArmedAs, JumpHandler, JumpKind, MAX_DEFERRALS, MAX_SPLIT_REGION, Quiesce, locate_arena,
+    locate_split_arena,
+};
 pub use registry::{ProbeId, ProbeInfo, ProbeRegistry, ProbeStats};
 
 use arch::{arch_arm, arch_disarm};

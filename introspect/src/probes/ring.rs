@@ -11,7 +11,7 @@ use std::sync::atomic::{Ordering, fence};
 use disasm::{MAX_FETCHES, RECORD_SIZE, RECORD_VALUES, RING_RECORDS, RING_TAIL};
 
 use super::arena::ArenaLayout;
-use crate::addr::Gpa;
+use crate::addr::{Gpa, Gva};
 use crate::paging::{PhysMemError, PhysMemMut};
 
 /// One record an in-guest handler wrote.
@@ -54,8 +54,8 @@ impl RingReader {
     /// A reader for `layout`'s rings, all empty (tail 0, as the arena starts).
     pub fn new(layout: ArenaLayout) -> RingReader {
         RingReader {
-            layout,
             tails: vec![0; usize::try_from(layout.ring_count).unwrap_or(0)],
+            layout,
         }
     }
 
@@ -81,7 +81,7 @@ impl RingReader {
         max: usize,
         f: &mut dyn FnMut(&RingRecord),
     ) -> Result<usize, PhysMemError> {
-        let (_, hdr) = self.layout.ring(ring);
+        let (hdr_va, hdr) = self.layout.ring(ring);
         let slot = usize::try_from(ring).unwrap_or(usize::MAX);
         let tail = self.tails[slot];
         let mut w = [0u8; 8];
@@ -94,7 +94,7 @@ impl RingReader {
             return Ok(0);
         }
         let mut buf = vec![0u8; n * REC];
-        self.read_records(mem, hdr, tail, &mut buf)?;
+        self.read_records(mem, hdr_va, tail, &mut buf)?;
         let committed = (0..n)
             .take_while(|&k| {
                 let want = tail.wrapping_add(k as u64).wrapping_add(1);
@@ -107,7 +107,7 @@ impl RingReader {
         // The sequence words of `committed` records were seen: their fields are complete now.
         fence(Ordering::Acquire);
         buf.truncate(committed * REC);
-        self.read_records(mem, hdr, tail, &mut buf)?;
+        self.read_records(mem, hdr_va, tail, &mut buf)?;
         for k in 0..committed {
             let r = &buf[k * REC..(k + 1) * REC];
             let mut values = [0u64; MAX_FETCHES];
@@ -131,7 +131,7 @@ impl RingReader {
     fn read_records(
         &self,
         mem: &(impl PhysMemMut + ?Sized),
-        hdr: Gpa,
+        hdr: Gva,
         from: u64,
         buf: &mut [u8],
     ) -> Result<(), PhysMemError> {
@@ -141,9 +141,11 @@ impl RingReader {
         let before_wrap = n.min(cap - first);
         let split = usize::try_from(before_wrap).unwrap_or(0) * REC;
         let records = hdr.raw() + RING_RECORDS;
-        mem.read_phys(Gpa(records + first * RECORD_SIZE), &mut buf[..split])?;
+        // Through the layout: a split arena's rings are physically scattered.
+        self.layout
+            .read(mem, Gva(records + first * RECORD_SIZE), &mut buf[..split])?;
         if split < buf.len() {
-            mem.read_phys(Gpa(records), &mut buf[split..])?;
+            self.layout.read(mem, Gva(records), &mut buf[split..])?;
         }
         Ok(())
     }

@@ -52,8 +52,75 @@ impl Introspector {
         let ctx = vcpu.paging()?;
         self.engine.set_paging_if_unset(ctx);
         let layout = locate_arena(target, &ctx, Gva(base), len, target.vcpu_count())?;
-        self.engine.attach_arena(target, layout)?;
+        self.engine.attach_arena(target, layout.clone())?;
         Ok(layout)
+    }
+
+    /// From vCPU `vcpu`'s thread, inside the exit where the guest module reported its split
+    /// arena (`code` executable, `data` writable; guest-virtual base and length each): checks
+    /// it (see [`crate::probes::locate_split_arena`]: nothing over the kernel
+    /// image, which comes from the symbols `_text`..`_end`), lays it out and writes its header.
+    /// No pass runs here: the VMM asks the guest for a quiescence barrier first.
+    pub fn attach_split_arena(
+        &self,
+        target: &dyn Target,
+        vcpu: &dyn VcpuAccess,
+        code: (u64, u64),
+        data: (u64, u64),
+    ) -> Result<crate::probes::arena::ArenaLayout, ProbeError> {
+        let ctx = vcpu.paging()?;
+        self.engine.set_paging_if_unset(ctx);
+        let mut forbidden = Vec::new();
+        let mut forbidden_va = Vec::new();
+        let sym = |n: &str| {
+            self.engine
+                .symbols()
+                .and_then(|t| t.resolve(n).ok())
+                .map(Gva)
+        };
+        if let (Some(a), Some(b)) = (sym("_text"), sym("_end")) {
+            forbidden_va.push((a, b));
+            if let (Ok(pa), Ok(pb)) = (
+                crate::paging::translate(target, &ctx, a),
+                crate::paging::translate(target, &ctx, Gva(b.raw() - 1)),
+            ) {
+                forbidden.push((pa.gpa, crate::addr::Gpa(pb.gpa.raw() + 1)));
+            }
+        }
+        let layout = crate::probes::locate_split_arena(
+            target,
+            &ctx,
+            (Gva(code.0), code.1),
+            (Gva(data.0), data.1),
+            &forbidden,
+            &forbidden_va,
+            target.vcpu_count(),
+        )?;
+        self.engine.attach_arena(target, layout.clone())?;
+        Ok(layout)
+    }
+
+    /// From vCPU `vcpu`'s thread: the guest module is unloading. Every jump into the arena
+    /// becomes an int3 again (reason `why` in the table), the rings are drained a last time and
+    /// the arena is forgotten. Returns how many jumps were undone.
+    pub fn release_arena(&self, target: &dyn Target, vcpu: &dyn VcpuAccess, why: &str) -> usize {
+        let rip = vcpu.regs().map(|r| r.rip).unwrap_or(0);
+        let q = Quiesce::FromVcpu {
+            me: vcpu.index(),
+            rip,
+        };
+        let n = match self.engine.release_arena(target, q, why) {
+            Ok(n) => n,
+            Err(e) => {
+                self.note(format!("releasing the trampoline arena failed: {e}"));
+                0
+            }
+        };
+        self.drain(target);
+        self.engine.forget_arena();
+        self.how_stale
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        n
     }
 
     /// One optimizer pass from vCPU `vcpu`'s thread (inside an exit): the other vCPUs are

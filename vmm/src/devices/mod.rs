@@ -6,6 +6,7 @@
 pub mod bus;
 pub mod doorbell;
 pub mod edu;
+pub mod kmod;
 pub mod legacy;
 pub mod pci;
 pub mod serial;
@@ -37,6 +38,8 @@ pub enum GuestRequest {
         /// Length in bytes.
         len: u64,
     },
+    /// The guest module asked something through hvprobe's `kmod` device ([`kmod`]).
+    Kmod(kmod::KmodRequest),
     /// A trampoline rang the probe doorbell: a write of `value` at `offset` in the doorbell
     /// page ([`doorbell::Doorbell`]).
     Doorbell {

@@ -25,14 +25,16 @@
 //! # What the RIP check cannot see
 //! A guest task interrupted (or preempted) with its RIP inside a window or a trampoline keeps
 //! that RIP on its stack, not in a vCPU register. The test kernel runs its probed code with
-//! interrupts off; for Linux, jump optimization waits for the guest module's quiescence
-//! barrier (`synchronize_rcu_tasks()`), so Linux probes stay int3 until it exists.
+//! interrupts off; for Linux, a pass runs only after the guest module's quiescence barrier
+//! (`synchronize_rcu_tasks()`, requested by the VMM once the module's arena is attached) has
+//! completed, so a task preempted inside a window has left it. Linux probes without the module
+//! stay int3.
 
 mod attach;
 mod hits;
 mod prepare;
 
-pub use attach::locate_arena;
+pub use attach::{MAX_SPLIT_REGION, locate_arena, locate_split_arena};
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -218,6 +220,14 @@ impl ProbeEngine {
     /// Keeps jump windows off `addr` (a hardware execute breakpoint there must stay reachable).
     pub fn reserve(&self, addr: Gva, owner: impl Into<String>) {
         lock(&self.opt).reserved.push((addr.raw(), owner.into()));
+    }
+
+    /// Undoes one [`Self::reserve`] of `addr` (the breakpoint there was removed).
+    pub fn unreserve(&self, addr: Gva) {
+        let mut opt = lock(&self.opt);
+        if let Some(i) = opt.reserved.iter().position(|(a, _)| *a == addr.raw()) {
+            opt.reserved.remove(i);
+        }
     }
 
     /// Whether any site waits for a jump.
@@ -433,7 +443,7 @@ impl ProbeEngine {
             done += 1;
         }
         if let Some(a) = opt.arena.as_mut() {
-            let layout = a.layout;
+            let layout = a.layout.clone();
             let freed = a.pool.reclaim(|slot| {
                 let (va, _) = layout.slot(slot);
                 rips.iter()
@@ -454,7 +464,7 @@ impl ProbeEngine {
                 }
             }
             a.generation += 1;
-            let gen_at = Gpa(layout.gpa.raw() + HEADER_GENERATION);
+            let gen_at = layout.pa(Gva(layout.base.raw() + HEADER_GENERATION));
             target
                 .write_phys(gen_at, &a.generation.to_le_bytes())
                 .map_err(|source| ProbeError::Patch {

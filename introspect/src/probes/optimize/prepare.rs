@@ -100,7 +100,7 @@ impl ProbeEngine {
             .unwrap_or(JumpHandler::Exit);
         let cpu_source = opt.cpu_source;
         let arena = opt.arena.as_mut().ok_or("no arena")?;
-        let layout = arena.layout;
+        let layout = arena.layout.clone();
         let slot = arena
             .pool
             .alloc()
@@ -208,10 +208,18 @@ impl ProbeEngine {
         let so = table
             .lookup(site.raw())
             .ok_or("no function symbol covers the address")?;
+        // Symbols from kallsyms have no size: as the kernel's kallsyms_lookup_size_offset(),
+        // a function ends where the next symbol at a higher address starts.
+        let next = || {
+            let syms = table.symbols();
+            let i = syms.partition_point(|s| s.addr <= so.symbol.addr);
+            syms.get(i).map(|s| s.addr - so.symbol.addr)
+        };
         let size = so
             .symbol
             .size
             .filter(|&s| s > 0)
+            .or_else(next)
             .ok_or_else(|| format!("the size of {} is unknown", so.symbol.name))?;
         if size > super::super::MAX_FUNCTION_SCAN {
             return Err(format!(

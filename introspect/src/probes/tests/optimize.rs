@@ -16,7 +16,7 @@ fn with_arena(vcpus: usize) -> (Arc<MockTarget>, Arc<ProbeEngine>, ArenaLayout) 
     t.map(Gva(ARENA), Gpa(ARENA_GPA), ARENA_LEN, true);
     let layout = locate_arena(&*t, &t.paging(), Gva(ARENA), ARENA_LEN, vcpus).unwrap();
     e.set_paging(t.paging());
-    e.attach_arena(&*t, layout).unwrap();
+    e.attach_arena(&*t, layout.clone()).unwrap();
     (t, e, layout)
 }
 
