@@ -199,9 +199,10 @@ fn run(p: &Program, n: u32, trace: Trace, syms: &Arc<SymbolTable>) -> Run {
     let cfg = common::raw_config(p, MEM_SIZE);
     let mut vm = Vm::new(&cfg, None).expect("VM builds");
     let tcfg = trace_config(trace);
-    let session = tcfg
-        .as_ref()
-        .map(|t| vmm::tracer::attach(&vm, t, Some(syms.clone())).expect("tracer attaches"));
+    let session = tcfg.as_ref().map(|t| {
+        let hub = introspect::events::Hub::new(Arc::new(introspect::events::Sources::new()));
+        vmm::tracer::attach(&vm, t, &hub, Some(syms.clone())).expect("tracer attaches")
+    });
     vm.start().expect("VM starts");
     let outcome = vm.wait(cfg.timeout).expect("VM runs");
     assert_eq!(outcome, Outcome::GuestExit { code: 0 }, "guest ended badly");

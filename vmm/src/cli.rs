@@ -183,12 +183,13 @@ pub struct RunArgs {
     /// file's `mmiotrace` list
     #[arg(long, value_name = "DEVICE|GPA:LEN[:w]")]
     pub mmiotrace: Vec<String>,
-    /// Write the trace to FILE (created or truncated) [default: stderr]
+    /// Write the trace to FILE (created or truncated; for ctf a directory) [default: stderr]
     #[arg(long, value_name = "FILE")]
     pub trace: Option<PathBuf>,
     /// Trace format: mmiotrace (the kernel's mmiotrace text), jsonl (one JSON object per
-    /// access) or chrome (Chrome trace JSON) [default: mmiotrace]
-    #[arg(long, value_name = "mmiotrace|jsonl|chrome")]
+    /// access), chrome (Chrome trace JSON: accesses and probe hits on one timeline) or ctf
+    /// (CTF 1.8 binary capture in directory --trace DIR, every event) [default: mmiotrace]
+    #[arg(long, value_name = "mmiotrace|jsonl|chrome|ctf")]
     pub trace_format: Option<String>,
 }
 
@@ -1082,7 +1083,7 @@ mod tests {
             "--format <text|jsonl>",
             "--mmiotrace <DEVICE|GPA:LEN[:w]>",
             "--trace <FILE>",
-            "--trace-format <mmiotrace|jsonl|chrome>",
+            "--trace-format <mmiotrace|jsonl|chrome|ctf>",
             "0x200000:4K:w",
             "trace_format",
             "int3",
@@ -1764,7 +1765,7 @@ quiet = true
             ),
             (
                 &["--trace-format", "text"],
-                "--trace-format text: trace format must be mmiotrace, jsonl or chrome",
+                "--trace-format text: trace format must be mmiotrace, jsonl, chrome or ctf",
             ),
         ] {
             let err = run(argv).unwrap_err();

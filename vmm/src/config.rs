@@ -478,8 +478,8 @@ pub enum SpecError {
     /// Something other than `w` after `GPA:LEN:`.
     #[error("only `w` (trace writes only) may follow the length, not {0:?}")]
     BadTraceAccess(String),
-    /// A trace format other than `mmiotrace`, `jsonl` or `chrome`.
-    #[error("trace format must be mmiotrace, jsonl or chrome")]
+    /// A trace format other than `mmiotrace`, `jsonl`, `chrome` or `ctf`.
+    #[error("trace format must be mmiotrace, jsonl, chrome or ctf")]
     BadTraceFormat(String),
 }
 
@@ -773,8 +773,12 @@ pub enum TraceFormatChoice {
     Mmiotrace,
     /// One JSON object per line.
     Jsonl,
-    /// Chrome's Trace Event Format (JSON; pid = VM, tid = vCPU).
+    /// Chrome's Trace Event Format (JSON; pid = VM, tid = vCPU): accesses and probe hits on
+    /// one timeline.
     Chrome,
+    /// CTF 1.8, a directory (`--trace DIR`) with a TSDL `metadata` file and a binary stream:
+    /// every event kind, for high rates (read with `babeltrace2 DIR`).
+    Ctf,
 }
 
 /// A length: `0x` hex or decimal, optionally with a binary unit (K, M, G, KiB, MiB, GiB;
@@ -893,6 +897,7 @@ impl FromStr for TraceFormatChoice {
             "mmiotrace" => Ok(TraceFormatChoice::Mmiotrace),
             "jsonl" => Ok(TraceFormatChoice::Jsonl),
             "chrome" => Ok(TraceFormatChoice::Chrome),
+            "ctf" => Ok(TraceFormatChoice::Ctf),
             other => Err(SpecError::BadTraceFormat(other.to_owned())),
         }
     }
@@ -904,6 +909,7 @@ impl fmt::Display for TraceFormatChoice {
             TraceFormatChoice::Mmiotrace => "mmiotrace",
             TraceFormatChoice::Jsonl => "jsonl",
             TraceFormatChoice::Chrome => "chrome",
+            TraceFormatChoice::Ctf => "ctf",
         })
     }
 }
@@ -1635,7 +1641,7 @@ mod tests {
         }
         assert_eq!(
             SpecError::BadTraceFormat("x".into()).to_string(),
-            "trace format must be mmiotrace, jsonl or chrome"
+            "trace format must be mmiotrace, jsonl, chrome or ctf"
         );
     }
 

@@ -9,7 +9,7 @@
 use std::io::Write;
 use std::sync::{Arc, OnceLock};
 
-use introspect::events::{self, EventWriter, Format, Sources};
+use introspect::events::{self, Event, EventWriter, Format, Lifecycle, Sources};
 use introspect::probes::{Fetch, JumpHandler};
 use introspect::session::{
     DEFAULT_FETCHES, Decision, Introspector, ProbeArm, ProbeRequest, SessionSpec, WatchRequest,
@@ -397,7 +397,16 @@ pub fn run_instrumented(config: &VmConfig) -> Result<(RunReport, InstrumentRepor
     let spec = session_spec(&config.instrument, symbols.as_deref())?;
     let out = events_output(&config.instrument)?;
     let sources = Arc::new(Sources::new());
-    let (sink, receiver) = events::channel(sources.clone(), events::DEFAULT_CAPACITY);
+    // The one event pipeline: probe hits, accesses and lifecycle events on one clock; the
+    // --events writer takes the hits, the --trace writer (tracer::attach) what its format
+    // shows, API clients subscribe for themselves.
+    let hub = events::Hub::new(sources.clone());
+    let receiver = hub.subscribe(
+        events::Filter::kinds(events::KindSet::HITS),
+        events::DEFAULT_CAPACITY,
+    );
+    receiver.set_hold_back(true);
+    let sink = hub.clone();
     let format = match config.instrument.format {
         EventFormat::Text => Format::Text,
         EventFormat::Jsonl => Format::Jsonl,
@@ -417,7 +426,7 @@ pub fn run_instrumented(config: &VmConfig) -> Result<(RunReport, InstrumentRepor
     let trace = if config.trace.is_empty() {
         None
     } else {
-        Some(crate::tracer::attach(&vm, &config.trace, symbols)?)
+        Some(crate::tracer::attach(&vm, &config.trace, &hub, symbols)?)
     };
     vm.start_paused()?;
     let target = vm.target();
@@ -433,6 +442,11 @@ pub fn run_instrumented(config: &VmConfig) -> Result<(RunReport, InstrumentRepor
             .log(format_args!("instrument: {} ({})", s.name(), s.how()));
     }
     vm.resume_all()?;
+    hub.emit(Event::lifecycle(
+        hub.now_ns(),
+        0,
+        Lifecycle::Phase("running".into()),
+    ));
     // Only jump probes need the ticker (ring drain, deferred passes): no 1 kHz wake-ups
     // otherwise.
     let ticker = spec
@@ -441,6 +455,11 @@ pub fn run_instrumented(config: &VmConfig) -> Result<(RunReport, InstrumentRepor
         .any(|p| !matches!(p.arm, ProbeArm::Int3))
         .then(|| Ticker::spawn(intro.clone(), target.clone()));
     let outcome = vm.wait(config.timeout)?;
+    hub.emit(Event::lifecycle(
+        hub.now_ns(),
+        0,
+        Lifecycle::Exit(outcome.to_string().into()),
+    ));
     if let Some(t) = ticker {
         t.stop();
     }

@@ -21,7 +21,6 @@ pub mod platform;
 pub mod probe_check;
 pub mod target;
 pub mod test_kernel;
-pub mod trace;
 pub mod tracer;
 pub mod vcpu;
 pub mod vm;

@@ -6,14 +6,20 @@
 //! device) or guest RAM taken out of KVM's memory slots ([`crate::vm::Vm::trace_ram`]), whose
 //! accesses now exit to a `TracedRam` device. Accesses outside every traced range cost one
 //! atomic load.
+//!
+//! Records go into the one event pipeline (`introspect::events::Hub`) as access, MAP, UNMAP,
+//! MARK and PCIDEV events, on the same clock as probe hits; the `--trace` output is an
+//! `EventWriter` subscribed to them (and, for Chrome and CTF, to everything else too).
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
 
+use introspect::events::{
+    Access, Event, EventWriter, Filter, Format, Hub, KindSet, PciDevInfo, Space, WriterOptions,
+};
 use introspect::symbols::SymbolTable;
 
 use crate::devices::le_value;
-use crate::trace::{Access, Space, TraceRecord, TraceSink};
 
 /// Sees every device access after the device has handled it (reads: with the value the
 /// guest gets).
@@ -30,17 +36,17 @@ struct Range {
     map_id: Option<u32>,
 }
 
-/// The traced ranges and the trace they go to.
+/// The traced ranges and the hub their records go to.
 pub struct Tracer {
-    sink: TraceSink,
+    sink: Hub,
     ranges: RwLock<Vec<Range>>,
     any: AtomicBool,
     next_id: AtomicU32,
 }
 
 impl Tracer {
-    /// A tracer writing to `sink`.
-    pub fn new(sink: TraceSink) -> Self {
+    /// A tracer emitting into `sink`.
+    pub fn new(sink: Hub) -> Self {
         Tracer {
             sink,
             ranges: RwLock::new(Vec::new()),
@@ -49,8 +55,8 @@ impl Tracer {
         }
     }
 
-    /// The sink (for MARK and PCIDEV records).
-    pub fn sink(&self) -> &TraceSink {
+    /// The hub (for MARK and PCIDEV records).
+    pub fn sink(&self) -> &Hub {
         &self.sink
     }
 
@@ -60,14 +66,9 @@ impl Tracer {
         let map_id = (space == Space::Mmio).then(|| self.next_id.fetch_add(1, Ordering::Relaxed));
         if let Some(id) = map_id {
             let pc = crate::vcpu::context::current().rip.unwrap_or(0);
-            self.sink.record(TraceRecord::Map {
-                time_ns: self.sink.now_ns(),
-                id,
-                phys: start,
-                virt: 0,
-                len,
-                pc,
-            });
+            let mut map = Event::map(self.sink.now_ns(), id, start, 0, len, pc);
+            map.vcpu = crate::vcpu::context::current().vcpu.unwrap_or(0);
+            self.sink.emit(map);
         }
         let mut ranges = self.ranges.write().unwrap_or_else(|p| p.into_inner());
         ranges.push(Range {
@@ -90,11 +91,7 @@ impl Tracer {
             let r = ranges.remove(i);
             if let Some(id) = r.map_id {
                 let pc = crate::vcpu::context::current().rip.unwrap_or(0);
-                self.sink.record(TraceRecord::Unmap {
-                    time_ns: self.sink.now_ns(),
-                    id,
-                    pc,
-                });
+                self.sink.emit(Event::unmap(self.sink.now_ns(), id, pc));
             }
         }
         self.any.store(!ranges.is_empty(), Ordering::Release);
@@ -102,10 +99,7 @@ impl Tracer {
 
     /// Writes a MARK record.
     pub fn mark(&self, text: &str) {
-        self.sink.record(TraceRecord::Mark {
-            time_ns: self.sink.now_ns(),
-            text: text.to_string(),
-        });
+        self.sink.emit(Event::mark(self.sink.now_ns(), text));
     }
 }
 
@@ -125,27 +119,27 @@ impl AccessObserver for Tracer {
             }
         };
         let ctx = crate::vcpu::context::current();
-        // The writer symbolizes the RIP (TraceWriter::spawn_with_symbols), off this path.
-        let symbol = None;
-        self.sink.record(TraceRecord::Access(Access {
-            time_ns: self.sink.now_ns(),
-            vcpu: ctx.vcpu.unwrap_or(0),
-            space,
-            write,
+        // The writer symbolizes the RIP (WriterOptions::symbols), off this path.
+        self.sink.emit(Event::access(
+            self.sink.now_ns(),
+            ctx.vcpu.unwrap_or(0),
             addr,
-            width: u8::try_from(data.len()).unwrap_or(u8::MAX),
-            value: le_value(data),
-            rip: ctx.rip,
-            symbol,
-            map_id,
-        }));
+            Access {
+                space,
+                write,
+                width: u8::try_from(data.len()).unwrap_or(u8::MAX),
+                value: le_value(data),
+                rip: ctx.rip,
+                map_id,
+            },
+        ));
     }
 }
 
 /// A tracing session of a VM: the tracer and its writer thread.
 pub struct TraceSession {
     tracer: Arc<Tracer>,
-    writer: crate::trace::TraceWriter,
+    writer: EventWriter,
 }
 
 /// What a trace session reports at the end.
@@ -159,54 +153,79 @@ pub struct TraceSummary {
     pub error: Option<String>,
 }
 
-fn trace_output(
+/// Starts the `--trace` writer: a subscriber to `hub` taking what `cfg.format` shows
+/// (mmiotrace, JSON lines: the trace kinds; Chrome, CTF: every kind, on one timeline). It
+/// holds the in-guest ring drain back rather than lose records.
+pub fn trace_writer(
+    hub: &Hub,
     cfg: &crate::config::TraceConfig,
-) -> Result<Box<dyn std::io::Write + Send>, crate::vm::VmError> {
-    match &cfg.file {
-        Some(p) => std::fs::File::create(p)
-            .map(|f| Box::new(f) as Box<dyn std::io::Write + Send>)
-            .map_err(|e| crate::vm::VmError::ReadFile {
-                what: "trace file",
-                path: p.display().to_string(),
-                reason: e.to_string(),
-            }),
-        None => Ok(Box::new(std::io::stderr())),
+    symbols: Option<Arc<SymbolTable>>,
+) -> Result<EventWriter, crate::vm::VmError> {
+    use crate::config::TraceFormatChoice;
+    let format = match cfg.format {
+        TraceFormatChoice::Mmiotrace => Format::Mmiotrace,
+        TraceFormatChoice::Jsonl => Format::Jsonl,
+        TraceFormatChoice::Chrome => Format::Chrome,
+        TraceFormatChoice::Ctf => Format::Ctf,
+    };
+    let kinds = match format {
+        Format::Chrome | Format::Ctf => KindSet::ALL,
+        _ => KindSet::TRACE,
+    };
+    let sub = hub.subscribe(Filter::kinds(kinds), introspect::events::DEFAULT_CAPACITY);
+    sub.set_hold_back(true);
+    let options = WriterOptions {
+        symbols,
+        what: "trace",
+    };
+    let failed = |path: String, e: std::io::Error| crate::vm::VmError::ReadFile {
+        what: "trace file",
+        path,
+        reason: e.to_string(),
+    };
+    match (&cfg.file, format) {
+        (Some(dir), Format::Ctf) => EventWriter::spawn_ctf(sub, dir, options)
+            .map_err(|e| failed(dir.display().to_string(), e)),
+        (None, Format::Ctf) => Err(crate::vm::VmError::Config(
+            "--trace-format ctf writes a directory: give it with --trace DIR".into(),
+        )),
+        (Some(p), _) => {
+            let file = std::fs::File::create(p).map_err(|e| failed(p.display().to_string(), e))?;
+            EventWriter::spawn_with(sub, file, format, options)
+                .map_err(|e| failed(p.display().to_string(), e))
+        }
+        (None, _) => EventWriter::spawn_with(sub, std::io::stderr(), format, options)
+            .map_err(|e| failed("stderr".into(), e)),
     }
 }
 
-/// Attaches tracing to `vm` (before its vCPUs start): PCIDEV records for its PCI devices,
-/// then every configured target. Returns the session to [`TraceSession::finish`] at the end.
+/// Attaches tracing to `vm` (before its vCPUs start), emitting into `hub` (the VM's one
+/// event pipeline, shared with the probes): starts the `--trace` writer ([`trace_writer`]),
+/// emits PCIDEV records for the VM's PCI devices, then traces every configured target.
+/// Returns the session to [`TraceSession::finish`] at the end.
 pub fn attach(
     vm: &crate::vm::Vm,
     cfg: &crate::config::TraceConfig,
+    hub: &Hub,
     symbols: Option<Arc<SymbolTable>>,
 ) -> Result<TraceSession, crate::vm::VmError> {
-    use crate::config::{TraceFormatChoice, TraceTarget};
+    use crate::config::TraceTarget;
     use crate::vm::VmError;
-    let format = match cfg.format {
-        TraceFormatChoice::Mmiotrace => crate::trace::TraceFormat::Mmiotrace,
-        TraceFormatChoice::Jsonl => crate::trace::TraceFormat::Jsonl,
-        TraceFormatChoice::Chrome => crate::trace::TraceFormat::Chrome,
-    };
-    let out = trace_output(cfg)?;
-    let (sink, receiver) = TraceSink::new();
-    let writer = crate::trace::TraceWriter::spawn_with_symbols(receiver, out, format, symbols);
-    let tracer = Arc::new(Tracer::new(sink));
+    let writer = trace_writer(hub, cfg, symbols)?;
+    let tracer = Arc::new(Tracer::new(hub.clone()));
     let io = vm.io();
     if let Some(pci) = &io.pci {
         for d in pci.devices() {
-            tracer
-                .sink
-                .record(TraceRecord::PciDev(crate::trace::PciDevInfo {
-                    bus: d.bus,
-                    devfn: d.devfn,
-                    vendor: d.vendor,
-                    device: d.device,
-                    irq: d.irq,
-                    bars: d.bars,
-                    sizes: d.sizes,
-                    driver: Some(d.name.to_string()),
-                }));
+            tracer.sink.emit(Event::pcidev(PciDevInfo {
+                bus: d.bus,
+                devfn: d.devfn,
+                vendor: d.vendor,
+                device: d.device,
+                irq: d.irq,
+                bars: d.bars,
+                sizes: d.sizes,
+                driver: Some(d.name.to_string()),
+            }));
         }
     }
     let observer: Arc<dyn AccessObserver> = tracer.clone();
@@ -306,11 +325,10 @@ impl TraceSession {
 
     /// Stops the writer (after the vCPUs stopped) and reports.
     pub fn finish(self) -> TraceSummary {
-        let lost = self.tracer.sink.lost();
         let report = self.writer.finish();
         TraceSummary {
             written: report.written,
-            lost,
+            lost: report.lost,
             error: report.error.map(|e| e.to_string()),
         }
     }
@@ -319,7 +337,7 @@ impl TraceSession {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::trace::{TraceFormat, TraceWriter};
+    use introspect::events::Sources;
     use std::io::Write;
     use std::sync::Mutex;
 
@@ -337,10 +355,11 @@ mod tests {
 
     #[test]
     fn only_traced_ranges_are_recorded_with_their_map() {
-        let (sink, rx) = TraceSink::new();
+        let hub = Hub::new(Arc::new(Sources::new()));
         let out = Buf::default();
-        let writer = TraceWriter::spawn(rx, out.clone(), TraceFormat::Jsonl);
-        let t = Tracer::new(sink);
+        let sub = hub.subscribe(Filter::kinds(KindSet::TRACE), 1024);
+        let writer = EventWriter::spawn(sub, out.clone(), Format::Jsonl).unwrap();
+        let t = Tracer::new(hub);
         t.observe(Space::Mmio, true, 0x1000, &[1]);
         let id = t.add_range(Space::Mmio, 0x1000, 0x100).unwrap();
         t.add_range(Space::Pio, 0x3f8, 8);

@@ -6,8 +6,11 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use vmm::trace::{
-    Access, PciDevInfo, Space, TraceFormat, TraceRecord, TraceReport, TraceSink, TraceWriter,
+use std::sync::Arc;
+
+use introspect::events::{
+    Access, Event, EventWriter, Filter, Format as TraceFormat, Hub, PciDevInfo, Sources, Space,
+    WriterOptions, WriterReport as TraceReport,
 };
 
 fn scripts() -> PathBuf {
@@ -21,23 +24,26 @@ fn temp_path(name: &str) -> PathBuf {
     ))
 }
 
-fn access(time_ns: u64, vcpu: u32, write: bool, addr: u64, width: u8, value: u64) -> Access {
-    Access {
+fn access(time_ns: u64, vcpu: u32, write: bool, addr: u64, width: u8, value: u64) -> Event {
+    let mut event = Event::access(
         time_ns,
         vcpu,
-        space: Space::Mmio,
-        write,
         addr,
-        width,
-        value,
-        rip: Some(0xffff_ffff_c000_1234),
-        symbol: Some("edu_probe+0x34".into()),
-        map_id: Some(1),
-    }
+        Access {
+            space: Space::Mmio,
+            write,
+            width,
+            value,
+            rip: Some(0xffff_ffff_c000_1234),
+            map_id: Some(1),
+        },
+    );
+    event.symbol = Some("edu_probe+0x34".into());
+    event
 }
 
 /// A small trace with every record type: what a driver probing the edu device looks like.
-fn records() -> Vec<TraceRecord> {
+fn records() -> Vec<Event> {
     let edu = PciDevInfo {
         bus: 0,
         devfn: 0x20,
@@ -59,54 +65,49 @@ fn records() -> Vec<TraceRecord> {
         ..edu.clone()
     };
     vec![
-        TraceRecord::PciDev(host_bridge),
-        TraceRecord::PciDev(edu),
-        TraceRecord::Map {
-            time_ns: 1_000_000_000,
-            id: 1,
-            phys: 0xfea0_0000,
-            virt: 0xffff_c900_0010_0000,
-            len: 0x10_0000,
-            pc: 0xffff_ffff_c000_1200,
+        Event::pcidev(host_bridge),
+        Event::pcidev(edu),
+        Event::map(
+            1_000_000_000,
+            1,
+            0xfea0_0000,
+            0xffff_c900_0010_0000,
+            0x10_0000,
+            0xffff_ffff_c000_1200,
+        ),
+        Event::mark(1_000_100_000, "edu: probe"),
+        access(1_000_200_000, 0, false, 0xfea0_0000, 4, 0x0100_00ed),
+        access(1_000_300_400, 0, true, 0xfea0_0004, 4, 0x1234_5678),
+        access(1_000_400_000, 1, false, 0xfea0_0004, 4, 0xedcb_a987),
+        access(1_000_500_000, 1, true, 0xfea0_0008, 8, u64::MAX),
+        access(1_000_600_000, 1, true, 0xfea0_0020, 1, 0x80),
+        {
+            let mut pio = access(1_000_700_000, 0, true, 0x3f8, 1, 0x41);
+            if let introspect::events::EventKind::Access(a) = &mut pio.kind {
+                a.space = Space::Pio;
+                a.map_id = None;
+            }
+            pio
         },
-        TraceRecord::Mark {
-            time_ns: 1_000_100_000,
-            text: "edu: probe".into(),
-        },
-        TraceRecord::Access(access(1_000_200_000, 0, false, 0xfea0_0000, 4, 0x0100_00ed)),
-        TraceRecord::Access(access(1_000_300_400, 0, true, 0xfea0_0004, 4, 0x1234_5678)),
-        TraceRecord::Access(access(1_000_400_000, 1, false, 0xfea0_0004, 4, 0xedcb_a987)),
-        TraceRecord::Access(access(1_000_500_000, 1, true, 0xfea0_0008, 8, u64::MAX)),
-        TraceRecord::Access(access(1_000_600_000, 1, true, 0xfea0_0020, 1, 0x80)),
-        TraceRecord::Access(Access {
-            space: Space::Pio,
-            addr: 0x3f8,
-            width: 1,
-            value: 0x41,
-            map_id: None,
-            ..access(1_000_700_000, 0, true, 0, 1, 0)
-        }),
-        TraceRecord::Lost {
-            time_ns: 1_000_800_000,
-            count: 3,
-        },
-        TraceRecord::Unmap {
-            time_ns: 2_000_000_000,
-            id: 1,
-            pc: 0xffff_ffff_c000_1300,
-        },
+        Event::lost(1_000_800_000, 0, 3),
+        Event::unmap(2_000_000_000, 1, 0xffff_ffff_c000_1300),
     ]
 }
 
 fn write_trace(format: TraceFormat, test: &str) -> (PathBuf, TraceReport) {
     let path = temp_path(&format!("{test}.{format}"));
     let file = std::fs::File::create(&path).expect("create the trace file");
-    let (sink, receiver) = TraceSink::new();
-    let writer = TraceWriter::spawn(receiver, file, format);
+    let hub = Hub::new(Arc::new(Sources::new()));
+    let sub = hub.subscribe(Filter::all(), 1024);
+    let options = WriterOptions {
+        what: "trace",
+        ..WriterOptions::default()
+    };
+    let writer = EventWriter::spawn_with(sub, file, format, options).unwrap();
     for record in records() {
-        assert!(sink.record(record));
+        assert!(hub.emit(record));
     }
-    drop(sink);
+    drop(hub);
     let report = writer.finish();
     assert!(report.error.is_none(), "{:?}", report.error);
     (path, report)

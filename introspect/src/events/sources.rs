@@ -13,6 +13,10 @@ impl SourceId {
     /// ignored.
     pub const NONE: Self = Self(u32::MAX);
 
+    /// A subscriber's own queue: the source of the lost records the hub puts into a
+    /// subscriber's stream when its queue was full. Counter updates on it are ignored.
+    pub const QUEUE: Self = Self(u32::MAX - 1);
+
     /// The index in the registry.
     pub fn index(self) -> u32 {
         self.0
@@ -114,12 +118,12 @@ impl Sources {
 
     /// Registers a source: `name` says what it is (`probe start_kernel`), `how` how it is
     /// implemented (`int3`, `hbreak slot 0`, `watch rw 8 slot 1`). Returns [`SourceId::NONE`]
-    /// only once 2^32 - 1 sources exist.
+    /// only once 2^32 - 2 sources exist.
     pub fn register(&self, name: String, how: String) -> SourceId {
         let Ok(index) = self
             .next
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                (n < SourceId::NONE.0).then_some(n + 1)
+                (n < SourceId::QUEUE.0).then_some(n + 1)
             })
         else {
             return SourceId::NONE;

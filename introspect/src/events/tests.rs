@@ -15,7 +15,7 @@ fn probe_event(source: SourceId, hit: u64) -> Event {
         source,
         addr: 0xffff_ffff_8307_9e46,
         symbol: Some("start_kernel+0x0".into()),
-        regs: vec![("rdi", 0x1000), ("rsi", 0)],
+        regs: [("rdi", 0x1000), ("rsi", 0)].into_iter().collect(),
         hit,
     }
 }
@@ -105,7 +105,7 @@ fn text_formats_each_kind() {
         kind: EventKind::HwBreak,
         vcpu: 3,
         symbol: None,
-        regs: vec![],
+        regs: RegSet::new(),
         time_ns: 12_000_000_000_005,
         hit: 42,
         ..probe.clone()
@@ -118,7 +118,7 @@ fn text_formats_each_kind() {
         kind: EventKind::Watch { write },
         symbol: Some("jiffies_64+0x0".into()),
         addr: 0xffff_ffff_82e0_a940,
-        regs: vec![("rip", 0xffff_ffff_8100_0000)],
+        regs: [("rip", 0xffff_ffff_8100_0000)].into_iter().collect(),
         ..probe.clone()
     };
     assert_eq!(
@@ -154,7 +154,7 @@ fn jsonl_formats_each_kind() {
     let hbreak = Event {
         kind: EventKind::HwBreak,
         symbol: None,
-        regs: vec![],
+        regs: RegSet::new(),
         vcpu: 2,
         ..probe.clone()
     };
@@ -189,13 +189,20 @@ fn jsonl_formats_each_kind() {
 fn format_parses_and_names_itself() {
     assert_eq!("text".parse(), Ok(Format::Text));
     assert_eq!("jsonl".parse(), Ok(Format::Jsonl));
+    assert_eq!("ctf".parse(), Ok(Format::Ctf));
     let err = "json".parse::<Format>().unwrap_err();
     assert_eq!(err, ParseFormatError("json".into()));
     assert_eq!(
         err.to_string(),
-        "Unknown event format \"json\": expected \"text\" or \"jsonl\""
+        "Unknown event format \"json\": expected text, jsonl, mmiotrace, chrome or ctf"
     );
-    for f in [Format::Text, Format::Jsonl] {
+    for f in [
+        Format::Text,
+        Format::Jsonl,
+        Format::Mmiotrace,
+        Format::Chrome,
+        Format::Ctf,
+    ] {
         assert_eq!(f.to_string().parse(), Ok(f));
     }
 }
@@ -209,7 +216,9 @@ fn select_regs_keeps_order_and_skips_unknown() {
         ..Regs::default()
     };
     assert_eq!(
-        select_regs(&regs, &["rax", "xmm0", "rip", "rdi"]),
+        select_regs(&regs, &["rax", "xmm0", "rip", "rdi"])
+            .iter()
+            .collect::<Vec<_>>(),
         vec![("rax", 0x30), ("rip", 0x10), ("rdi", 0x20)]
     );
     assert_eq!(select_regs(&regs, &DEFAULT_REGS).len(), DEFAULT_REGS.len());
@@ -277,23 +286,27 @@ fn overflow_counts_lost_exactly_then_writes_one_lost_record() {
     assert!(sink.emit(probe_event(id, sources.hit(id))));
     let lost = receiver.try_recv().unwrap();
     assert_eq!(lost.kind, EventKind::Lost { count: 3 });
-    assert_eq!(lost.source, SourceId::NONE);
+    assert_eq!(lost.source, SourceId::QUEUE);
+    assert!(lost.is_queue_lost());
     assert_eq!(receiver.try_recv().unwrap().hit, 6);
     assert!(receiver.try_recv().is_none());
     assert!(receiver.take_pending_lost().is_none());
 
-    // With no room for the lost record either, the count waits for the next chance.
+    // The lost record may take one place beyond the capacity (a queue of 1 still moves on);
+    // the reader takes the whole queue at once, so all of it is room again.
     assert!(sink.emit(probe_event(id, 7)));
     assert!(sink.emit(probe_event(id, 8)));
     assert!(!sink.emit(probe_event(id, 9)));
-    receiver.try_recv().unwrap();
-    assert!(!sink.emit(probe_event(id, 10))); // the lost record takes the room: 10 is lost
+    assert_eq!(receiver.try_recv().unwrap().hit, 7);
+    assert!(sink.emit(probe_event(id, 10))); // the lost record and 10 fill the 2 places
+    assert!(!sink.emit(probe_event(id, 11)));
     assert_eq!(sources.get(id).unwrap().lost(), 5);
     assert_eq!(receiver.try_recv().unwrap().hit, 8);
     assert_eq!(
         receiver.try_recv().unwrap().kind,
         EventKind::Lost { count: 1 }
     );
+    assert_eq!(receiver.try_recv().unwrap().hit, 10);
     assert!(receiver.try_recv().is_none());
     assert_eq!(
         receiver.take_pending_lost().unwrap().kind,
@@ -440,9 +453,11 @@ fn failing_output_keeps_draining_and_reports() {
     assert_eq!(source.to_string(), "disk on fire");
     assert_eq!((report.written, report.discarded), (0, 100));
 
-    // Once the writer is gone, emits fail fast and count as lost.
+    // Once the writer is gone (unsubscribed), emits fail fast: nobody listens, which is not
+    // a loss of any subscriber's.
     assert!(!sink.emit(probe_event(id, 101)));
-    assert_eq!(sources.get(id).unwrap().lost(), 1);
+    assert_eq!(sources.get(id).unwrap().lost(), 0);
+    assert_eq!(sink.undelivered(), 1);
 }
 
 #[test]

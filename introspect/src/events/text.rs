@@ -3,75 +3,119 @@
 //! ```text
 //! [   1.234567] vcpu0 probe start_kernel+0x0 (0xffffffff83079e46) hit 1 rdi=0x1000 rsi=0x0
 //! [   1.250000] vcpu1 watch write jiffies_64+0x0 (0xffffffff82e0a940) hit 3 rip=0xffffffff8100
+//! [   1.260000] vcpu0 mmio W 4 0xfea00004 = 0x12345678 rip=0xffffffffc0001234 edu_probe+0x34
+//! [   1.270000] map 1 0xfea00000 len 0x100000 pc 0x0
 //! [   1.300000] lost 12 events
 //! ```
 //!
-//! A line is built in a byte buffer with hand-written number formatting and written once:
-//! the writer thread formats every event (in-guest probe hits arrive by the million), and
-//! `core::fmt` cost about three times as many instructions per line (callgrind).
+//! A line is built in a byte buffer with hand-written number formatting ([`super::num`]).
 
-use std::io::{self, Write};
+use super::num::{dec, dec_padded, hex};
+use super::{Event, EventKind, Lifecycle, Space};
 
-use super::{Event, EventKind};
-
-/// Appends `v` in decimal.
-fn dec(buf: &mut Vec<u8>, v: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    let mut v = v;
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    buf.extend_from_slice(&digits[i..]);
-}
-
-/// Appends `v` in decimal, padded on the left with `pad` to `width` characters.
-fn dec_padded(buf: &mut Vec<u8>, v: u64, width: usize, pad: u8) {
-    let start = buf.len();
-    dec(buf, v);
-    let len = buf.len() - start;
-    if len < width {
-        buf.splice(start..start, std::iter::repeat_n(pad, width - len));
-    }
-}
-
-/// Appends `v` as `{:#x}`: `0x`, lowercase, no leading zeros.
-fn hex(buf: &mut Vec<u8>, v: u64) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    buf.extend_from_slice(b"0x");
-    let nibbles = (64 - v.leading_zeros()).div_ceil(4).max(1);
-    for k in (0..nibbles).rev() {
-        buf.push(DIGITS[usize::try_from((v >> (4 * k)) & 0xf).unwrap_or(0)]);
-    }
-}
-
-/// Writes `event` as one line.
-pub(super) fn write_event(out: &mut dyn Write, event: &Event) -> io::Result<()> {
-    let mut line = Vec::with_capacity(192);
+/// Appends `event` as one line.
+pub(super) fn encode(line: &mut Vec<u8>, event: &Event) {
     line.push(b'[');
-    dec_padded(&mut line, event.time_ns / 1_000_000_000, 4, b' ');
+    dec_padded(line, event.time_ns / 1_000_000_000, 4, b' ');
     line.push(b'.');
-    dec_padded(&mut line, event.time_ns % 1_000_000_000 / 1_000, 6, b'0');
+    dec_padded(line, event.time_ns % 1_000_000_000 / 1_000, 6, b'0');
     line.extend_from_slice(b"] ");
-    let kind: &[u8] = match event.kind {
-        EventKind::Lost { count } => {
-            line.extend_from_slice(b"lost ");
-            dec(&mut line, count);
-            line.extend_from_slice(b" events\n");
-            return out.write_all(&line);
-        }
+    let kind: &[u8] = match &event.kind {
         EventKind::Probe => b"probe",
         EventKind::HwBreak => b"hbreak",
         EventKind::Watch { write: true } => b"watch write",
         EventKind::Watch { write: false } => b"watch read",
+        EventKind::Lost { count } => {
+            line.extend_from_slice(b"lost ");
+            dec(line, *count);
+            line.extend_from_slice(b" events\n");
+            return;
+        }
+        EventKind::Access(a) => {
+            line.extend_from_slice(b"vcpu");
+            dec(line, u64::from(event.vcpu));
+            line.extend_from_slice(match (a.space, a.write) {
+                (Space::Mmio, false) => b" mmio R ",
+                (Space::Mmio, true) => b" mmio W ",
+                (Space::Pio, false) => b" pio R ",
+                (Space::Pio, true) => b" pio W ",
+            });
+            dec(line, u64::from(a.width));
+            line.push(b' ');
+            hex(line, event.addr);
+            line.extend_from_slice(b" = ");
+            hex(line, a.value);
+            if let Some(rip) = a.rip {
+                line.extend_from_slice(b" rip=");
+                hex(line, rip);
+            }
+            if let Some(symbol) = &event.symbol {
+                line.push(b' ');
+                line.extend_from_slice(symbol.as_bytes());
+            }
+            line.push(b'\n');
+            return;
+        }
+        EventKind::Map { id, virt, len, pc } => {
+            line.extend_from_slice(b"map ");
+            dec(line, u64::from(*id));
+            line.push(b' ');
+            hex(line, event.addr);
+            line.extend_from_slice(b" len ");
+            hex(line, *len);
+            if *virt != 0 {
+                line.extend_from_slice(b" virt ");
+                hex(line, *virt);
+            }
+            line.extend_from_slice(b" pc ");
+            hex(line, *pc);
+            line.push(b'\n');
+            return;
+        }
+        EventKind::Unmap { id, pc } => {
+            line.extend_from_slice(b"unmap ");
+            dec(line, u64::from(*id));
+            line.extend_from_slice(b" pc ");
+            hex(line, *pc);
+            line.push(b'\n');
+            return;
+        }
+        EventKind::Mark(text) => {
+            line.extend_from_slice(b"mark ");
+            push_one_line(line, text);
+            line.push(b'\n');
+            return;
+        }
+        EventKind::PciDev(dev) => {
+            let s = format!(
+                "pcidev {:02x}:{:02x}.{} {:04x}:{:04x} {}\n",
+                dev.bus,
+                dev.devfn >> 3,
+                dev.devfn & 7,
+                dev.vendor,
+                dev.device,
+                dev.driver.as_deref().unwrap_or("-")
+            );
+            line.extend_from_slice(s.as_bytes());
+            return;
+        }
+        EventKind::Lifecycle(what) => {
+            line.extend_from_slice(b"vm ");
+            match what {
+                Lifecycle::Phase(p) => push_one_line(line, p),
+                Lifecycle::Paused => line.extend_from_slice(b"paused"),
+                Lifecycle::Resumed => line.extend_from_slice(b"resumed"),
+                Lifecycle::Exit(how) => {
+                    line.extend_from_slice(b"exit ");
+                    push_one_line(line, how);
+                }
+            }
+            line.push(b'\n');
+            return;
+        }
     };
     line.extend_from_slice(b"vcpu");
-    dec(&mut line, u64::from(event.vcpu));
+    dec(line, u64::from(event.vcpu));
     line.push(b' ');
     line.extend_from_slice(kind);
     line.push(b' ');
@@ -79,54 +123,26 @@ pub(super) fn write_event(out: &mut dyn Write, event: &Event) -> io::Result<()> 
         Some(symbol) => {
             line.extend_from_slice(symbol.as_bytes());
             line.extend_from_slice(b" (");
-            hex(&mut line, event.addr);
+            hex(line, event.addr);
             line.push(b')');
         }
-        None => hex(&mut line, event.addr),
+        None => hex(line, event.addr),
     }
     line.extend_from_slice(b" hit ");
-    dec(&mut line, event.hit);
-    for (name, value) in &event.regs {
+    dec(line, event.hit);
+    for (name, value) in event.regs.iter() {
         line.push(b' ');
         line.extend_from_slice(name.as_bytes());
         line.push(b'=');
-        hex(&mut line, *value);
+        hex(line, value);
     }
     line.push(b'\n');
-    out.write_all(&line)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn numbers_format_as_core_fmt_does() {
-        for v in [
-            0,
-            1,
-            9,
-            10,
-            15,
-            16,
-            255,
-            4096,
-            1_234_567,
-            u64::from(u32::MAX),
-            u64::MAX,
-        ] {
-            let mut b = Vec::new();
-            dec(&mut b, v);
-            assert_eq!(String::from_utf8(b).unwrap(), v.to_string());
-            let mut b = Vec::new();
-            hex(&mut b, v);
-            assert_eq!(String::from_utf8(b).unwrap(), format!("{v:#x}"));
-            let mut b = Vec::new();
-            dec_padded(&mut b, v, 6, b'0');
-            assert_eq!(String::from_utf8(b).unwrap(), format!("{v:06}"));
-            let mut b = Vec::new();
-            dec_padded(&mut b, v, 4, b' ');
-            assert_eq!(String::from_utf8(b).unwrap(), format!("{v:>4}"));
-        }
-    }
+/// Appends `text` with line breaks as spaces.
+fn push_one_line(line: &mut Vec<u8>, text: &str) {
+    line.extend(
+        text.bytes()
+            .map(|b| if b == b'\n' || b == b'\r' { b' ' } else { b }),
+    );
 }

@@ -1,18 +1,27 @@
-//! The writer thread: drains the channel into an `io::Write`.
+//! The writer thread: one subscription into an output in one [`Format`].
 
-use std::io::{self, BufWriter, Write};
+use std::collections::HashMap;
+use std::io::{self, Write};
+use std::path::Path;
+use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, select};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 
-use super::{Event, EventKind, EventReceiver, Format};
+use super::chrome::ChromeEncoder;
+use super::ctf::CtfEncoder;
+use super::{Event, EventKind, Format, Subscription, chrome, jsonl, mmiotrace, text};
+use crate::symbols::SymbolTable;
 
-/// Why the event output failed (the draining went on: see [`WriterReport::discarded`]).
+/// Why the output failed (the draining went on: see [`WriterReport::discarded`]).
 #[derive(Debug, thiserror::Error)]
 pub enum WriterError {
     /// Writing or flushing the output failed.
-    #[error("Cannot write the event output (after {written} events)")]
+    #[error("Cannot write the {what} output")]
     Io {
+        /// What the output is (`event`, `trace`): [`WriterOptions::what`].
+        what: &'static str,
         /// Events written and flushed before the failure.
         written: u64,
         /// The failure.
@@ -20,120 +29,271 @@ pub enum WriterError {
         source: io::Error,
     },
     /// The writer thread panicked (a bug).
-    #[error("The event writer thread panicked")]
-    Panicked,
+    #[error("The {0} writer thread panicked")]
+    Panicked(&'static str),
 }
 
 /// What an [`EventWriter`] did, from [`EventWriter::finish`].
+///
+/// Once every producer has stopped, `written + skipped + discarded + lost` equals the
+/// events the subscription's filter passed.
 #[derive(Debug, Default)]
 pub struct WriterReport {
-    /// Hit events written and flushed (lost records not included).
+    /// Events written and flushed (the hub's lost records not included; a producer's are).
     pub written: u64,
-    /// Lost records written and flushed.
+    /// Events the format cannot express (port I/O and hits in mmiotrace).
+    pub skipped: u64,
+    /// The hub's lost records (this subscription's queue was full) written and flushed.
     pub lost_records: u64,
-    /// Events the written lost records say were dropped.
+    /// Events this subscription lost (its queue was full), all announced by lost records.
     pub lost: u64,
-    /// Records (of either kind) drained but not written because the output failed: those
-    /// after the error, and those buffered when it happened.
+    /// Events taken but not written because the output failed: those after the error, and
+    /// those buffered when it happened.
     pub discarded: u64,
     /// The first output error, if any.
     pub error: Option<WriterError>,
 }
 
-/// A thread writing the events of an [`EventReceiver`] to an output in one [`Format`].
+/// How an [`EventWriter`] works, besides its format.
+#[derive(Debug, Clone)]
+pub struct WriterOptions {
+    /// Symbolizes access RIPs (on the writer thread, cached per RIP).
+    pub symbols: Option<Arc<SymbolTable>>,
+    /// What the output is, for error messages: `event` or `trace`.
+    pub what: &'static str,
+}
+
+impl Default for WriterOptions {
+    fn default() -> Self {
+        Self {
+            symbols: None,
+            what: "event",
+        }
+    }
+}
+
+/// Why a CTF capture could not be started.
+fn create_error(dir: &Path, e: &io::Error) -> io::Error {
+    io::Error::new(
+        e.kind(),
+        format!("Cannot create the CTF capture in {}: {e}", dir.display()),
+    )
+}
+
+/// A thread writing the events of a [`Subscription`] to an output in one [`Format`].
 ///
-/// It writes through a `BufWriter` and flushes whenever the channel is empty, so a reader
-/// of the output sees events promptly without a write per event. If the output fails, it
-/// keeps draining (so the vCPUs see no difference) and reports the error from
-/// [`finish`](Self::finish).
+/// It polls its queue (so no producer ever wakes it: a vCPU's emit costs no futex call),
+/// formats into its own buffer and writes it out in large chunks, and flushes whenever the
+/// queue runs empty. If the output fails, it keeps draining (so the vCPUs see no difference)
+/// and reports the error from [`finish`](Self::finish).
 #[derive(Debug)]
 pub struct EventWriter {
     stop: Option<Sender<()>>,
     thread: Option<JoinHandle<WriterReport>>,
+    what: &'static str,
 }
 
+/// How often an idle writer looks at its queue.
+const POLL: Duration = Duration::from_millis(1);
+/// The writer's buffer goes to the output once it holds this much.
+const CHUNK: usize = 256 * 1024;
+
 impl EventWriter {
-    /// Starts the thread writing `receiver`'s events to `out` as `format`.
+    /// Starts the thread writing `sub`'s events to `out` as `format` (not CTF: see
+    /// [`EventWriter::spawn_ctf`]).
     pub fn spawn<W: Write + Send + 'static>(
-        receiver: EventReceiver,
+        sub: Subscription,
         out: W,
         format: Format,
     ) -> io::Result<Self> {
-        let (stop, stopped) = crossbeam_channel::bounded(0);
+        Self::spawn_with(sub, out, format, WriterOptions::default())
+    }
+
+    /// [`EventWriter::spawn`] with options.
+    pub fn spawn_with<W: Write + Send + 'static>(
+        sub: Subscription,
+        out: W,
+        format: Format,
+        options: WriterOptions,
+    ) -> io::Result<Self> {
+        let encoder = match format {
+            Format::Text => Encoder::Text,
+            Format::Jsonl => Encoder::Jsonl,
+            Format::Mmiotrace => Encoder::Mmiotrace,
+            Format::Chrome => Encoder::Chrome(ChromeEncoder::default()),
+            Format::Ctf => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "a CTF capture is a directory: use EventWriter::spawn_ctf",
+                ));
+            }
+        };
+        Self::start(sub, out, encoder, options)
+    }
+
+    /// Starts a CTF 1.8 capture in directory `dir` (created if missing): a `metadata` file
+    /// and the binary stream [`super::CTF_STREAM`].
+    pub fn spawn_ctf(sub: Subscription, dir: &Path, options: WriterOptions) -> io::Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|e| create_error(dir, &e))?;
+        std::fs::write(dir.join("metadata"), super::ctf::metadata())
+            .map_err(|e| create_error(dir, &e))?;
+        let stream = std::fs::File::create(dir.join(super::CTF_STREAM))
+            .map_err(|e| create_error(dir, &e))?;
+        Self::start(sub, stream, Encoder::Ctf(CtfEncoder::default()), options)
+    }
+
+    fn start<W: Write + Send + 'static>(
+        sub: Subscription,
+        out: W,
+        encoder: Encoder,
+        options: WriterOptions,
+    ) -> io::Result<Self> {
+        let (stop, stopped) = crossbeam_channel::bounded(1);
+        let what = options.what;
         let thread = std::thread::Builder::new()
-            .name("hvprobe-events".into())
-            .spawn(move || run(&receiver, &stopped, BufWriter::new(out), format))?;
+            .name(format!("hvprobe-{what}s"))
+            .spawn(move || run(sub, &stopped, out, encoder, options))?;
         Ok(Self {
             stop: Some(stop),
             thread: Some(thread),
+            what,
         })
     }
 
-    /// Stops the writer: closes the channel (later emits count as lost), writes what is
-    /// queued and a last lost record for any trailing gap, flushes, joins the thread.
-    ///
-    /// Stop the vCPUs first: an event emitted while `finish` runs may be dropped uncounted.
-    /// Blocks as long as the output blocks.
+    /// Stops the writer: writes what is queued and a last lost record for any trailing gap,
+    /// closes the output (a Chrome trace gets its closing `]}`, a CTF capture its last
+    /// packet), flushes, joins the thread, and unsubscribes (events emitted later are not
+    /// this writer's). Blocks as long as the output blocks.
     pub fn finish(mut self) -> WriterReport {
-        self.stop.take();
+        self.stop_and_join()
+    }
+
+    fn stop_and_join(&mut self) -> WriterReport {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.try_send(());
+        }
         match self.thread.take().map(JoinHandle::join) {
             Some(Ok(report)) => report,
-            Some(Err(_)) | None => WriterReport {
-                error: Some(WriterError::Panicked),
+            Some(Err(_)) => WriterReport {
+                error: Some(WriterError::Panicked(self.what)),
                 ..WriterReport::default()
             },
+            None => WriterReport::default(),
         }
     }
 }
 
 impl Drop for EventWriter {
-    /// Without [`finish`](Self::finish): tells the thread to stop, and does not wait for it.
+    /// Without [`finish`](Self::finish): finishes (so a document is closed) and drops the
+    /// report.
     fn drop(&mut self) {
-        self.stop.take();
+        if self.thread.is_some() {
+            let _ = self.stop_and_join();
+        }
     }
 }
 
-/// Records formatted into the buffer but not yet flushed to the output.
-#[derive(Default)]
-struct Unflushed {
-    records: u64,
-    written: u64,
-    lost_records: u64,
-    lost: u64,
+/// The format-specific part of the writer.
+enum Encoder {
+    Text,
+    Jsonl,
+    Mmiotrace,
+    Chrome(ChromeEncoder),
+    Ctf(CtfEncoder),
 }
 
-/// The output side of the thread. Records count as written once a flush succeeds; those in
-/// a failed write or flush count as discarded (part of them may have reached the output).
-struct Output<W: Write> {
-    out: BufWriter<W>,
-    format: Format,
+/// Events formatted into the buffer but not yet flushed to the output.
+#[derive(Default)]
+struct Unflushed {
+    written: u64,
+    lost_records: u64,
+}
+
+/// The writer thread's state.
+struct Output<'a, W: Write> {
+    out: W,
+    buf: Vec<u8>,
+    encoder: Encoder,
+    sources: &'a super::Sources,
+    what: &'static str,
+    symbols: Option<Arc<SymbolTable>>,
+    /// RIP -> symbol+offset, for accesses (bounded: cleared when it grows large).
+    symbol_cache: HashMap<u64, Option<Arc<str>>>,
     unflushed: Unflushed,
     report: WriterReport,
 }
 
-impl<W: Write> Output<W> {
-    fn write(&mut self, event: &Event, receiver: &EventReceiver) {
+impl<W: Write> Output<'_, W> {
+    fn write(&mut self, mut event: Event) {
+        let lost_record = event.is_queue_lost();
         if self.report.error.is_some() {
-            self.report.discarded += 1;
+            if !lost_record {
+                self.report.discarded += 1;
+            }
             return;
         }
-        let sources = &receiver.shared.sources;
-        if let Err(e) = self.format.write_event(&mut self.out, event, sources) {
-            self.report.discarded += 1;
-            return self.fail(e);
-        }
-        let unflushed = &mut self.unflushed;
-        unflushed.records += 1;
-        match event.kind {
-            EventKind::Lost { count } => {
-                unflushed.lost_records += 1;
-                unflushed.lost += count;
+        if let (EventKind::Access(a), None, Some(symbols)) =
+            (&event.kind, &event.symbol, &self.symbols)
+            && let Some(rip) = a.rip
+        {
+            if self.symbol_cache.len() > 65536 {
+                self.symbol_cache.clear();
             }
-            _ => unflushed.written += 1,
+            event.symbol = self
+                .symbol_cache
+                .entry(rip)
+                .or_insert_with(|| symbols.lookup(rip).map(|s| Arc::from(s.to_string())))
+                .clone();
+        }
+        let expressed = match &mut self.encoder {
+            Encoder::Text => {
+                text::encode(&mut self.buf, &event);
+                true
+            }
+            Encoder::Jsonl => {
+                jsonl::encode(&mut self.buf, &event, self.sources);
+                true
+            }
+            Encoder::Mmiotrace => match mmiotrace::format_record(&event) {
+                Some(line) => {
+                    self.buf.extend_from_slice(line.as_bytes());
+                    true
+                }
+                None => false,
+            },
+            Encoder::Chrome(c) => {
+                let text = c.encode(&event, self.sources);
+                self.buf.extend_from_slice(text.as_bytes());
+                true
+            }
+            Encoder::Ctf(c) => c.encode(&event, self.sources, &mut self.buf),
+        };
+        if !expressed {
+            self.report.skipped += 1;
+        } else if lost_record {
+            self.unflushed.lost_records += 1;
+        } else {
+            self.unflushed.written += 1;
+        }
+        if self.buf.len() >= CHUNK {
+            self.put();
         }
     }
 
+    /// Hands the buffer to the output.
+    fn put(&mut self) {
+        if self.report.error.is_some() {
+            self.buf.clear();
+            return;
+        }
+        if let Err(e) = self.out.write_all(&self.buf) {
+            self.fail(e);
+        }
+        self.buf.clear();
+    }
+
     fn flush(&mut self) {
+        self.put();
         if self.report.error.is_some() {
             return;
         }
@@ -142,56 +302,86 @@ impl<W: Write> Output<W> {
                 let done = std::mem::take(&mut self.unflushed);
                 self.report.written += done.written;
                 self.report.lost_records += done.lost_records;
-                self.report.lost += done.lost;
             }
             Err(e) => self.fail(e),
         }
     }
 
     fn fail(&mut self, source: io::Error) {
-        self.report.discarded += std::mem::take(&mut self.unflushed).records;
+        self.report.discarded += std::mem::take(&mut self.unflushed).written;
         self.report.error = Some(WriterError::Io {
+            what: self.what,
             written: self.report.written,
             source,
         });
     }
 }
 
-/// Events written between flushes at most, when the channel never runs empty.
-const BATCH: usize = 256;
-
 fn run<W: Write>(
-    receiver: &EventReceiver,
+    sub: Subscription,
     stopped: &Receiver<()>,
-    out: BufWriter<W>,
-    format: Format,
+    out: W,
+    encoder: Encoder,
+    options: WriterOptions,
 ) -> WriterReport {
+    let sources = sub.sources().clone();
     let mut output = Output {
         out,
-        format,
+        buf: Vec::with_capacity(CHUNK + 4096),
+        encoder,
+        sources: &sources,
+        what: options.what,
+        symbols: options.symbols,
+        symbol_cache: HashMap::new(),
         unflushed: Unflushed::default(),
         report: WriterReport::default(),
     };
+    match output.encoder {
+        Encoder::Chrome(_) => output.buf.extend_from_slice(chrome::header().as_bytes()),
+        Encoder::Mmiotrace => output
+            .buf
+            .extend_from_slice(mmiotrace::VERSION_LINE.as_bytes()),
+        _ => {}
+    }
+    let mut batch = Vec::with_capacity(4096);
+    let mut last_flush = Instant::now();
     loop {
-        select! {
-            recv(receiver.rx) -> event => {
-                let Ok(event) = event else { break }; // every sink is gone
-                output.write(&event, receiver);
-                for event in receiver.rx.try_iter().take(BATCH) {
-                    output.write(&event, receiver);
-                }
-                output.flush();
+        if sub.recv_batch(&mut batch) > 0 {
+            for event in batch.drain(..) {
+                output.write(event);
             }
-            recv(stopped) -> _ => break,
+            // Busy for a while: flush now and then anyway, so a reader sees progress.
+            if last_flush.elapsed() >= Duration::from_millis(100) {
+                output.flush();
+                last_flush = Instant::now();
+            }
+            match stopped.try_recv() {
+                Err(TryRecvError::Empty) => continue,
+                _ => break,
+            }
+        }
+        output.flush();
+        last_flush = Instant::now();
+        match stopped.recv_timeout(POLL) {
+            Err(RecvTimeoutError::Timeout) => {}
+            _ => break,
         }
     }
-    // What is queued now; emitters still running could otherwise keep us here forever.
-    for event in receiver.rx.try_iter().take(receiver.rx.len()) {
-        output.write(&event, receiver);
+    // What is queued now; producers still running could otherwise keep us here forever.
+    sub.recv_batch(&mut batch);
+    for event in batch.drain(..) {
+        output.write(event);
     }
-    if let Some(lost) = receiver.take_pending_lost() {
-        output.write(&lost, receiver);
+    if let Some(lost) = sub.take_pending_lost() {
+        output.write(lost);
+    }
+    match &mut output.encoder {
+        Encoder::Chrome(_) => output.buf.extend_from_slice(chrome::footer().as_bytes()),
+        Encoder::Ctf(c) => c.close_packet(&mut output.buf),
+        _ => {}
     }
     output.flush();
+    output.report.lost = sub.lost();
+    drop(sub);
     output.report
 }

@@ -3,7 +3,7 @@
 
 use super::{Decision, Introspector, decision, lock};
 use crate::addr::Gva;
-use crate::events::{Event, EventKind};
+use crate::events::{Event, EventKind, Kind, RegSet};
 use crate::probes::{ArmedAs, ProbeError, Quiesce, locate_arena};
 use crate::target::{Target, VcpuAccess};
 use disasm::Fetch;
@@ -183,7 +183,7 @@ impl Introspector {
     pub(super) fn drain_all(&self, mem: &dyn Target) {
         let started = std::time::Instant::now();
         loop {
-            let room = self.sink.room();
+            let room = self.sink.room(Kind::Probe);
             let n = self.drain(mem);
             if n == 0 && room > 0 {
                 return;
@@ -201,38 +201,63 @@ impl Introspector {
     }
 
     /// Moves every committed in-guest record into the event stream (and ring-full losses into
-    /// the sources' lost counts). Returns how many records it took.
+    /// the sources' lost counts and lost records). Returns how many records it took.
+    ///
+    /// Events are built without allocating (a register template per site, made once per
+    /// drain; the site's symbol shared) and handed to the hub in batches.
     pub fn drain(&self, mem: &dyn Target) -> usize {
+        /// Events handed to the hub at once.
+        const BATCH: usize = 4096;
         let sites = lock(&self.site_sources);
+        // Per site: its register names (rip, tsc, the fetched values), values filled per
+        // record.
+        let templates: std::collections::HashMap<Gva, RegSet> = sites
+            .iter()
+            .map(|(&site, s)| {
+                let mut regs = RegSet::new();
+                regs.push("rip", site.raw());
+                regs.push("tsc", 0);
+                for (k, f) in s.fetches.iter().enumerate() {
+                    regs.push(fetch_name(*f, k), 0);
+                }
+                (site, regs)
+            })
+            .collect();
+        let mut batch: Vec<Event> = Vec::with_capacity(BATCH);
+        let now = self.sink.now_ns();
         let mut emit = |r: &crate::probes::ring::RingRecord, site: Option<Gva>| {
             let Some(site) = site else { return };
-            let Some(s) = sites.get(&site) else { return };
+            let (Some(s), Some(template)) = (sites.get(&site), templates.get(&site)) else {
+                return;
+            };
             self.engine.count_guest_hit(site);
-            let mut regs = Vec::with_capacity(s.fetches.len() + 2);
-            regs.push(("rip", site.raw()));
-            regs.push(("tsc", r.tsc));
-            for (k, f) in s.fetches.iter().enumerate() {
-                regs.push((fetch_name(*f, k), r.values[k]));
+            let mut regs = *template;
+            regs.set_value(1, r.tsc);
+            for (k, v) in r.values.iter().take(s.fetches.len()).enumerate() {
+                regs.set_value(k + 2, *v);
             }
             for &src in &s.sources {
                 let hit = self.sources().hit(src);
-                self.sink.emit(Event {
-                    time_ns: self.sink.now_ns(),
+                batch.push(Event {
+                    time_ns: now,
                     vcpu: r.vcpu,
                     kind: EventKind::Probe,
                     source: src,
                     addr: site.raw(),
                     symbol: s.symbol.clone(),
-                    regs: regs.clone(),
+                    regs,
                     hit,
                 });
             }
+            if batch.len() >= BATCH {
+                self.sink.emit_batch(&mut batch);
+            }
         };
         // Records stay in the guest's rings (65,536 per vCPU for the test kernel) until the
-        // event channel has room: bursts wait there instead of being dropped here. A ring
-        // that fills meanwhile counts its own losses.
+        // writers that must see everything have room: bursts wait there instead of being
+        // dropped here. A ring that fills meanwhile counts its own losses.
         let sources_per_record = sites.values().map(|s| s.sources.len()).max().unwrap_or(1);
-        let room = self.sink.room() / sources_per_record.max(1);
+        let room = self.sink.room(Kind::Probe) / sources_per_record.max(1);
         let n = match self.engine.drain_rings(mem, room, &mut emit) {
             Ok(n) => n,
             Err(e) => {
@@ -240,13 +265,19 @@ impl Introspector {
                 0
             }
         };
+        self.sink.emit_batch(&mut batch);
         for (site, lost) in self.engine.take_lost(mem) {
             if let Some(s) = sites.get(&site) {
                 for &src in &s.sources {
                     self.sources().add_lost(src, lost);
+                    let mut record = Event::lost(self.sink.now_ns(), 0, lost);
+                    record.source = src;
+                    record.addr = site.raw();
+                    batch.push(record);
                 }
             }
         }
+        self.sink.emit_batch(&mut batch);
         n
     }
 }

@@ -164,7 +164,7 @@ pub enum SessionError {
 struct SiteSources {
     sources: Vec<SourceId>,
     fetches: Vec<Fetch>,
-    symbol: Option<String>,
+    symbol: Option<Arc<str>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -368,7 +368,7 @@ impl Introspector {
             .symbols
             .as_ref()
             .and_then(|t| t.lookup(site.raw()))
-            .map(|so| so.to_string());
+            .map(|so| Arc::<str>::from(so.to_string()));
         let symbol_for_drain = symbol.clone();
         let handler = move |ctx: &HitContext<'_>| {
             sink.sources().hit(source);
@@ -604,7 +604,7 @@ impl Introspector {
                     .symbols
                     .as_ref()
                     .and_then(|s| s.lookup(addr))
-                    .map(|s| s.to_string()),
+                    .map(|s| Arc::<str>::from(s.to_string())),
                 regs: regs
                     .as_ref()
                     .map(|r| select_regs(r, &DEFAULT_REGS))

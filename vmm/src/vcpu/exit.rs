@@ -6,7 +6,7 @@
 
 use crate::devices::DeviceAction;
 use crate::devices::bus::Bus;
-use crate::trace::Space;
+use introspect::events::Space;
 
 /// The whole `kvm_debug_exit_arch` payload of a debug exit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]

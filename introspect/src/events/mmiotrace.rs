@@ -26,7 +26,7 @@
 
 use std::fmt::Write as _;
 
-use super::{Access, PciDevInfo, Space, TraceRecord};
+use super::{Access, Event, EventKind, PciDevInfo, Space};
 
 /// The first line of every mmiotrace (`mmio_pipe_open`: `"VERSION 20070824\n"`).
 pub const VERSION_LINE: &str = "VERSION 20070824\n";
@@ -42,57 +42,56 @@ fn map_id(id: u32) -> i32 {
     i32::from_ne_bytes(id.to_ne_bytes())
 }
 
-/// The line (with its `\n`) for `record`, or `None` for a record mmiotrace cannot express
-/// (port I/O).
-pub fn format_record(record: &TraceRecord) -> Option<String> {
-    match record {
-        TraceRecord::Access(access) => format_access(access),
-        TraceRecord::Map {
-            time_ns,
-            id,
-            phys,
-            virt,
-            len,
-            pc,
-        } => {
+/// The line (with its `\n`) for `event`, or `None` for an event mmiotrace cannot express
+/// (port I/O, probe hits, lifecycle).
+pub fn format_record(event: &Event) -> Option<String> {
+    let time_ns = event.time_ns;
+    match &event.kind {
+        EventKind::Access(access) => format_access(event, access),
+        EventKind::Map { id, virt, len, pc } => {
             // mmio_print_map, MMIO_PROBE:
             // "MAP %u.%06lu %d 0x%llx 0x%lx 0x%lx 0x%lx %d\n" secs, usec_rem, map_id, phys,
             // virt, len, 0UL (the PC), 0 (the PID)
+            let phys = event.addr;
             Some(format!(
                 "MAP {} {} {phys:#x} {virt:#x} {len:#x} {pc:#x} 0\n",
-                timestamp(*time_ns),
+                timestamp(time_ns),
                 map_id(*id)
             ))
         }
-        TraceRecord::Unmap { time_ns, id, pc } => {
+        EventKind::Unmap { id, pc } => {
             // mmio_print_map, MMIO_UNPROBE:
             // "UNMAP %u.%06lu %d 0x%lx %d\n" secs, usec_rem, map_id, 0UL (the PC), 0 (the PID)
             Some(format!(
                 "UNMAP {} {} {pc:#x} 0\n",
-                timestamp(*time_ns),
+                timestamp(time_ns),
                 map_id(*id)
             ))
         }
-        TraceRecord::Mark { time_ns, text } => {
+        EventKind::Mark(text) => {
             // mmio_print_mark: "MARK %u.%06lu %s" secs, usec_rem, msg (msg ends with '\n')
             let text = text
                 .strip_suffix('\n')
                 .unwrap_or(text)
                 .replace(['\n', '\r'], " ");
-            Some(format!("MARK {} {text}\n", timestamp(*time_ns)))
+            Some(format!("MARK {} {text}\n", timestamp(time_ns)))
         }
-        TraceRecord::Lost { count, .. } => {
+        EventKind::Lost { count } => {
             // mmio_read: "MARK 0.000000 Lost %lu events.\n" n
             Some(format!("MARK 0.000000 Lost {count} events.\n"))
         }
-        TraceRecord::PciDev(dev) => Some(format_pcidev(dev)),
+        EventKind::PciDev(dev) => Some(format_pcidev(dev)),
+        EventKind::Probe
+        | EventKind::HwBreak
+        | EventKind::Watch { .. }
+        | EventKind::Lifecycle(_) => None,
     }
 }
 
 /// mmio_print_rw, MMIO_READ / MMIO_WRITE:
 /// `"R %d %u.%06lu %d 0x%llx 0x%lx 0x%lx %d\n"` (and `"W ..."`) width, secs, usec_rem,
 /// map_id, phys, value, pc, 0 (the PID).
-fn format_access(access: &Access) -> Option<String> {
+fn format_access(event: &Event, access: &Access) -> Option<String> {
     if access.space != Space::Mmio {
         return None;
     }
@@ -100,9 +99,9 @@ fn format_access(access: &Access) -> Option<String> {
         "{} {} {} {} {:#x} {:#x} {:#x} 0\n",
         if access.write { 'W' } else { 'R' },
         access.width,
-        timestamp(access.time_ns),
+        timestamp(event.time_ns),
         map_id(access.map_id.unwrap_or(0)),
-        access.addr,
+        event.addr,
         access.value,
         access.rip.unwrap_or(0),
     ))

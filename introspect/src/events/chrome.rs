@@ -3,10 +3,14 @@
 //!
 //! - pid [`VM_PID`] is the VM (metadata `process_name` "hvprobe VM"); tid is the vCPU (a
 //!   `thread_name` "vCPU n" metadata event precedes its first access).
+//! - Probe, breakpoint and watchpoint hits are thread-scoped instant events on their vCPU's
+//!   track, named after their source (`probe start_kernel`), category `probe` / `hbreak` /
+//!   `watch`, with address, symbol, hit count and registers in `args`: hits and the accesses
+//!   they cause sit side by side on one timeline.
 //! - Accesses are thread-scoped instant events (`"ph":"i","s":"t"`), named like
 //!   `MMIO W 4 0xfebf0004` or `PIO R 1 0x3f8`, with category `mmio` / `pio` and the details
 //!   (address, value, width, RIP, symbol, map id) in `args`.
-//! - Events that belong to no vCPU (MAP, UNMAP, MARK, lost events, PCIDEV) are instant events
+//! - Events that belong to no vCPU (MAP, UNMAP, MARK, lost events, PCIDEV, lifecycle) are instant events
 //!   on the pseudo-thread [`VMM_TID`], named "hvprobe": MAP / UNMAP process-scoped, MARK and
 //!   lost events global so they cut across the whole timeline, PCIDEV at time 0.
 //! - `ts` is in microseconds with nanosecond decimals. The closing `]}` is written when the
@@ -17,7 +21,7 @@ use std::fmt::Write as _;
 
 use serde_json::{Value, json};
 
-use super::{Access, Space, TraceRecord};
+use super::{Access, Event, EventKind, Lifecycle, Sources, Space};
 
 /// The Chrome `pid` of the VM.
 pub const VM_PID: u32 = 1;
@@ -65,26 +69,23 @@ pub(crate) struct ChromeEncoder {
 }
 
 impl ChromeEncoder {
-    /// The events for `record`, each preceded by `",\n"` (the header already holds one event).
-    pub(crate) fn encode(&mut self, record: &TraceRecord) -> String {
-        let (tid, event) = match record {
-            TraceRecord::Access(access) => (access.vcpu, access_event(access)),
-            TraceRecord::Map {
-                time_ns,
-                id,
-                phys,
-                virt,
-                len,
-                pc,
-            } => {
-                let args = json!({"id": id, "phys": hex(*phys), "virt": hex(*virt),
+    /// The events for `event`, each preceded by `",\n"` (the header already holds one event).
+    pub(crate) fn encode(&mut self, event: &Event, sources: &Sources) -> String {
+        let time_ns = event.time_ns;
+        let (tid, text) = match &event.kind {
+            EventKind::Access(access) => (event.vcpu, access_event(event, access)),
+            EventKind::Probe | EventKind::HwBreak | EventKind::Watch { .. } => {
+                (event.vcpu, hit_event(event, sources))
+            }
+            EventKind::Map { id, virt, len, pc } => {
+                let args = json!({"id": id, "phys": hex(event.addr), "virt": hex(*virt),
                                   "len": hex(*len), "pc": hex(*pc)});
                 (
                     VMM_TID,
-                    instant(&format!("MAP {id}"), "map", "p", *time_ns, VMM_TID, &args),
+                    instant(&format!("MAP {id}"), "map", "p", time_ns, VMM_TID, &args),
                 )
             }
-            TraceRecord::Unmap { time_ns, id, pc } => {
+            EventKind::Unmap { id, pc } => {
                 let args = json!({"id": id, "pc": hex(*pc)});
                 (
                     VMM_TID,
@@ -92,28 +93,39 @@ impl ChromeEncoder {
                         &format!("UNMAP {id}"),
                         "unmap",
                         "p",
-                        *time_ns,
+                        time_ns,
                         VMM_TID,
                         &args,
                     ),
                 )
             }
-            TraceRecord::Mark { time_ns, text } => {
-                let args = json!({"text": text});
-                (
-                    VMM_TID,
-                    instant(text, "mark", "g", *time_ns, VMM_TID, &args),
-                )
+            EventKind::Mark(text) => {
+                let args = json!({"text": &**text});
+                (VMM_TID, instant(text, "mark", "g", time_ns, VMM_TID, &args))
             }
-            TraceRecord::Lost { time_ns, count } => {
-                let args = json!({"count": count});
+            EventKind::Lost { count } => {
+                let source = sources.get(event.source).map(|s| s.name());
+                let args = json!({"count": count, "source": source});
                 let name = format!("Lost {count} events");
                 (
                     VMM_TID,
-                    instant(&name, "lost", "g", *time_ns, VMM_TID, &args),
+                    instant(&name, "lost", "g", time_ns, VMM_TID, &args),
                 )
             }
-            TraceRecord::PciDev(dev) => {
+            EventKind::Lifecycle(what) => {
+                let name = match what {
+                    Lifecycle::Phase(p) => format!("VM {p}"),
+                    Lifecycle::Paused => "VM paused".to_owned(),
+                    Lifecycle::Resumed => "VM resumed".to_owned(),
+                    Lifecycle::Exit(how) => format!("VM exit: {how}"),
+                };
+                let args = json!({});
+                (
+                    VMM_TID,
+                    instant(&name, "lifecycle", "g", time_ns, VMM_TID, &args),
+                )
+            }
+            EventKind::PciDev(dev) => {
                 let args = json!({
                     "bus": dev.bus, "devfn": dev.devfn,
                     "vendor": format!("{:#06x}", dev.vendor),
@@ -142,21 +154,47 @@ impl ChromeEncoder {
             };
             let _ = write!(out, ",\n{}", metadata("thread_name", tid, &name));
         }
-        let _ = write!(out, ",\n{event}");
+        let _ = write!(out, ",\n{text}");
         out
     }
 }
 
-fn access_event(access: &Access) -> String {
+fn hit_event(event: &Event, sources: &Sources) -> String {
+    let cat = match event.kind {
+        EventKind::HwBreak => "hbreak",
+        EventKind::Watch { .. } => "watch",
+        _ => "probe",
+    };
+    let name = sources
+        .get(event.source)
+        .map(|s| s.name().to_owned())
+        .or_else(|| event.symbol.as_deref().map(str::to_owned))
+        .unwrap_or_else(|| format!("{cat} {:#x}", event.addr));
+    let regs: serde_json::Map<String, Value> = event
+        .regs
+        .iter()
+        .map(|(n, v)| (n.to_owned(), Value::from(hex(v))))
+        .collect();
+    let mut args = json!({
+        "addr": hex(event.addr), "symbol": event.symbol.as_deref(), "hit": event.hit,
+        "regs": regs,
+    });
+    if let EventKind::Watch { write } = event.kind {
+        args["write"] = Value::from(write);
+    }
+    instant(&name, cat, "t", event.time_ns, event.vcpu, &args)
+}
+
+fn access_event(event: &Event, access: &Access) -> String {
     let (space, cat) = match access.space {
         Space::Mmio => ("MMIO", "mmio"),
         Space::Pio => ("PIO", "pio"),
     };
     let rw = if access.write { 'W' } else { 'R' };
-    let name = format!("{space} {rw} {} {:#x}", access.width, access.addr);
+    let name = format!("{space} {rw} {} {:#x}", access.width, event.addr);
     let args = json!({
-        "addr": hex(access.addr), "value": hex(access.value), "width": access.width,
-        "rip": access.rip.map(hex), "symbol": access.symbol, "map_id": access.map_id,
+        "addr": hex(event.addr), "value": hex(access.value), "width": access.width,
+        "rip": access.rip.map(hex), "symbol": event.symbol.as_deref(), "map_id": access.map_id,
     });
-    instant(&name, cat, "t", access.time_ns, access.vcpu, &args)
+    instant(&name, cat, "t", event.time_ns, event.vcpu, &args)
 }
