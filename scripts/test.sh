@@ -20,7 +20,7 @@ step "apt packages"
 kver=$(scripts/fetch-debian-kernel.sh)
 kver=${kver##*/vmlinuz-}
 need=()
-for pkg in build-essential pkg-config xz-utils dpkg gawk kmod bpftool cpio qemu-system-x86 python3 "linux-headers-$kver"; do
+for pkg in build-essential pkg-config xz-utils dpkg gawk kmod bpftool babeltrace2 cpio qemu-system-x86 python3 "linux-headers-$kver"; do
   [ "$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null)" = "install ok installed" ] || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

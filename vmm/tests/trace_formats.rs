@@ -207,3 +207,87 @@ fn jsonl_has_one_object_per_record() {
     );
     let _ = std::fs::remove_file(path);
 }
+
+/// A CTF capture of every event kind, read back by the real babeltrace2 (a loud skip when it
+/// is missing outside CI, a failure in CI).
+#[test]
+fn ctf_capture_reads_back_with_babeltrace2() {
+    use introspect::events::{EventKind, Lifecycle, RegSet};
+    let dir = temp_path("ctf");
+    let _ = std::fs::remove_dir_all(&dir);
+    let sources = Arc::new(Sources::new());
+    let probe = sources.register("probe start_kernel".into(), "jump".into());
+    let hub = Hub::new(sources.clone());
+    let writer = EventWriter::spawn_ctf(
+        hub.subscribe(Filter::all(), 1 << 16),
+        &dir,
+        WriterOptions::default(),
+    )
+    .expect("the capture starts");
+    let mut events = records();
+    let mut regs = RegSet::new();
+    regs.push("rip", 0xffff_ffff_8307_9e46);
+    regs.push("rdi", 0x1000);
+    for i in 0..3 {
+        events.push(Event {
+            time_ns: 2_000_000_000 + i,
+            vcpu: 1,
+            kind: EventKind::Probe,
+            source: probe,
+            addr: 0xffff_ffff_8307_9e46,
+            symbol: Some("start_kernel+0x0".into()),
+            regs,
+            hit: i + 1,
+        });
+    }
+    events.push(Event::lifecycle(
+        2_100_000_000,
+        0,
+        Lifecycle::Exit("guest exit 0".into()),
+    ));
+    // PCIDEV records sit at time 0, after later ones: the capture keeps time monotonic.
+    let n = events.len();
+    for e in events {
+        assert!(hub.emit(e));
+    }
+    let report = writer.finish();
+    assert!(report.error.is_none(), "{:?}", report.error);
+    assert_eq!(report.written + report.lost_records, u64::try_from(n).unwrap());
+    let out = match Command::new("babeltrace2").arg(&dir).output() {
+        Ok(out) => out,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "babeltrace2 is missing under CI (scripts/test.sh installs it)"
+            );
+            hvprobe_tests::skip(
+                "the CTF capture read back by babeltrace2",
+                "babeltrace2 is not installed (apt-get install babeltrace2)",
+            );
+            return;
+        }
+        Err(e) => panic!("cannot run babeltrace2: {e}"),
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "babeltrace2 failed: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    // One line per event, plus the one `source` description before the first probe hit.
+    assert_eq!(lines.len(), n + 1, "{text}");
+    let count = |name: &str| lines.iter().filter(|l| l.contains(name)).count();
+    assert_eq!(count(" probe: "), 3, "{text}");
+    assert_eq!(count(" access: "), 6, "{text}");
+    assert_eq!(count(" pcidev: "), 2, "{text}");
+    assert_eq!(count(" map: "), 1, "{text}");
+    assert_eq!(count(" unmap: "), 1, "{text}");
+    assert_eq!(count(" lost: "), 1, "{text}");
+    assert_eq!(count(" lifecycle: "), 1, "{text}");
+    assert!(text.contains("name = \"probe start_kernel\""), "{text}");
+    assert!(text.contains("text = \"edu: probe\""), "{text}");
+    assert!(text.contains("hit = 3"), "{text}");
+    assert!(text.contains("driver = \"edu\""), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
