@@ -55,7 +55,7 @@ taken out of KVM's memory slots so every access exits; :w traces only writes.
   --mmiotrace uart --mmiotrace 0x200000:4K:w --trace t.jsonl --trace-format jsonl
 
 A config file (--config) takes the same settings as the flags, as TOML keys: kernel, initrd,
-cmdline, mem, cpus, timeout, serial_log, quiet, steering, probe, hbreak, watch, events, format,
+cmdline, mem, cpus, timeout, serial_log, quiet, steering, api_socket, probe, hbreak, watch, events, format,
 mmiotrace, trace, trace_format (probe, hbreak, watch and mmiotrace are arrays of strings:
 probe = [\"start_kernel\", \"0x1000:int3\"], mmiotrace = [\"edu\", \"0x200000:4K:w\"]).
 Relative paths in it are relative to the file's directory. Flags win over the file, except
@@ -90,6 +90,56 @@ pub enum Command {
     /// jump, and why not.
     #[command(name = "probe-check")]
     ProbeCheck(ProbeCheckArgs),
+    /// Call one control API method of a running `hvprobe run --api-socket PATH` and print its
+    /// result as JSON (e.g. `hvprobe call api.sock mem.read '{"symbol":"jiffies","len":8}'`).
+    Call(CallArgs),
+    /// Attach to a running `hvprobe run --api-socket PATH`: add probes, breakpoints and
+    /// watchpoints, stream their events until --duration passes, the VM ends or Ctrl-C, then
+    /// detach (what was added goes away) and print their table.
+    Attach(AttachArgs),
+}
+
+/// The arguments of `hvprobe call`.
+#[derive(Clone, Debug, Default, Args)]
+pub struct CallArgs {
+    /// The control API socket (`hvprobe run --api-socket PATH`)
+    #[arg(value_name = "SOCKET")]
+    pub socket: PathBuf,
+    /// The method (`rpc.methods` lists them; README's "Control API" shows each)
+    #[arg(value_name = "METHOD")]
+    pub method: String,
+    /// Its parameters, a JSON object [default: {}]
+    #[arg(value_name = "PARAMS")]
+    pub params: Option<String>,
+    /// Seconds to wait for the answer
+    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+    pub timeout: f64,
+}
+
+/// The flags of `hvprobe attach`.
+#[derive(Clone, Debug, Default, PartialEq, Args)]
+pub struct AttachArgs {
+    /// The control API socket (`hvprobe run --api-socket PATH`)
+    #[arg(value_name = "SOCKET")]
+    pub socket: PathBuf,
+    /// Software probe, as `hvprobe run --probe` takes it. Repeatable
+    #[arg(long, value_name = "LOCATION[:MODE[:FETCH,...]]")]
+    pub probe: Vec<String>,
+    /// Hardware execute breakpoint. Repeatable
+    #[arg(long, value_name = "LOCATION")]
+    pub hbreak: Vec<String>,
+    /// Hardware watchpoint. Repeatable
+    #[arg(long, value_name = "LOCATION:LEN:w|rw")]
+    pub watch: Vec<String>,
+    /// Write the events to FILE (created or truncated) [default: stdout]
+    #[arg(long, value_name = "FILE")]
+    pub events: Option<PathBuf>,
+    /// Detach after this many seconds [default: when the VM ends or on Ctrl-C]
+    #[arg(long, value_name = "SECS")]
+    pub duration: Option<f64>,
+    /// Leave what was added in place after detaching
+    #[arg(long)]
+    pub keep: bool,
 }
 
 /// The flags of `hvprobe probe-check`.
@@ -153,6 +203,11 @@ pub struct RunArgs {
     /// when added). Without them Debian's kernel does not reach user space there
     #[arg(long)]
     pub no_steering: bool,
+    /// Serve the control API (JSON-RPC 2.0, one message per line) on a Unix socket at PATH
+    /// (mode 0600, removed at exit): clients attach, probe, read memory and detach while the
+    /// guest runs (`hvprobe call`, `hvprobe attach`)
+    #[arg(long, value_name = "PATH")]
+    pub api_socket: Option<PathBuf>,
     /// Software probe at LOCATION, armed as MODE: int3; jump (a 5-byte jump to a trampoline
     /// in the guest's arena that records the hit in guest memory, no exit); jump-exit (a jump
     /// whose trampoline exits once to the host); or auto (jump where the code and the guest
@@ -216,6 +271,19 @@ pub enum Request {
         /// The sites as typed.
         sites: Vec<String>,
     },
+    /// Call one control API method.
+    Call {
+        /// The socket.
+        socket: PathBuf,
+        /// The method.
+        method: String,
+        /// Its parameters (checked to be a JSON object).
+        params: serde_json::Value,
+        /// How long to wait for the answer.
+        timeout: Duration,
+    },
+    /// Attach to a running VM.
+    Attach(AttachArgs),
 }
 
 /// Where a setting came from, for messages.
@@ -417,6 +485,47 @@ where
                 sites: args.sites,
             })
         }
+        Ok(Cli {
+            command: Command::Call(args),
+        }) => {
+            let params: serde_json::Value = match &args.params {
+                None => serde_json::json!({}),
+                Some(text) => serde_json::from_str(text)
+                    .map_err(|e| CliError::Usage(format!("PARAMS {text:?} is not JSON: {e}")))?,
+            };
+            if !params.is_object() {
+                return Err(CliError::Usage(format!(
+                    "PARAMS must be a JSON object ({{\"name\": value, ...}}), not {params}"
+                )));
+            }
+            if !(args.timeout.is_finite() && args.timeout > 0.0) {
+                return Err(CliError::Usage(format!(
+                    "--timeout {} must be a positive number of seconds",
+                    args.timeout
+                )));
+            }
+            Ok(Request::Call {
+                socket: args.socket,
+                method: args.method,
+                params,
+                timeout: Duration::from_secs_f64(args.timeout.min(86_400.0)),
+            })
+        }
+        Ok(Cli {
+            command: Command::Attach(args),
+        }) => {
+            if let Some(d) = args.duration
+                && !(d.is_finite() && d > 0.0)
+            {
+                return Err(CliError::Usage(format!(
+                    "--duration {d} must be a positive number of seconds"
+                )));
+            }
+            if let Some(path) = &args.events {
+                check_output_file(path, "events file", Origin::Flag("--events"))?;
+            }
+            Ok(Request::Attach(args))
+        }
         Err(Ok(text)) => Ok(Request::Print(text)),
         Err(Err(err)) => Err(err),
     }
@@ -561,6 +670,16 @@ pub fn merge(
         config.serial = SerialOutput::File(path);
     }
     config.quiet = args.quiet || file.and_then(|f| f.quiet.as_ref()).is_some_and(|q| q.value);
+    if let Some((path, origin)) = pick(
+        args.api_socket.as_ref(),
+        "--api-socket",
+        file,
+        "api_socket",
+        |f| f.api_socket.as_ref(),
+    ) {
+        check_output_file(&path, "API socket", origin)?;
+        config.api_socket = Some(path);
+    }
     config.steering = !args.no_steering
         && file
             .and_then(|f| f.steering.as_ref())
@@ -723,6 +842,7 @@ mod tests {
             Request::Print(text) => panic!("unexpected print: {text}"),
             Request::Symbols { .. } => panic!("unexpected symbols request"),
             Request::ProbeCheck { .. } => panic!("unexpected probe-check request"),
+            Request::Call { .. } | Request::Attach(_) => panic!("unexpected client request"),
         }
     }
 
@@ -832,6 +952,7 @@ mod tests {
                 initrd: Some(initrd),
                 cmdline: Some("console=ttyS0 quiet".into()),
                 steering: true,
+                api_socket: None,
                 mem_size: 64 << 20,
                 cpus: 4,
                 timeout: Some(Duration::from_millis(500)),
@@ -1137,6 +1258,7 @@ quiet = true
                 initrd: Some(initrd),
                 cmdline: Some("console=ttyS0 nokaslr".into()),
                 steering: true,
+                api_socket: None,
                 mem_size: 512 << 20,
                 cpus: 2,
                 timeout: Some(Duration::from_millis(1500)),

@@ -55,6 +55,8 @@ pub struct VmConfig {
     pub serial: SerialOutput,
     /// Silence boot phases and timings on stderr.
     pub quiet: bool,
+    /// Serve the control API (JSON-RPC 2.0) on a Unix socket here (`--api-socket`).
+    pub api_socket: Option<PathBuf>,
     /// On the software KVM only: add the Linux command-line words that steer the guest around
     /// what the platform cannot run or runs very slowly ([`crate::platform::steering`]).
     /// `--no-steering` / `steering = false` turns them off.
@@ -85,6 +87,7 @@ impl Default for VmConfig {
             serial: SerialOutput::Stdout,
             quiet: false,
             steering: true,
+            api_socket: None,
             instrument: Instrumentation::default(),
             trace: TraceConfig::default(),
         }
@@ -950,6 +953,8 @@ pub struct ConfigFile {
     pub quiet: Option<Setting<bool>>,
     /// `steering`: the software-KVM command-line steering for Linux guests (default true).
     pub steering: Option<Setting<bool>>,
+    /// `api_socket`: the control API's Unix socket, resolved against the file's directory.
+    pub api_socket: Option<Setting<PathBuf>>,
     /// `probe`: software probes as written (`"SYM[+OFF]|ADDR[:MODE]"`), each with its line;
     /// empty if absent.
     pub probe: Vec<Setting<String>>,
@@ -1032,6 +1037,7 @@ struct RawConfigFile {
     serial_log: Option<toml::Spanned<PathBuf>>,
     quiet: Option<toml::Spanned<bool>>,
     steering: Option<toml::Spanned<bool>>,
+    api_socket: Option<toml::Spanned<PathBuf>>,
     #[serde(default)]
     probe: Vec<toml::Spanned<String>>,
     #[serde(default)]
@@ -1101,6 +1107,7 @@ impl ConfigFile {
             serial_log: raw.serial_log.map(path_setting),
             quiet: raw.quiet.map(|s| setting(text, s)),
             steering: raw.steering.map(|s| setting(text, s)),
+            api_socket: raw.api_socket.map(path_setting),
             probe: raw.probe.into_iter().map(|s| setting(text, s)).collect(),
             hbreak: raw.hbreak.into_iter().map(|s| setting(text, s)).collect(),
             watch: raw.watch.into_iter().map(|s| setting(text, s)).collect(),

@@ -17,7 +17,7 @@ use introspect::session::{
 use introspect::symbols::SymbolTable;
 
 use crate::config::{
-    EventFormat, FetchSpec, Instrumentation, KernelSource, Location, ProbeMode, VmConfig,
+    EventFormat, FetchSpec, Instrumentation, KernelSource, Location, ProbeMode, ProbeSpec, VmConfig,
 };
 use crate::target::VmTarget;
 use crate::vcpu::exit::{DebugExit, InternalError, StopReason};
@@ -187,6 +187,7 @@ fn action(d: Decision) -> HookAction {
     match d {
         Decision::Continue => HookAction::Continue,
         Decision::Stop => HookAction::Stop(StopReason::Handler),
+        Decision::Pause => HookAction::Pause,
     }
 }
 
@@ -243,26 +244,9 @@ pub fn session_spec(
 ) -> Result<SessionSpec, VmError> {
     let mut spec = SessionSpec::default();
     for p in &ins.probes {
-        let at = p.at.to_string();
-        let fetches = if p.fetches.is_empty() {
-            DEFAULT_FETCHES.to_vec()
-        } else {
-            p.fetches
-                .iter()
-                .map(|f| fetch(f, symbols))
-                .collect::<Result<Vec<_>, String>>()
-                .map_err(|e| VmError::Config(format!("--probe {p}: {e}")))?
-        };
-        let in_guest = || JumpHandler::InGuest(fetches.clone());
-        spec.probes.push(ProbeRequest {
-            at,
-            arm: match p.mode {
-                ProbeMode::Int3 => ProbeArm::Int3,
-                ProbeMode::Jump => ProbeArm::Jump(in_guest()),
-                ProbeMode::JumpExit => ProbeArm::Jump(JumpHandler::Exit),
-                ProbeMode::Auto => ProbeArm::Auto(in_guest()),
-            },
-        });
+        spec.probes.push(
+            probe_request(p, symbols).map_err(|e| VmError::Config(format!("--probe {p}: {e}")))?,
+        );
     }
     spec.hbreaks = ins.hbreaks.iter().map(ToString::to_string).collect();
     spec.watches = ins
@@ -275,6 +259,30 @@ pub fn session_spec(
         })
         .collect();
     Ok(spec)
+}
+
+/// One `--probe` value as a session request: `:jump` and `:auto` probes record its fetches
+/// (or [`DEFAULT_FETCHES`]) in the guest; `:jump-exit` probes exit once per hit. Memory words
+/// (`@SYM`) resolve against `symbols`. The error says which fetch is wrong.
+pub fn probe_request(p: &ProbeSpec, symbols: Option<&SymbolTable>) -> Result<ProbeRequest, String> {
+    let fetches = if p.fetches.is_empty() {
+        DEFAULT_FETCHES.to_vec()
+    } else {
+        p.fetches
+            .iter()
+            .map(|f| fetch(f, symbols))
+            .collect::<Result<Vec<_>, String>>()?
+    };
+    let in_guest = || JumpHandler::InGuest(fetches.clone());
+    Ok(ProbeRequest {
+        at: p.at.to_string(),
+        arm: match p.mode {
+            ProbeMode::Int3 => ProbeArm::Int3,
+            ProbeMode::Jump => ProbeArm::Jump(in_guest()),
+            ProbeMode::JumpExit => ProbeArm::Jump(JumpHandler::Exit),
+            ProbeMode::Auto => ProbeArm::Auto(in_guest()),
+        },
+    })
 }
 
 /// One value to record, as the trampoline builder wants it.
@@ -389,11 +397,12 @@ pub fn set_platform_cpu_source(intro: &Introspector) {
 
 /// Builds, instruments, runs and waits for a VM.
 pub fn run_instrumented(config: &VmConfig) -> Result<(RunReport, InstrumentReport), VmError> {
-    let symbols = if config.instrument.is_empty() && config.trace.is_empty() {
-        None
-    } else {
-        load_symbols(config)?
-    };
+    let symbols =
+        if config.instrument.is_empty() && config.trace.is_empty() && config.api_socket.is_none() {
+            None
+        } else {
+            load_symbols(config)?
+        };
     let spec = session_spec(&config.instrument, symbols.as_deref())?;
     let out = events_output(&config.instrument)?;
     let sources = Arc::new(Sources::new());
@@ -426,7 +435,12 @@ pub fn run_instrumented(config: &VmConfig) -> Result<(RunReport, InstrumentRepor
     let trace = if config.trace.is_empty() {
         None
     } else {
-        Some(crate::tracer::attach(&vm, &config.trace, &hub, symbols)?)
+        Some(crate::tracer::attach(
+            &vm,
+            &config.trace,
+            &hub,
+            symbols.clone(),
+        )?)
     };
     vm.start_paused()?;
     let target = vm.target();
@@ -441,6 +455,29 @@ pub fn run_instrumented(config: &VmConfig) -> Result<(RunReport, InstrumentRepor
         vm.phases()
             .log(format_args!("instrument: {} ({})", s.name(), s.how()));
     }
+    // The control API serves the same session operations the flags above used.
+    let session = Arc::new(crate::session::Session::new(
+        intro.clone(),
+        target.clone(),
+        vm.memory().clone(),
+        intro.symbols().cloned(),
+        vm.stopper(),
+    ));
+    let api = match &config.api_socket {
+        Some(path) => match crate::session::api::ApiServer::spawn(path, session.clone(), None) {
+            Ok(server) => {
+                vm.phases()
+                    .log(format_args!("api: serving {}", path.display()));
+                Some(server)
+            }
+            Err(e) => {
+                vm.stop();
+                let _ = writer.finish();
+                return Err(VmError::Config(e.to_string()));
+            }
+        },
+        None => None,
+    };
     vm.resume_all()?;
     hub.emit(Event::lifecycle(
         hub.now_ns(),
@@ -448,11 +485,8 @@ pub fn run_instrumented(config: &VmConfig) -> Result<(RunReport, InstrumentRepor
         Lifecycle::Phase("running".into()),
     ));
     // Only jump probes need the ticker (ring drain, deferred passes): no 1 kHz wake-ups
-    // otherwise.
-    let ticker = spec
-        .probes
-        .iter()
-        .any(|p| !matches!(p.arm, ProbeArm::Int3))
+    // otherwise (a client may add jump probes later).
+    let ticker = (api.is_some() || spec.probes.iter().any(|p| !matches!(p.arm, ProbeArm::Int3)))
         .then(|| Ticker::spawn(intro.clone(), target.clone()));
     let outcome = vm.wait(config.timeout)?;
     hub.emit(Event::lifecycle(
@@ -460,6 +494,10 @@ pub fn run_instrumented(config: &VmConfig) -> Result<(RunReport, InstrumentRepor
         0,
         Lifecycle::Exit(outcome.to_string().into()),
     ));
+    session.set_ended();
+    if let Some(server) = api {
+        server.shutdown();
+    }
     if let Some(t) = ticker {
         t.stop();
     }

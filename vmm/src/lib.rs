@@ -19,6 +19,7 @@ pub mod outcome;
 pub mod phases;
 pub mod platform;
 pub mod probe_check;
+pub mod session;
 pub mod target;
 pub mod test_kernel;
 pub mod tracer;

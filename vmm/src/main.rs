@@ -31,6 +31,19 @@ fn main() -> ExitCode {
         Ok(Request::ProbeCheck { kernel, sites }) => {
             return probe_check(kernel.as_deref(), &sites);
         }
+        Ok(Request::Call {
+            socket,
+            method,
+            params,
+            timeout,
+        }) => {
+            return client_status(vmm::session::api::verbs::call(
+                &socket, &method, params, timeout,
+            ));
+        }
+        Ok(Request::Attach(args)) => {
+            return client_status(vmm::session::api::verbs::attach(&args));
+        }
         Err(err) => {
             say!("hvprobe: {}", cli::error_line(&err));
             return ExitCode::from(EXIT_BAD_INPUT);
@@ -50,6 +63,18 @@ fn main() -> ExitCode {
             } else {
                 EXIT_VMM_FAILURE
             })
+        }
+    }
+}
+
+/// The exit status of a client verb: 0, or the error's line and its status (64 for a
+/// request the server refused, 70 when the server could not be reached or answered).
+fn client_status(result: Result<(), vmm::session::api::verbs::VerbError>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            say!("hvprobe: {e}");
+            ExitCode::from(e.exit_code())
         }
     }
 }

@@ -52,6 +52,8 @@ pub enum Outcome {
         /// Its RIP at the time.
         rip: u64,
     },
+    /// A control API client asked the VM to stop (`vm.stop`).
+    StoppedByClient,
 }
 
 impl Outcome {
@@ -64,7 +66,7 @@ impl Outcome {
             Outcome::Reset => EXIT_GUEST_RESET,
             Outcome::TripleFault { .. } | Outcome::Crash { .. } => EXIT_GUEST_CRASH,
             Outcome::Timeout => EXIT_TIMEOUT,
-            Outcome::Stopped { .. } => EXIT_STOPPED,
+            Outcome::Stopped { .. } | Outcome::StoppedByClient => EXIT_STOPPED,
         }
     }
 }
@@ -87,6 +89,7 @@ impl fmt::Display for Outcome {
             Outcome::Stopped { vcpu, rip } => {
                 write!(f, "stopped by a handler on vCPU {vcpu} at rip {rip:#x}")
             }
+            Outcome::StoppedByClient => write!(f, "stopped by a control API client"),
         }
     }
 }

@@ -84,6 +84,14 @@ impl VmTarget {
     }
 }
 
+impl VmTarget {
+    /// Lets vCPU `index` alone run again (undoes one pause of it): a client's single-step.
+    pub fn resume_one(&self, index: usize) -> Result<(), TargetError> {
+        let c = self.vcpus.get(index).ok_or(TargetError::NoVcpu(index))?;
+        c.send(VcpuMsg::Resume).map_err(vm_err("resuming a vCPU"))
+    }
+}
+
 impl PhysMem for VmTarget {
     fn read_phys(&self, gpa: Gpa, buf: &mut [u8]) -> Result<(), PhysMemError> {
         self.mem.read_phys(gpa, buf)

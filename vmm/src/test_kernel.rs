@@ -78,6 +78,7 @@ pub const SCENARIOS: &[&str] = &[
     "optbench",
     "ring3",
     "tscaux",
+    "serve",
 ];
 
 /// One MMIO access of the `edu` scenario, at an offset from BAR0.

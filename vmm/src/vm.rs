@@ -263,6 +263,20 @@ pub struct Vm {
     _kvm: Kvm,
 }
 
+/// Ends a run from another thread (a control API client's `vm.stop`): [`Vm::wait`] returns
+/// [`Outcome::StoppedByClient`].
+#[derive(Clone)]
+pub struct Stopper {
+    events: Sender<VcpuEvent>,
+}
+
+impl Stopper {
+    /// Asks [`Vm::wait`] to end the run.
+    pub fn stop_by_client(&self) {
+        let _ = self.events.send(VcpuEvent::Ended(Outcome::StoppedByClient));
+    }
+}
+
 /// The KVM device hvprobe opens: `/dev/kvm`, or `$HVPROBE_KVM_DEVICE` (tests use it to check
 /// the error for a missing or inaccessible device).
 pub fn kvm_device() -> std::path::PathBuf {
@@ -475,6 +489,13 @@ impl Vm {
         self.phases
             .log(format_args!("vcpus: {} started{how}", self.vcpus.len()));
         Ok(())
+    }
+
+    /// A handle that ends the run from another thread.
+    pub fn stopper(&self) -> Stopper {
+        Stopper {
+            events: self.events_tx.clone(),
+        }
     }
 
     /// The software-KVM accommodation (Linux guests on `kvm_pvm` only): its counters say
@@ -930,6 +951,7 @@ pub fn run(config: &VmConfig) -> Result<RunReport, VmError> {
     // run there gets one, probes or not.
     if !config.instrument.is_empty()
         || !config.trace.is_empty()
+        || config.api_socket.is_some()
         || crate::platform::is_software_kvm()
     {
         let (report, ins) = crate::instrument::run_instrumented(config)?;

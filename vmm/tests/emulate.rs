@@ -382,3 +382,105 @@ fn rdrand_rdseed_stac_clac_where_offered() {
     let seen = hook.seen.lock().unwrap();
     assert!(seen.iter().all(|(_, _, how)| how == "done"), "{seen:?}");
 }
+
+/// Hands emulation failures to the software-KVM accommodation, as the vCPU loop does for
+/// Linux guests.
+struct AccHook {
+    acc: vmm::platform::accommodation::Accommodation,
+}
+
+impl DebugHook for AccHook {
+    fn on_debug(&self, _vcpu: &mut VcpuCtx<'_>, exit: &DebugExit) -> HookAction {
+        HookAction::Stop(StopReason::Crash(format!(
+            "unexpected debug exit {exit:x?}"
+        )))
+    }
+
+    fn on_internal_error(&self, vcpu: &mut VcpuCtx<'_>, err: &InternalError) -> Option<HookAction> {
+        if err.suberror != InternalError::EMULATION {
+            return None;
+        }
+        let rip = vcpu.regs().ok()?.rip;
+        self.acc.on_emulation_failure(vcpu, rip)
+    }
+}
+
+/// An instruction neither this KVM's emulator nor hvprobe runs (SSE register code, which
+/// Linux's crypto uses and the steering keeps Linux away from) ends the VM with a crash
+/// report naming the mnemonic, RIP, symbol and bytes: exit status 66, never a silent skip.
+/// An instruction hvprobe does run on the way there (`fwait`) is counted.
+#[test]
+fn an_instruction_nobody_runs_ends_the_vm_with_a_report() {
+    let p = assemble(|a, l| {
+        a.wait()?;
+        a.mov(ecx, 7u32)?;
+        l.here(a, "bad")?;
+        a.movd(xmm15, ecx)?;
+        emit_exit(a, 0)
+    });
+    let config = VmConfig {
+        kernel: KernelSource::Raw {
+            image: p.code.clone(),
+            load_addr: p.base,
+            entry: p.base,
+        },
+        mem_size: 64 << 20,
+        serial: SerialOutput::Sink,
+        quiet: true,
+        ..VmConfig::default()
+    };
+    // The accommodation needs the guest's memory, which the VM makes: build the VM with a hook
+    // that is filled in before the first instruction.
+    struct Late(OnceLock<AccHook>);
+    impl DebugHook for Late {
+        fn on_debug(&self, vcpu: &mut VcpuCtx<'_>, exit: &DebugExit) -> HookAction {
+            self.0.get().expect("set before start").on_debug(vcpu, exit)
+        }
+        fn on_internal_error(
+            &self,
+            vcpu: &mut VcpuCtx<'_>,
+            err: &InternalError,
+        ) -> Option<HookAction> {
+            self.0.get()?.on_internal_error(vcpu, err)
+        }
+    }
+    let late = Arc::new(Late(OnceLock::new()));
+    let mut vm = Vm::new(&config, Some(late.clone())).expect("VM builds");
+    let symbols = introspect::symbols::SymbolTable::new(vec![introspect::symbols::Symbol::new(
+        "tk_sse_code",
+        p.label("bad") - 8,
+        't',
+    )]);
+    let acc = vmm::platform::accommodation::Accommodation::for_linux(
+        vm.memory(),
+        Some(Arc::new(symbols)),
+        1,
+        &vmm::phases::Phases::new(true),
+    );
+    assert!(acc.relay_site().is_none(), "no asm_exc_page_fault here");
+    let _ = late.0.set(AccHook { acc });
+    vm.start().unwrap();
+    let outcome = vm.wait(Some(Duration::from_secs(60))).unwrap();
+    if !vmm::platform::is_software_kvm() && outcome == (Outcome::GuestExit { code: 0 }) {
+        hvprobe_tests::skip(
+            "the crash report for an instruction nobody runs",
+            "this KVM runs `movd xmm15, ecx` itself (only kvm_pvm's emulator cannot)",
+        );
+        return;
+    }
+    let Outcome::Crash { rip, reason, .. } = &outcome else {
+        panic!("a crash report, not {outcome:?}");
+    };
+    assert_eq!(*rip, p.label("bad"), "{reason}");
+    assert_eq!(outcome.exit_code(), vmm::outcome::EXIT_GUEST_CRASH);
+    for part in [
+        "`movd`",
+        &format!("{:#x} (tk_sse_code+0x8)", p.label("bad")),
+        "bytes 66 44 0f 6e f9",
+    ] {
+        assert!(reason.contains(part), "\"{part}\" in: {reason}");
+    }
+    let acc = &late.0.get().unwrap().acc;
+    assert_eq!(acc.emulated(), vec![("fwait".to_string(), 1)]);
+    eprintln!("crash report: {reason}");
+}

@@ -8,8 +8,10 @@
 //! handlers as on hardware KVM.
 
 mod jumps;
+mod runtime;
 
 pub use jumps::FINAL_DRAIN;
+pub use runtime::{RuntimeError, StepDone};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -17,8 +19,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use crate::addr::Gva;
 use crate::events::{DEFAULT_REGS, Event, EventKind, EventSink, SourceId, Sources, select_regs};
 use crate::hwbp::{
-    BreakpointId, BreakpointKind, BreakpointLen, DR6_BS, ExecStepper, HwbpError, Request,
-    SlotManager,
+    BreakpointId, BreakpointKind, DR6_BS, ExecStepper, HwbpError, Request, SlotManager,
 };
 use crate::probes::{
     BreakpointOutcome, HitContext, HookDecision, JumpHandler, ProbeEngine, ProbeError, Quiesce,
@@ -35,6 +36,8 @@ pub enum Decision {
     Continue,
     /// End the VM (a handler asked the guest to stop).
     Stop,
+    /// Keep this vCPU out of the guest until it is resumed (a client's single-step ended).
+    Pause,
 }
 
 /// A watchpoint request (`--watch SYM|ADDR:LEN:w|rw`).
@@ -156,6 +159,9 @@ pub enum SessionError {
     /// The VM refused an operation.
     #[error(transparent)]
     Target(#[from] TargetError),
+    /// A change to the running session was refused.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
 }
 
 /// A probed site's event sources, what its in-guest records hold, and its symbol+offset
@@ -191,6 +197,8 @@ pub struct Introspector {
     how_stale: std::sync::atomic::AtomicBool,
     sink: EventSink,
     notes: Mutex<Vec<String>>,
+    /// Per vCPU: a client asked for one single-step ([`Introspector::request_step`]).
+    client_steps: Vec<std::sync::atomic::AtomicBool>,
 }
 
 impl Introspector {
@@ -212,6 +220,9 @@ impl Introspector {
             how_stale: std::sync::atomic::AtomicBool::new(false),
             sink,
             notes: Mutex::new(Vec::new()),
+            client_steps: (0..vcpus)
+                .map(|_| std::sync::atomic::AtomicBool::new(false))
+                .collect(),
         }
     }
 
@@ -253,40 +264,12 @@ impl Introspector {
     /// Arms every probe and installs every breakpoint of `spec` on all vCPUs. Call it with
     /// the vCPUs paused before the guest runs (or while it runs: probes pause it to patch).
     pub fn setup(&self, target: &dyn Target, spec: &SessionSpec) -> Result<(), SessionError> {
+        // The same operations a client uses on a running session (see `runtime`).
         for at in &spec.hbreaks {
-            let addr = self.resolve("hbreak", at)?;
-            self.engine.reserve(addr, format!("--hbreak {at}"));
-            self.add_hw(
-                Request::execute(addr, format!("--hbreak {at}")).pinned(),
-                "hbreak",
-                at,
-            )?;
+            self.add_hbreak(target, at)?;
         }
         for w in &spec.watches {
-            let addr = self.resolve("watch", &w.at)?;
-            let kind = if w.write_only {
-                BreakpointKind::Write
-            } else {
-                BreakpointKind::ReadWrite
-            };
-            let len = BreakpointLen::from_bytes(u64::from(w.len)).map_err(|source| {
-                SessionError::Hwbp {
-                    flag: "watch",
-                    at: w.at.clone(),
-                    source,
-                }
-            })?;
-            let owner = format!(
-                "--watch {}:{}:{}",
-                w.at,
-                w.len,
-                if w.write_only { "w" } else { "rw" }
-            );
-            self.add_hw(
-                Request::watch(addr, kind, len, owner).pinned(),
-                "watch",
-                &w.at,
-            )?;
+            self.add_watch(target, w)?;
         }
         self.engine
             .set_debug_base(lock(&self.slots).debug_state(GuestDebug::default()));
@@ -297,7 +280,7 @@ impl Introspector {
         Ok(())
     }
 
-    fn add_hw(&self, req: Request, flag: &'static str, at: &str) -> Result<(), SessionError> {
+    fn add_hw(&self, req: Request, flag: &'static str, at: &str) -> Result<SourceId, SessionError> {
         let kind = req.kind;
         let name = req.owner.trim_start_matches("--").to_string();
         let mut slots = lock(&self.slots);
@@ -319,7 +302,7 @@ impl Introspector {
         };
         let source = self.sources().register(name, how);
         lock(&self.hw_sources).insert(id, HwSource { source, kind });
-        Ok(())
+        Ok(source)
     }
 
     /// Adds and arms one int3 probe while the session runs.
@@ -448,6 +431,9 @@ impl Introspector {
         match exception {
             3 => self.on_int3(target, vcpu, pc).unwrap_or(Decision::Continue),
             1 => {
+                if dr6 & DR6_BS != 0 && self.finish_client_step(vcpu, pc).is_some() {
+                    return Decision::Pause;
+                }
                 if self.engine.stepping_vcpu() == Some(vcpu.index()) {
                     if let Some(d) = self.on_probe_step(target, vcpu, pc, dr6) {
                         return d;

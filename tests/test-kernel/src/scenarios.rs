@@ -37,6 +37,7 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("optbench", crate::opt::optbench),
     ("ring3", crate::opt::ring3),
     ("tscaux", crate::opt::tscaux),
+    ("serve", serve),
 ];
 
 /// Runs the scenario called `name`; an unknown name ends the VM with exit code 2.
@@ -295,6 +296,33 @@ fn spin(_: &Context) -> ! {
     kprintln!("spin: looping forever");
     loop {
         core::hint::spin_loop();
+    }
+}
+
+/// How many times [`serve`] has called [`tk_probe_target`] (a host reads it by symbol).
+#[unsafe(no_mangle)]
+pub static TK_SERVE_CALLS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// Written by the host (a control API client's `mem.write`): non-zero ends [`serve`] with
+/// that exit code.
+#[unsafe(no_mangle)]
+pub static TK_SERVE_EXIT: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// A guest to attach to: calls [`tk_probe_target`] forever, counting the calls in
+/// [`TK_SERVE_CALLS`], until the host writes an exit code into [`TK_SERVE_EXIT`].
+fn serve(_: &Context) -> ! {
+    use core::sync::atomic::Ordering::SeqCst;
+    kprintln!("serve: calling tk_probe_target until TK_SERVE_EXIT is set");
+    let mut i = 0u64;
+    loop {
+        core::hint::black_box(tk_probe_target(core::hint::black_box(i), i + 1));
+        i += 1;
+        TK_SERVE_CALLS.store(i, SeqCst);
+        let code = TK_SERVE_EXIT.load(SeqCst);
+        if code != 0 {
+            kprintln!("serve: {i} calls, exiting with {code}");
+            testdev::exit(u32::try_from(code).unwrap_or(63))
+        }
     }
 }
 

@@ -28,6 +28,8 @@ pub enum HookAction {
     Continue,
     /// End the VM.
     Stop(StopReason),
+    /// Keep this vCPU paused until a [`VcpuMsg::Resume`] (a client's single-step ended).
+    Pause,
 }
 
 /// The introspection layer's entry points on the vCPU thread.
@@ -482,6 +484,10 @@ impl VcpuRunner {
         match action {
             HookAction::Continue => VcpuState::Running,
             HookAction::Stop(reason) => self.end(reason),
+            HookAction::Pause => {
+                self.pauses += 1;
+                VcpuState::Paused
+            }
         }
     }
 
