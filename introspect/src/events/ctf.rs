@@ -14,8 +14,6 @@
 //!   names of its events' register values (`rip,tsc,rdi`), so a hit carries no strings.
 //! - Encoding is plain byte appends (no `core::fmt`): this is the capture for high rates.
 
-use std::collections::HashSet;
-
 use super::{Event, EventKind, Lifecycle, SourceId, Sources, Space};
 
 /// The stream file's name in the capture directory.
@@ -231,7 +229,8 @@ pub(crate) struct CtfEncoder {
     last_ts: u64,
     /// Events lost by the subscription, announced so far (the packets' `events_discarded`).
     discarded: u64,
-    described: HashSet<SourceId>,
+    /// Sources whose `source` event was written, by index (a bitmap: checked per event).
+    described: Vec<bool>,
 }
 
 impl Default for CtfEncoder {
@@ -241,7 +240,7 @@ impl Default for CtfEncoder {
             first_ts: 0,
             last_ts: 0,
             discarded: 0,
-            described: HashSet::new(),
+            described: Vec::new(),
         }
     }
 }
@@ -282,7 +281,15 @@ impl CtfEncoder {
     /// every kind).
     pub(crate) fn encode(&mut self, event: &Event, sources: &Sources, out: &mut Vec<u8>) -> bool {
         let t = event.time_ns;
-        if event.source != SourceId::NONE && self.described.insert(event.source) {
+        let index = usize::try_from(event.source.index()).unwrap_or(usize::MAX);
+        if event.source != SourceId::NONE
+            && event.source != SourceId::QUEUE
+            && !self.described.get(index).copied().unwrap_or(false)
+        {
+            if index >= self.described.len() {
+                self.described.resize(index + 1, false);
+            }
+            self.described[index] = true;
             if let Some(s) = sources.get(event.source) {
                 self.header(9, t);
                 let p = &mut self.packet;
