@@ -252,7 +252,10 @@ fn ctf_capture_reads_back_with_babeltrace2() {
     }
     let report = writer.finish();
     assert!(report.error.is_none(), "{:?}", report.error);
-    assert_eq!(report.written + report.lost_records, u64::try_from(n).unwrap());
+    assert_eq!(
+        report.written + report.lost_records,
+        u64::try_from(n).unwrap()
+    );
     let out = match Command::new("babeltrace2").arg(&dir).output() {
         Ok(out) => out,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
