@@ -704,15 +704,17 @@ impl Parser<'_> {
     }
 
     fn or(&mut self, depth: usize) -> Result<Expr, Fail> {
-        let mut terms = vec![self.and(depth)?];
+        // Every operand is flattened, the first one too: `(a || b) || c` is the chain a, b, c,
+        // as `a || (b || c)` is (the canonical form prints no parentheses for either).
+        let mut terms = Vec::new();
         loop {
-            self.skip_ws();
-            if !self.eat(b"||") {
-                break;
-            }
             match self.and(depth)? {
                 Expr::Or(v) => terms.extend(v),
                 e => terms.push(e),
+            }
+            self.skip_ws();
+            if !self.eat(b"||") {
+                break;
             }
         }
         Ok(match terms.len() {

@@ -156,6 +156,19 @@ fn precedence_and_negation() {
                 .collect()
         )
     );
+    // A group first in a || chain flattens too (a fuzzer find: `(a || b) || c` stayed nested
+    // and its canonical form, `a || b || c`, parsed to a different expression).
+    let abc = Expr::Or(
+        ["a", "b", "c"]
+            .iter()
+            .zip(1..)
+            .map(|(f, n)| pred(f, CmpOp::Eq, num(n)))
+            .collect(),
+    );
+    assert_eq!(parse("(a == 1 || b == 2) || c == 3").expr, abc);
+    assert_eq!(parse("a == 1 || (b == 2 || c == 3)").expr, abc);
+    assert_eq!(parse("((a == 1 || b == 2)) || c == 3").expr, abc);
+    assert_eq!(parse("(a == 1 || b == 2 || c == 3)").expr, abc);
 }
 
 #[test]

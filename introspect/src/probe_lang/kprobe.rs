@@ -302,6 +302,19 @@ impl fmt::Display for ProbeArg {
         if self.fetch == FetchArg::AllArgs {
             return write!(f, "{}", self.fetch);
         }
+        // A name longer than `NAME=` allows can only be the kernel's default, the variable's
+        // own name: written without `NAME=`, it is given again.
+        if self.name.len() > MAX_ARG_NAME_LEN {
+            if let FetchArg::Var(v) = &self.fetch {
+                if *v == self.name {
+                    write!(f, "{}", self.fetch)?;
+                    if let Some(t) = &self.ty {
+                        write!(f, ":{t}")?;
+                    }
+                    return Ok(());
+                }
+            }
+        }
         write!(f, "{}={}", self.name, self.fetch)?;
         if let Some(t) = &self.ty {
             write!(f, ":{t}")?;

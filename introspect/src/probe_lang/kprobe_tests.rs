@@ -346,6 +346,21 @@ fn default_names() {
     let d = parse("p vfs_read %di count $stack x=%si +0(%dx)");
     let names: Vec<_> = d.args.iter().map(|a| a.name.as_str()).collect();
     assert_eq!(names, ["arg1", "count", "arg3", "x", "arg5"]);
+    // A default name from a variable may be longer than NAME= allows (the kernel takes the
+    // variable's name as it is); the canonical form then leaves the name out (a fuzzer find:
+    // it wrote NAME=, which does not parse).
+    let (v, w) = ("v".repeat(40), "w".repeat(33));
+    let d = parse(&format!("p vfs_read {v} {w}:u32"));
+    assert_eq!(
+        (d.args[0].name.as_str(), d.args[1].name.as_str()),
+        (&*v, &*w)
+    );
+    let canon = d.to_string();
+    assert_eq!(
+        canon,
+        format!("p:kprobes/p_vfs_read_0 vfs_read {v} {w}:u32")
+    );
+    assert_eq!(parse(&canon), d);
 }
 
 #[test]
