@@ -234,4 +234,61 @@ mod tests {
             SymtabError::Elf(ElfError::NotElf)
         );
     }
+
+    /// Regenerates the seeds of the `elf_symtab` fuzz target's regression corpus (fuzzer finds
+    /// next to them are left alone):
+    /// `cargo test -p introspect --lib elf_symtab::tests::write_regression_seeds -- --ignored`.
+    #[test]
+    #[ignore = "writes fuzz/regressions/elf_symtab/seed-*"]
+    fn write_regression_seeds() {
+        let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../fuzz/regressions/elf_symtab");
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = build(BASE, &[0x90; 0x40], &syms());
+        let shoff =
+            usize::try_from(u64::from_le_bytes(good[0x28..0x30].try_into().unwrap())).unwrap();
+        let symtab_hdr = shoff + 3 * 64;
+        let patched = |at: usize, bytes: &[u8]| {
+            let mut v = good.clone();
+            v[at..at + bytes.len()].copy_from_slice(bytes);
+            v
+        };
+        let symtab_off = usize::try_from(u64::from_le_bytes(
+            good[symtab_hdr + 24..symtab_hdr + 32].try_into().unwrap(),
+        ))
+        .unwrap();
+        let seeds = [
+            ("seed-good-kernel-like", good.clone()),
+            (
+                "seed-bad-stripped",
+                patched(symtab_hdr + 4, &1u32.to_le_bytes()),
+            ),
+            (
+                "seed-bad-strtab-link",
+                patched(symtab_hdr + 40, &99u32.to_le_bytes()),
+            ),
+            (
+                "seed-bad-name-offset",
+                patched(symtab_off + 24, &0xffff_fff0u32.to_le_bytes()),
+            ),
+            (
+                "seed-bad-symtab-past-end",
+                patched(symtab_hdr + 32, &0xffff_0000u64.to_le_bytes()),
+            ),
+            (
+                "seed-bad-section-headers-past-end",
+                patched(0x28, &0xffff_ff00u64.to_le_bytes()),
+            ),
+            ("seed-bad-truncated", good[..good.len() / 2].to_vec()),
+        ];
+        for (name, bytes) in seeds {
+            let r = SymbolTable::from_elf(&bytes);
+            assert_eq!(
+                r.as_ref().is_ok_and(|t| !t.is_empty()),
+                name.starts_with("seed-good-"),
+                "{name}: {r:?}"
+            );
+            std::fs::write(dir.join(name), bytes).unwrap();
+        }
+    }
 }

@@ -323,3 +323,52 @@ fn random_corruption_never_panics() {
     // Some flips land in padding or keep the tables consistent; most do not.
     assert!(found < 300);
 }
+
+/// Regenerates the seeds of the `kallsyms` fuzz target's regression corpus (fuzzer finds next
+/// to them are left alone). The target reads a buffer that is not an ELF file at `BASE`:
+/// `cargo test -p introspect --lib write_regression_seeds -- --ignored`.
+#[test]
+#[ignore = "writes fuzz/regressions/kallsyms/seed-*"]
+fn write_regression_seeds() {
+    let dir =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/regressions/kallsyms");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (_, small, _) = blob(5, LINUX_6_1);
+    let (_, seqs, o) = blob(
+        260,
+        Layout {
+            seqs: true,
+            ..LINUX_6_1
+        },
+    );
+    let new_order = Layout {
+        seqs: true,
+        new_order: true,
+        absolute_percpu: false,
+    };
+    let syms: Vec<Sym> = kernel_syms(40).into_iter().filter(|s| s.0 != 'A').collect();
+    let (new, _) = encode(&syms, BASE, &[], new_order);
+    let image = crate::elf::testing::build(BASE, &small, &[]);
+    let mut bad_marker = seqs.clone();
+    bad_marker[o.markers + 4] ^= 0x40;
+    let mut bad_names = seqs.clone();
+    bad_names[o.names] ^= 0x03;
+    let tokens_only = seqs[o.token_table..].to_vec();
+    let seeds: [(&str, Vec<u8>); 7] = [
+        ("seed-good-linux-6.1-few", small),
+        ("seed-good-seqs-of-names-markers", seqs),
+        ("seed-good-linux-6.4-relative", new),
+        ("seed-good-elf-image", image),
+        ("seed-bad-marker", bad_marker),
+        ("seed-bad-names", bad_names),
+        ("seed-bad-tokens-only", tokens_only),
+    ];
+    for (name, bytes) in seeds {
+        assert_eq!(
+            find_kallsyms(&bytes, BASE).is_ok() || find_kallsyms_in_elf(&bytes).is_ok(),
+            name.starts_with("seed-good-"),
+            "{name}"
+        );
+        std::fs::write(dir.join(name), bytes).unwrap();
+    }
+}
