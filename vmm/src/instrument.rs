@@ -462,9 +462,10 @@ pub fn run_instrumented(config: &VmConfig) -> Result<(RunReport, InstrumentRepor
         vm.memory().clone(),
         intro.symbols().cloned(),
         vm.stopper(),
+        hub.clone(),
     ));
     let api = match &config.api_socket {
-        Some(path) => match crate::session::api::ApiServer::spawn(path, session.clone(), None) {
+        Some(path) => match crate::session::api::ApiServer::spawn(path, session.clone()) {
             Ok(server) => {
                 vm.phases()
                     .log(format_args!("api: serving {}", path.display()));

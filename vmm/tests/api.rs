@@ -361,3 +361,145 @@ fn the_socket_is_private_and_not_shared() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Two clients with different subscriptions each get exactly their events; a client that
+/// subscribes and stops reading is dropped without slowing the guest.
+#[test]
+fn two_clients_two_subscriptions_and_a_client_that_stops_reading() {
+    let vm = Vm::start("subs", &[]);
+    let mut a = vm.client();
+    let mut b = vm.client();
+    let probe = a
+        .call("probe.add", json!({"spec": "tk_probe_target:int3"}))
+        .unwrap()["id"]
+        .as_u64()
+        .unwrap();
+    b.call("hbreak.add", json!({"at": "tk_probe_target"}))
+        .unwrap();
+    a.call("events.subscribe", json!({"sources": [probe]}))
+        .unwrap();
+    b.call("events.subscribe", json!({"kinds": ["hbreak"]}))
+        .unwrap();
+    // a third client subscribes to everything and never reads
+    let mut lazy = vm.client();
+    lazy.call("events.subscribe", json!({})).unwrap();
+    for (name, c, want_kind) in [("a", &mut a, "probe"), ("b", &mut b, "hbreak")] {
+        for _ in 0..20 {
+            let n = c.notification(TIMEOUT).unwrap();
+            let ev = &n["params"]["event"];
+            assert_eq!(ev["kind"], want_kind, "client {name}: {n}");
+            assert!(
+                ev["symbol"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("tk_probe_target+0x0"),
+                "client {name}: {n}"
+            );
+        }
+    }
+    // the guest keeps running while the lazy client's socket is full (it is dropped after a
+    // blocked write of 5 s); `a` and `b`, which do not read now either, go the same way, so
+    // a client without a subscription watches the guest
+    drop((a, b));
+    let mut m = vm.client();
+    m.call("probe.add", json!({"spec": "tk_probe_target:int3"}))
+        .unwrap();
+    let before = calls(&mut m);
+    std::thread::sleep(Duration::from_secs(7));
+    let after = calls(&mut m);
+    assert!(
+        after > before + 100,
+        "the guest ran on: {before} -> {after}"
+    );
+    let mut sub_events = 0;
+    let t = Instant::now();
+    loop {
+        assert!(t.elapsed() < TIMEOUT, "the lazy client was not dropped");
+        match lazy.notification(Duration::from_secs(2)) {
+            Ok(_) => sub_events += 1,
+            Err(ClientError::Closed | ClientError::Io(_)) => break,
+            Err(ClientError::Timeout(_)) => panic!("the lazy client was not dropped"),
+            Err(e) => panic!("{e}"),
+        }
+    }
+    eprintln!("the client that stopped reading got {sub_events} events before it was dropped");
+    m.call("vm.stop", json!({})).unwrap();
+    let (status, _) = vm.wait();
+    assert_eq!(status, Some(i32::from(vmm::outcome::EXIT_STOPPED)));
+}
+
+/// The client verbs: `hvprobe call` and `hvprobe attach`, with their exit statuses.
+#[test]
+fn call_and_attach_verbs() {
+    let vm = Vm::start("verbs", &[]);
+    let hv = env!("CARGO_BIN_EXE_hvprobe");
+    let out = Command::new(hv)
+        .arg("call")
+        .arg(&vm.socket)
+        .arg("vm.status")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["state"], "running");
+    let out = Command::new(hv)
+        .arg("call")
+        .arg(&vm.socket)
+        .args(["probe.add", r#"{"spec": "no_such_function"}"#])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(err.contains("no_such_function"), "{err}");
+    let out = Command::new(hv)
+        .args(["call", "/nonexistent/hv.sock", "vm.status"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(70));
+    let out = Command::new(hv)
+        .arg("call")
+        .arg(&vm.socket)
+        .args(["vm.status", "[1,2]"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64), "params must be an object");
+
+    let events = vm.dir.join("attach.jsonl");
+    let out = Command::new(hv)
+        .arg("attach")
+        .arg(&vm.socket)
+        .args([
+            "--probe",
+            "tk_probe_target:int3",
+            "--duration",
+            "1.5",
+            "--events",
+        ])
+        .arg(&events)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let text = std::fs::read_to_string(&events).unwrap();
+    let n = text.lines().count();
+    assert!(n >= 10, "{n} events in 1.5 s:\n{err}");
+    for l in text.lines() {
+        let e: Value = serde_json::from_str(l).unwrap();
+        assert_eq!(e["source"], "probe tk_probe_target", "{l}");
+    }
+    assert!(err.contains("probe tk_probe_target"), "the table: {err}");
+    // detached: the probe is gone
+    let mut c = vm.client();
+    let list = c.call("list", json!({})).unwrap();
+    let item = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == "probe tk_probe_target")
+        .unwrap()
+        .clone();
+    assert_eq!(item["how"], "removed", "{item}");
+    c.call("vm.stop", json!({})).unwrap();
+    let _ = vm.wait();
+}

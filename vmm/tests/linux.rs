@@ -403,7 +403,13 @@ fn debian_kernel_breakpoint_probe_and_banner_through_page_tables() {
         .iter()
         .find(|e| e.addr == start_kernel)
         .expect("a start_kernel event");
-    assert_eq!(sk.symbol.as_deref(), Some("start_kernel+0x0"));
+    assert!(
+        sk.symbol
+            .as_deref()
+            .is_some_and(|s| s.starts_with("start_kernel+0x0")),
+        "{:?}",
+        sk.symbol
+    );
 
     // linux_banner through the guest's page tables (Linux's own by now)
     let (tx, rx) = std::sync::mpsc::channel();

@@ -134,6 +134,7 @@ pub struct Session {
     mem: GuestMem,
     symbols: Option<Arc<SymbolTable>>,
     stopper: Stopper,
+    hub: introspect::events::Hub,
     started: Instant,
     state: Mutex<RunState>,
     owned: Mutex<HashMap<u32, Owned>>,
@@ -147,6 +148,7 @@ impl Session {
         mem: GuestMem,
         symbols: Option<Arc<SymbolTable>>,
         stopper: Stopper,
+        hub: introspect::events::Hub,
     ) -> Session {
         Session {
             intro,
@@ -154,6 +156,7 @@ impl Session {
             mem,
             symbols,
             stopper,
+            hub,
             started: Instant::now(),
             state: Mutex::new(RunState::default()),
             owned: Mutex::new(HashMap::new()),
@@ -163,6 +166,11 @@ impl Session {
     /// The introspection session.
     pub fn introspector(&self) -> &Arc<Introspector> {
         &self.intro
+    }
+
+    /// The event hub: clients subscribe here.
+    pub fn hub(&self) -> &introspect::events::Hub {
+        &self.hub
     }
 
     /// The kernel's symbols, if it has any.

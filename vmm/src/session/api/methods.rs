@@ -10,7 +10,7 @@ use crate::session::{ClientId, MemAddr, OpError, Session};
 use introspect::target::Regs;
 
 /// The method names, for `rpc.methods` and the docs.
-pub const METHODS: [&str; 19] = [
+pub const METHODS: [&str; 20] = [
     "rpc.methods",
     "vm.status",
     "vm.pause",
@@ -30,6 +30,7 @@ pub const METHODS: [&str; 19] = [
     "list",
     "table",
     "events.subscribe",
+    "events.unsubscribe",
 ];
 
 impl From<OpError> for RpcError {
@@ -50,6 +51,11 @@ impl<'a> Params<'a> {
         v.as_object()
             .map(Params)
             .ok_or_else(|| RpcError::params("Parameters must be given by name (a JSON object)"))
+    }
+
+    /// A parameter as given (null counts as absent).
+    pub fn raw(&self, name: &str) -> Option<&'a Value> {
+        self.get(name)
     }
 
     fn get(&self, name: &str) -> Option<&'a Value> {

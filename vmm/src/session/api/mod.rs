@@ -84,19 +84,24 @@ impl ClientWriter {
         ok
     }
 
+    /// Writes lines already encoded (each ending in a newline).
+    pub fn send_bytes(&self, lines: &[u8]) -> bool {
+        if self.gone.load(Ordering::Relaxed) {
+            return false;
+        }
+        let ok = lock(&self.stream).write_all(lines).is_ok();
+        if !ok {
+            self.gone.store(true, Ordering::Relaxed);
+            let _ = lock(&self.stream).shutdown(std::net::Shutdown::Both);
+        }
+        ok
+    }
+
     /// Whether the client is gone.
     pub fn is_gone(&self) -> bool {
         self.gone.load(Ordering::Relaxed)
     }
 }
-
-/// Extra methods that need the connection (event subscriptions): the server calls this
-/// before [`methods::call`]; `None` means "not mine".
-pub type ConnMethods = Arc<
-    dyn Fn(&Session, ClientId, &ClientWriter, &str, &Value) -> Option<Result<Value, RpcError>>
-        + Send
-        + Sync,
->;
 
 /// A running control API server.
 pub struct ApiServer {
@@ -109,11 +114,7 @@ pub struct ApiServer {
 impl ApiServer {
     /// Serves `session` on a new Unix socket at `path` (mode 0600). A stale socket file (no
     /// server behind it) is replaced; a live one or a non-socket file is an error.
-    pub fn spawn(
-        path: &Path,
-        session: Arc<Session>,
-        extra: Option<ConnMethods>,
-    ) -> Result<ApiServer, ApiError> {
+    pub fn spawn(path: &Path, session: Arc<Session>) -> Result<ApiServer, ApiError> {
         let shown = path.display().to_string();
         if let Ok(meta) = std::fs::symlink_metadata(path) {
             use std::os::unix::fs::FileTypeExt;
@@ -145,7 +146,7 @@ impl ApiServer {
         let (stop2, clients2) = (stop.clone(), clients.clone());
         let thread = std::thread::Builder::new()
             .name("api-listener".into())
-            .spawn(move || accept_loop(&listener, &session, extra, &stop2, &clients2))
+            .spawn(move || accept_loop(&listener, &session, &stop2, &clients2))
             .map_err(bind_err)?;
         Ok(ApiServer {
             path: path.to_path_buf(),
@@ -188,7 +189,6 @@ impl Drop for ApiServer {
 fn accept_loop(
     listener: &UnixListener,
     session: &Arc<Session>,
-    extra: Option<ConnMethods>,
     stop: &AtomicBool,
     clients: &Arc<Mutex<Vec<(ClientId, UnixStream)>>>,
 ) {
@@ -203,11 +203,11 @@ fn accept_loop(
                 if let Ok(c) = stream.try_clone() {
                     lock(clients).push((id, c));
                 }
-                let (session, extra, clients) = (session.clone(), extra.clone(), clients.clone());
+                let (session, clients) = (session.clone(), clients.clone());
                 if let Ok(t) = std::thread::Builder::new()
                     .name(format!("api-client-{id}"))
                     .spawn(move || {
-                        serve_client(&session, extra.as_ref(), id, stream);
+                        serve_client(&session, id, stream);
                         lock(&clients).retain(|(c, _)| *c != id);
                         session.client_gone(id);
                     })
@@ -227,7 +227,7 @@ fn accept_loop(
     }
 }
 
-fn serve_client(session: &Session, extra: Option<&ConnMethods>, id: ClientId, stream: UnixStream) {
+fn serve_client(session: &Session, id: ClientId, stream: UnixStream) {
     let Ok(write_half) = stream.try_clone() else {
         return;
     };
@@ -236,6 +236,7 @@ fn serve_client(session: &Session, extra: Option<&ConnMethods>, id: ClientId, st
         gone: Arc::new(AtomicBool::new(false)),
     };
     let mut reader = BufReader::new(stream);
+    let mut subs = Subscriptions::default();
     loop {
         if writer.is_gone() {
             return;
@@ -255,15 +256,17 @@ fn serve_client(session: &Session, extra: Option<&ConnMethods>, id: ClientId, st
                 ));
                 continue;
             }
-            Ok(Line::Eof) | Err(_) => return,
+            Ok(Line::Eof) | Err(_) => break,
         };
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let run = |r: protocol::Request| -> Option<Value> {
-            let out = extra
-                .and_then(|f| f(session, id, &writer, &r.method, &r.params))
-                .unwrap_or_else(|| methods::call(session, id, &r.method, &r.params));
+        let mut run = |r: protocol::Request| -> Option<Value> {
+            let out = match r.method.as_str() {
+                "events.subscribe" => subs.subscribe(session, &writer, &r.params),
+                "events.unsubscribe" => subs.unsubscribe(&r.params),
+                _ => methods::call(session, id, &r.method, &r.params),
+            };
             let rid = r.id?;
             Some(match out {
                 Ok(v) => protocol::result(rid, v),
@@ -294,6 +297,178 @@ fn serve_client(session: &Session, extra: Option<&ConnMethods>, id: ClientId, st
                     writer.send(&Value::Array(out));
                 }
             }
+        }
+    }
+    subs.stop_all();
+}
+
+/// The longest a subscription's queue gets before it drops (and counts) events.
+pub const SUBSCRIPTION_QUEUE: usize = 1 << 16;
+
+/// One connection's event subscriptions: each a forwarder thread from its hub queue to the
+/// connection, as `event` notifications.
+#[derive(Default)]
+struct Subscriptions {
+    next: u64,
+    live: Vec<(u64, Arc<AtomicBool>, JoinHandle<()>)>,
+}
+
+impl Subscriptions {
+    /// `events.subscribe {"kinds": [...], "sources": [ids], "vcpus": [...]}` (all optional).
+    fn subscribe(
+        &mut self,
+        session: &Session,
+        writer: &ClientWriter,
+        params: &Value,
+    ) -> Result<Value, RpcError> {
+        use introspect::events::{Filter, Kind, KindSet};
+        let p = methods::Params::of(params)?;
+        let list = |name: &str| -> Result<Option<Vec<&Value>>, RpcError> {
+            match p.raw(name) {
+                None => Ok(None),
+                Some(Value::Array(a)) => Ok(Some(a.iter().collect())),
+                Some(_) => Err(RpcError::params(format!("\"{name}\" must be an array"))),
+            }
+        };
+        let kinds = match list("kinds")? {
+            None => KindSet::ALL,
+            Some(names) => {
+                let mut ks = Vec::new();
+                for n in names {
+                    let k = n.as_str().and_then(Kind::from_name).ok_or_else(|| {
+                        RpcError::params(format!(
+                            "\"kinds\": {n} is not a kind (one of {})",
+                            Kind::ALL
+                                .iter()
+                                .map(|k| k.name())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ))
+                    })?;
+                    ks.push(k);
+                }
+                KindSet::of(&ks)
+            }
+        };
+        let mut filter = Filter::kinds(kinds);
+        if let Some(ids) = list("sources")? {
+            let sources = session.hub().sources();
+            let mut chosen = Vec::new();
+            for v in ids {
+                let id = methods::parse_u64(v)
+                    .and_then(|i| u32::try_from(i).ok())
+                    .ok_or_else(|| RpcError::params(format!("\"sources\": {v} is not an id")))?;
+                let s = sources
+                    .iter()
+                    .map(|(s, _)| s)
+                    .find(|s| s.index() == id)
+                    .ok_or_else(|| {
+                        RpcError::params(format!(
+                            "\"sources\": no item has id {id} (list shows them)"
+                        ))
+                    })?;
+                chosen.push(s);
+            }
+            filter = filter.with_sources(chosen);
+        }
+        if let Some(vs) = list("vcpus")? {
+            let mut vcpus = Vec::new();
+            for v in vs {
+                vcpus.push(
+                    methods::parse_u64(v)
+                        .and_then(|i| u32::try_from(i).ok())
+                        .ok_or_else(|| {
+                            RpcError::params(format!("\"vcpus\": {v} is not a vCPU index"))
+                        })?,
+                );
+            }
+            filter = filter.with_vcpus(vcpus);
+        }
+        self.next += 1;
+        let sub_id = self.next;
+        let sub = session.hub().subscribe(filter, SUBSCRIPTION_QUEUE);
+        let stop = Arc::new(AtomicBool::new(false));
+        let (stop2, writer2, sources) = (
+            stop.clone(),
+            writer.clone(),
+            session.hub().sources().clone(),
+        );
+        let thread = std::thread::Builder::new()
+            .name(format!("api-events-{sub_id}"))
+            .spawn(move || forward(&sub, sub_id, &writer2, &stop2, &sources))
+            .map_err(|e| RpcError {
+                code: protocol::INTERNAL_ERROR,
+                message: format!("Cannot start the subscription's thread: {e}"),
+            })?;
+        self.live.push((sub_id, stop, thread));
+        Ok(serde_json::json!({"subscription": sub_id}))
+    }
+
+    /// `events.unsubscribe {"subscription": N}`.
+    fn unsubscribe(&mut self, params: &Value) -> Result<Value, RpcError> {
+        let p = methods::Params::of(params)?;
+        let id = p.u64("subscription")?;
+        let i = self
+            .live
+            .iter()
+            .position(|(s, _, _)| *s == id)
+            .ok_or_else(|| RpcError::params(format!("No subscription {id} on this connection")))?;
+        let (_, stop, thread) = self.live.remove(i);
+        stop.store(true, Ordering::Relaxed);
+        let _ = thread.join();
+        Ok(serde_json::json!({}))
+    }
+
+    fn stop_all(&mut self) {
+        for (_, stop, _) in &self.live {
+            stop.store(true, Ordering::Relaxed);
+        }
+        for (_, _, t) in self.live.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Moves a subscription's events to its connection as `event` notifications, a batch at a
+/// time, until it is stopped or the client is gone. Lost records (the queue was full because
+/// the client read too slowly) go through like any event.
+fn forward(
+    sub: &introspect::events::Subscription,
+    sub_id: u64,
+    writer: &ClientWriter,
+    stop: &AtomicBool,
+    sources: &introspect::events::Sources,
+) {
+    let head = format!(
+        "{{\"jsonrpc\":\"2.0\",\"method\":\"event\",\"params\":{{\"subscription\":{sub_id},\"event\":"
+    );
+    let mut batch = Vec::with_capacity(1024);
+    let mut out = Vec::with_capacity(64 * 1024);
+    while !stop.load(Ordering::Relaxed) && !writer.is_gone() {
+        let Some(first) = sub.recv_timeout(Duration::from_millis(100)) else {
+            continue;
+        };
+        batch.clear();
+        batch.push(first);
+        sub.recv_batch(&mut batch);
+        out.clear();
+        for ev in &batch {
+            out.extend_from_slice(head.as_bytes());
+            let start = out.len();
+            if introspect::events::Format::Jsonl
+                .write_event(&mut out, ev, sources)
+                .is_err()
+            {
+                out.truncate(start - head.len());
+                continue;
+            }
+            while out.last() == Some(&b'\n') {
+                out.pop();
+            }
+            out.extend_from_slice(b"}}\n");
+        }
+        if !writer.send_bytes(&out) {
+            return;
         }
     }
 }
