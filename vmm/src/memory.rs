@@ -49,10 +49,15 @@ pub enum MemoryError {
 
 /// Guest RAM: one or two host mappings (below the 32-bit MMIO hole, and above 4 GiB when the
 /// guest has more than 3 GiB).
+///
+/// It is backed by one memfd (the low range at offset 0, the high range after it), so that a
+/// control API client can be handed a read-only descriptor of it (`mem.memfd`) and read guest
+/// memory at memory speed.
 #[derive(Clone, Debug)]
 pub struct GuestMem {
     inner: GuestMemoryMmap,
     size: u64,
+    file: std::sync::Arc<std::fs::File>,
 }
 
 impl GuestMem {
@@ -64,20 +69,41 @@ impl GuestMem {
         if size % 4096 != 0 {
             return Err(MemoryError::Unaligned { size });
         }
-        let ranges = Self::ram_ranges(size);
-        let regions: Vec<(GuestAddress, usize)> = ranges
-            .iter()
-            .map(|&(start, len)| usize::try_from(len).map(|l| (GuestAddress(start), l)))
-            .collect::<Result<_, _>>()
-            .map_err(|_| MemoryError::Allocate {
-                size,
-                reason: "size does not fit the host address space".into(),
-            })?;
-        let inner = GuestMemoryMmap::from_ranges(&regions).map_err(|e| MemoryError::Allocate {
-            size,
-            reason: e.to_string(),
-        })?;
-        Ok(GuestMem { inner, size })
+        let alloc = |reason: String| MemoryError::Allocate { size, reason };
+        let file = std::sync::Arc::new(memfd(size).map_err(|e| alloc(e.to_string()))?);
+        let mut offset = 0u64;
+        let mut regions = Vec::new();
+        for (start, len) in Self::ram_ranges(size) {
+            let l = usize::try_from(len)
+                .map_err(|_| alloc("size does not fit the host address space".into()))?;
+            regions.push((
+                GuestAddress(start),
+                l,
+                Some(vm_memory::FileOffset::from_arc(file.clone(), offset)),
+            ));
+            offset += len;
+        }
+        let inner =
+            GuestMemoryMmap::from_ranges_with_files(&regions).map_err(|e| alloc(e.to_string()))?;
+        Ok(GuestMem { inner, size, file })
+    }
+
+    /// The memfd behind guest RAM (read-write: hand clients a read-only reopening of it).
+    pub fn memfd(&self) -> &std::fs::File {
+        &self.file
+    }
+
+    /// Where each RAM range lies in [`GuestMem::memfd`]: `(guest start, length, file offset)`.
+    pub fn memfd_layout(&self) -> Vec<(Gpa, u64, u64)> {
+        let mut offset = 0;
+        Self::ram_ranges(self.size)
+            .into_iter()
+            .map(|(start, len)| {
+                let r = (Gpa(start), len, offset);
+                offset += len;
+                r
+            })
+            .collect()
     }
 
     /// The guest-physical RAM ranges `(start, len)` for a guest of `size` bytes.
@@ -153,6 +179,21 @@ impl GuestMem {
             .iter()
             .any(|r| addr.0 >= r.start_addr().0 && last < r.start_addr().0 + r.len())
     }
+}
+
+/// An anonymous memory file of `size` bytes (`memfd_create`), close-on-exec.
+fn memfd(size: u64) -> std::io::Result<std::fs::File> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: the name is a NUL-terminated C string literal; memfd_create only reads it and
+    // returns a new descriptor or -1.
+    let fd = unsafe { libc::memfd_create(c"hvprobe-guest-ram".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd was just returned by memfd_create, is valid, and nothing else owns it.
+    let file = unsafe { std::fs::File::from_raw_fd(fd) };
+    file.set_len(size)?;
+    Ok(file)
 }
 
 impl introspect::PhysMem for GuestMem {

@@ -176,6 +176,10 @@ fn attach_probe_while_running_read_memory_and_end_the_guest_by_a_write() {
 fn pause_registers_step_resume() {
     let vm = Vm::start("step", &[]);
     let mut c = vm.client();
+    let mut watcher = vm.client();
+    watcher
+        .call("events.subscribe", json!({"kinds": ["lifecycle"]}))
+        .unwrap();
     assert_eq!(
         c.call("regs.get", json!({"vcpu": 0}))
             .unwrap_err()
@@ -500,6 +504,65 @@ fn call_and_attach_verbs() {
         .unwrap()
         .clone();
     assert_eq!(item["how"], "removed", "{item}");
+    c.call("vm.stop", json!({})).unwrap();
+    let _ = vm.wait();
+}
+
+/// Guest RAM handed to a client as a read-only memfd: it reads the guest's counter at memory
+/// speed, sees it move, and can neither write the descriptor nor map it writable.
+#[test]
+fn guest_ram_as_a_read_only_memfd() {
+    use std::os::unix::fs::FileExt;
+    let vm = Vm::start("memfd", &[]);
+    let mut c = vm.client();
+    let (layout, file) = c.memfd().unwrap();
+    let regions = layout["regions"].as_array().unwrap();
+    assert_eq!(u64_of(&regions[0]["gpa"]), 0, "{layout}");
+    assert_eq!(u64_of(&regions[0]["offset"]), 0, "{layout}");
+    // TK_SERVE_CALLS: virtual -> physical through the API, then straight from the memfd
+    let va = u64_of(
+        &c.call("symbols.lookup", json!({"name": "TK_SERVE_CALLS"}))
+            .unwrap()["addr"],
+    );
+    let through_api = calls(&mut c);
+    // the test kernel maps itself 1:1, so its symbols' addresses are guest-physical
+    let phys_read = c
+        .call(
+            "mem.read",
+            json!({"addr": format!("{va:#x}"), "phys": true, "len": 8}),
+        )
+        .unwrap();
+    assert!(phys_read["data"].as_str().is_some());
+    let read = |f: &std::fs::File| {
+        let mut b = [0u8; 8];
+        f.read_exact_at(&mut b, va).unwrap();
+        u64::from_le_bytes(b)
+    };
+    let first = read(&file);
+    assert!(first >= through_api, "{first} vs {through_api}");
+    wait_for("the counter moves in the memfd", || read(&file) > first);
+    assert!(
+        file.write_at(&[0], va).is_err(),
+        "the descriptor is read-only"
+    );
+    use std::os::fd::AsRawFd;
+    // SAFETY: a test mapping request the kernel must refuse (read-only descriptor, shared,
+    // writable); nothing is dereferenced, and a successful mapping would be unmapped.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        )
+    };
+    assert_eq!(
+        p,
+        libc::MAP_FAILED,
+        "no writable shared mapping of guest RAM"
+    );
     c.call("vm.stop", json!({})).unwrap();
     let _ = vm.wait();
 }

@@ -235,6 +235,11 @@ impl Session {
         }
         self.target.pause_all()?;
         st.paused_by = Some(client);
+        self.hub.emit(introspect::events::Event::lifecycle(
+            self.hub.now_ns(),
+            0,
+            introspect::events::Lifecycle::Paused,
+        ));
         Ok(true)
     }
 
@@ -248,6 +253,11 @@ impl Session {
             return Ok(false);
         }
         self.target.resume_all()?;
+        self.hub.emit(introspect::events::Event::lifecycle(
+            self.hub.now_ns(),
+            0,
+            introspect::events::Lifecycle::Resumed,
+        ));
         Ok(true)
     }
 

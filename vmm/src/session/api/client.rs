@@ -3,14 +3,14 @@
 //! for [`Client::notification`].
 
 use std::collections::VecDeque;
-use std::io::{BufReader, Write};
+use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::protocol::{self, Line};
+use super::protocol;
 
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
@@ -47,8 +47,11 @@ pub enum ClientError {
 
 /// A connection to `hvprobe run --api-socket PATH`.
 pub struct Client {
-    writer: UnixStream,
-    reader: BufReader<UnixStream>,
+    stream: UnixStream,
+    /// Bytes received and not yet taken as lines.
+    pending: Vec<u8>,
+    /// A descriptor that came with the received bytes (`mem.memfd`).
+    received_fd: Option<std::fs::File>,
     next_id: u64,
     notifications: VecDeque<Value>,
     timeout: Duration,
@@ -63,10 +66,10 @@ impl Client {
         })?;
         let io = |e: std::io::Error| ClientError::Io(e.to_string());
         stream.set_write_timeout(Some(timeout)).map_err(io)?;
-        let reader = BufReader::new(stream.try_clone().map_err(io)?);
         Ok(Client {
-            writer: stream,
-            reader,
+            stream,
+            pending: Vec::new(),
+            received_fd: None,
             next_id: 1,
             notifications: VecDeque::new(),
             timeout,
@@ -75,34 +78,67 @@ impl Client {
 
     /// Sends raw bytes (tests of bad input).
     pub fn send_raw(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
-        self.writer
+        self.stream
             .write_all(bytes)
             .map_err(|e| ClientError::Io(e.to_string()))
     }
 
-    /// Reads the next line as JSON, waiting until `deadline`.
+    /// Reads the next line as JSON, waiting until `deadline`. Lines are bounded like the
+    /// server's ([`protocol::MAX_LINE`]); a descriptor sent with the bytes is kept.
     pub fn read_value(&mut self, deadline: Instant) -> Result<Value, ClientError> {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(ClientError::Timeout(self.timeout));
-        }
-        self.reader
-            .get_ref()
-            .set_read_timeout(Some(left))
-            .map_err(|e| ClientError::Io(e.to_string()))?;
-        match protocol::read_line(&mut self.reader) {
-            Ok(Line::Full(l)) => serde_json::from_slice(&l)
-                .map_err(|e| ClientError::Garbled(format!("{e}: {}", String::from_utf8_lossy(&l)))),
-            Ok(Line::TooLong) => Err(ClientError::Garbled("a line over 1 MiB".into())),
-            Ok(Line::Eof) => Err(ClientError::Closed),
-            Err(e)
-                if e.kind() == std::io::ErrorKind::WouldBlock
-                    || e.kind() == std::io::ErrorKind::TimedOut =>
-            {
-                Err(ClientError::Timeout(self.timeout))
+        use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+        loop {
+            if let Some(i) = self.pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.pending.drain(..=i).collect();
+                let line = &line[..line.len() - 1];
+                return serde_json::from_slice(line).map_err(|e| {
+                    ClientError::Garbled(format!("{e}: {}", String::from_utf8_lossy(line)))
+                });
             }
-            Err(e) => Err(ClientError::Io(e.to_string())),
+            if self.pending.len() > protocol::MAX_LINE {
+                return Err(ClientError::Garbled("a line over 1 MiB".into()));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ClientError::Timeout(self.timeout));
+            }
+            self.stream
+                .set_read_timeout(Some(left))
+                .map_err(|e| ClientError::Io(e.to_string()))?;
+            let mut buf = vec![0u8; 64 * 1024];
+            let got = if self.received_fd.is_none() {
+                self.stream.recv_with_fd(&mut buf).map(|(n, fd)| {
+                    if fd.is_some() {
+                        self.received_fd = fd;
+                    }
+                    n
+                })
+            } else {
+                (&self.stream).read(&mut buf).map_err(|e| {
+                    vmm_sys_util::errno::Error::new(e.raw_os_error().unwrap_or(libc::EIO))
+                })
+            };
+            match got {
+                Ok(0) => return Err(ClientError::Closed),
+                Ok(n) => self.pending.extend_from_slice(&buf[..n]),
+                Err(e) if e.errno() == libc::EAGAIN || e.errno() == libc::EWOULDBLOCK => {
+                    return Err(ClientError::Timeout(self.timeout));
+                }
+                Err(e) if e.errno() == libc::EINTR => {}
+                Err(e) => return Err(ClientError::Io(e.to_string())),
+            }
         }
+    }
+
+    /// `mem.memfd`: a read-only descriptor of guest RAM and the result (its layout).
+    pub fn memfd(&mut self) -> Result<(Value, std::fs::File), ClientError> {
+        self.received_fd = None;
+        let v = self.call("mem.memfd", json!({}))?;
+        let fd = self
+            .received_fd
+            .take()
+            .ok_or_else(|| ClientError::Garbled("mem.memfd came without a descriptor".into()))?;
+        Ok((v, fd))
     }
 
     /// Calls `method` with `params` and waits for its response.

@@ -10,7 +10,7 @@ use crate::session::{ClientId, MemAddr, OpError, Session};
 use introspect::target::Regs;
 
 /// The method names, for `rpc.methods` and the docs.
-pub const METHODS: [&str; 20] = [
+pub const METHODS: [&str; 21] = [
     "rpc.methods",
     "vm.status",
     "vm.pause",
@@ -20,6 +20,7 @@ pub const METHODS: [&str; 20] = [
     "symbols.at",
     "mem.read",
     "mem.write",
+    "mem.memfd",
     "regs.get",
     "regs.set",
     "vcpu.step",

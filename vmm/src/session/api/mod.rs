@@ -84,6 +84,27 @@ impl ClientWriter {
         ok
     }
 
+    /// Writes one JSON value as a line with `fd` attached (SCM_RIGHTS) to its first byte.
+    pub fn send_with_fd(&self, v: &Value, fd: &std::fs::File) -> bool {
+        use std::os::fd::AsRawFd;
+        use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+        if self.gone.load(Ordering::Relaxed) {
+            return false;
+        }
+        let mut line = v.to_string().into_bytes();
+        line.push(b'\n');
+        let stream = lock(&self.stream);
+        let ok = match stream.send_with_fd(&line[..], fd.as_raw_fd()) {
+            Ok(n) => (&*stream).write_all(&line[n.min(line.len())..]).is_ok(),
+            Err(_) => false,
+        };
+        if !ok {
+            self.gone.store(true, Ordering::Relaxed);
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+        ok
+    }
+
     /// Writes lines already encoded (each ending in a newline).
     pub fn send_bytes(&self, lines: &[u8]) -> bool {
         if self.gone.load(Ordering::Relaxed) {
@@ -265,6 +286,19 @@ fn serve_client(session: &Session, id: ClientId, stream: UnixStream) {
             let out = match r.method.as_str() {
                 "events.subscribe" => subs.subscribe(session, &writer, &r.params),
                 "events.unsubscribe" => subs.unsubscribe(&r.params),
+                "mem.memfd" => {
+                    // The answer carries the descriptor: it is sent here, not returned.
+                    let rid = r.id.clone().unwrap_or(Value::Null);
+                    match memfd_answer(session) {
+                        Ok((v, fd)) => {
+                            writer.send_with_fd(&protocol::result(rid, v), &fd);
+                        }
+                        Err(e) => {
+                            writer.send(&protocol::error(rid, &e));
+                        }
+                    }
+                    return None;
+                }
                 _ => methods::call(session, id, &r.method, &r.params),
             };
             let rid = r.id?;
@@ -300,6 +334,32 @@ fn serve_client(session: &Session, id: ClientId, stream: UnixStream) {
         }
     }
     subs.stop_all();
+}
+
+/// `mem.memfd`: a read-only descriptor of guest RAM (a reopening of its memfd through
+/// /proc/self/fd with O_RDONLY, so the client can neither write nor map it writable) and the
+/// layout of RAM in it.
+fn memfd_answer(session: &Session) -> Result<(Value, std::fs::File), RpcError> {
+    use std::os::fd::AsRawFd;
+    let mem = session.memory();
+    let path = format!("/proc/self/fd/{}", mem.memfd().as_raw_fd());
+    let ro = std::fs::OpenOptions::new()
+        .read(true)
+        .open(&path)
+        .map_err(|e| {
+            RpcError::refused(format!("Cannot reopen guest RAM read-only ({path}): {e}"))
+        })?;
+    let regions: Vec<Value> = mem
+        .memfd_layout()
+        .into_iter()
+        .map(|(gpa, len, offset)| {
+            serde_json::json!({"gpa": format!("{:#x}", gpa.raw()), "len": format!("{len:#x}"), "offset": format!("{offset:#x}")})
+        })
+        .collect();
+    Ok((
+        serde_json::json!({"size": format!("{:#x}", mem.size()), "regions": regions}),
+        ro,
+    ))
 }
 
 /// The longest a subscription's queue gets before it drops (and counts) events.
