@@ -432,7 +432,8 @@ pub fn run_instrumented(config: &VmConfig) -> Result<(RunReport, InstrumentRepor
     set_platform_cpu_source(&intro);
     let hook = Arc::new(IntrospectHook::new(intro.clone()));
     let mut vm = Vm::new(config, Some(hook.clone()))?;
-    let trace = if config.trace.is_empty() {
+    // With an API socket the tracer is there from the start, so clients can add targets.
+    let trace = if config.trace.is_empty() && config.api_socket.is_none() {
         None
     } else {
         Some(crate::tracer::attach(
@@ -446,6 +447,9 @@ pub fn run_instrumented(config: &VmConfig) -> Result<(RunReport, InstrumentRepor
     let target = vm.target();
     hook.attach(target.clone(), vm.ram_control());
     hook.attach_kmod(vm.kmod());
+    if let Some(t) = &trace {
+        t.control().set_target(target.clone());
+    }
     if let Err(e) = intro.setup(&target, &spec) {
         vm.stop();
         let _ = writer.finish();
@@ -457,6 +461,7 @@ pub fn run_instrumented(config: &VmConfig) -> Result<(RunReport, InstrumentRepor
     }
     // The control API serves the same session operations the flags above used.
     let session = Arc::new(crate::session::Session::new(
+        trace.as_ref().map(|t| t.control().clone()),
         intro.clone(),
         target.clone(),
         vm.memory().clone(),

@@ -138,8 +138,8 @@ impl AccessObserver for Tracer {
 
 /// A tracing session of a VM: the tracer and its writer thread.
 pub struct TraceSession {
-    tracer: Arc<Tracer>,
-    writer: EventWriter,
+    control: TraceControl,
+    writer: Option<EventWriter>,
 }
 
 /// What a trace session reports at the end.
@@ -200,18 +200,33 @@ pub fn trace_writer(
 }
 
 /// Attaches tracing to `vm` (before its vCPUs start), emitting into `hub` (the VM's one
-/// event pipeline, shared with the probes): starts the `--trace` writer ([`trace_writer`]),
-/// emits PCIDEV records for the VM's PCI devices, then traces every configured target.
-/// Returns the session to [`TraceSession::finish`] at the end.
+/// event pipeline, shared with the probes): starts the `--trace` writer ([`trace_writer`])
+/// when `cfg` has targets, makes the VM's tracer ([`attach_tracer`]), then traces every
+/// configured target through it, the same way a control API client adds one later. Returns the
+/// session to [`TraceSession::finish`] at the end.
 pub fn attach(
     vm: &crate::vm::Vm,
     cfg: &crate::config::TraceConfig,
     hub: &Hub,
     symbols: Option<Arc<SymbolTable>>,
 ) -> Result<TraceSession, crate::vm::VmError> {
-    use crate::config::TraceTarget;
+    let writer = if cfg.is_empty() {
+        None
+    } else {
+        Some(trace_writer(hub, cfg, symbols)?)
+    };
+    let control = attach_tracer(vm, hub)?;
+    for target in &cfg.targets {
+        control.add(target)?;
+    }
+    Ok(TraceSession { control, writer })
+}
+
+/// Makes `vm`'s tracer (before its vCPUs start): PCIDEV records for its PCI devices, the
+/// access observer, the test device's MARK lines. Nothing is traced until a target is added
+/// ([`TraceControl::add`]); until then an access costs one atomic load.
+pub fn attach_tracer(vm: &crate::vm::Vm, hub: &Hub) -> Result<TraceControl, crate::vm::VmError> {
     use crate::vm::VmError;
-    let writer = trace_writer(hub, cfg, symbols)?;
     let tracer = Arc::new(Tracer::new(hub.clone()));
     let io = vm.io();
     if let Some(pci) = &io.pci {
@@ -234,25 +249,93 @@ pub fn attach(
             "A tracer is already attached to this VM".into(),
         ));
     }
-    io.tracing.store(true, Ordering::Relaxed);
-    for target in &cfg.targets {
+    let t = tracer.clone();
+    vm.set_mark_listener(Box::new(move |line| t.mark(line)));
+    Ok(TraceControl {
+        tracer,
+        io: io.clone(),
+        mem: vm.memory().clone(),
+        ram: vm.ram_control(),
+        target: std::sync::OnceLock::new(),
+        traces: Arc::new(std::sync::Mutex::new(Vec::new())),
+    })
+}
+
+/// One traced target and what it put in place.
+#[derive(Debug, Clone)]
+struct Traced {
+    id: u32,
+    target: crate::config::TraceTarget,
+    /// Removed already.
+    gone: bool,
+}
+
+/// Adds and removes traced targets, before the guest runs (`--mmiotrace`) or while it runs
+/// (the control API's `trace.add` / `trace.remove`). Cheap to clone.
+#[derive(Clone)]
+pub struct TraceControl {
+    tracer: Arc<Tracer>,
+    io: Arc<crate::vm::IoDevices>,
+    mem: crate::memory::GuestMem,
+    ram: crate::vm::RamControl,
+    /// The running VM (to pause it around memory-slot changes); unset before it starts.
+    target: std::sync::OnceLock<crate::target::VmTarget>,
+    traces: Arc<std::sync::Mutex<Vec<Traced>>>,
+}
+
+impl TraceControl {
+    /// The tracer.
+    pub fn tracer(&self) -> &Arc<Tracer> {
+        &self.tracer
+    }
+
+    /// Gives it the started VM: RAM ranges added from now on pause the vCPUs around the
+    /// memory-slot change.
+    pub fn set_target(&self, target: crate::target::VmTarget) {
+        let _ = self.target.set(target);
+    }
+
+    fn paused<R>(&self, f: impl FnOnce() -> R) -> Result<R, crate::vm::VmError> {
+        use introspect::target::Target;
+        let Some(t) = self.target.get() else {
+            return Ok(f());
+        };
+        let err = |e: introspect::target::TargetError| crate::vm::VmError::Config(e.to_string());
+        t.pause_all().map_err(err)?;
+        let r = f();
+        t.resume_all().map_err(err)?;
+        Ok(r)
+    }
+
+    /// Starts tracing `target`; returns its id (for [`TraceControl::remove`]).
+    pub fn add(&self, target: &crate::config::TraceTarget) -> Result<u32, crate::vm::VmError> {
+        use crate::config::TraceTarget;
+        use crate::vm::VmError;
+        let mut traces = self
+            .traces
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if traces.iter().any(|t| !t.gone && t.target == *target) {
+            return Err(VmError::Config(format!("{target} is traced already")));
+        }
+        self.io.tracing.store(true, Ordering::Relaxed);
         match target {
             TraceTarget::Device(name) => match name.as_str() {
-                "edu" => trace_edu(vm, &tracer)?,
+                "edu" => self.trace_edu()?,
                 "uart" => {
                     let base = u64::from(crate::devices::serial::COM1_PORT);
-                    tracer.add_range(Space::Pio, base, 8);
+                    self.tracer.add_range(Space::Pio, base, 8);
                 }
                 "testdev" => {
                     use crate::devices::test_device::{
                         TEST_DEVICE_MMIO_LEN, TEST_DEVICE_PORT, TEST_DEVICE_PORT_LEN,
                     };
-                    tracer.add_range(
+                    self.tracer.add_range(
                         Space::Pio,
                         u64::from(TEST_DEVICE_PORT),
                         TEST_DEVICE_PORT_LEN,
                     );
-                    tracer.add_range(
+                    self.tracer.add_range(
                         Space::Mmio,
                         crate::layout::TEST_DEVICE_MMIO_BASE,
                         TEST_DEVICE_MMIO_LEN,
@@ -275,57 +358,129 @@ pub fn attach(
                     crate::memslots::TraceMode::All
                 };
                 let dev = crate::devices::traced_ram::TracedRam::new(
-                    vm.memory().clone(),
+                    self.mem.clone(),
                     *gpa,
                     Box::new(|_| {}),
                 );
-                vm.trace_ram(*gpa, *len, mode, Arc::new(std::sync::Mutex::new(dev)))?;
-                tracer.add_range(Space::Mmio, *gpa, *len);
+                let device = Arc::new(std::sync::Mutex::new(dev));
+                self.paused(|| self.ram.carve(*gpa, *len, mode, device, "RAM tracing"))??;
+                self.tracer.add_range(Space::Mmio, *gpa, *len);
             }
         }
+        let id = u32::try_from(traces.len()).unwrap_or(u32::MAX);
+        traces.push(Traced {
+            id,
+            target: target.clone(),
+            gone: false,
+        });
+        Ok(id)
     }
-    let t = tracer.clone();
-    vm.set_mark_listener(Box::new(move |line| t.mark(line)));
-    Ok(TraceSession { tracer, writer })
-}
 
-/// Follows the `edu` device's BAR 0: traced while mapped, with MAP / UNMAP records.
-fn trace_edu(vm: &crate::vm::Vm, tracer: &Arc<Tracer>) -> Result<(), crate::vm::VmError> {
-    use crate::devices::edu::EDU_BDF;
-    use crate::devices::pci::PciEvent;
-    let pci = vm.io().pci.clone().ok_or_else(|| {
-        crate::vm::VmError::Config("--mmiotrace edu: this VM has no PCI bus".into())
-    })?;
-    if let Some(base) = pci.bar_mapping(EDU_BDF, 0) {
-        tracer.add_range(Space::Mmio, base, crate::devices::edu::EDU_BAR_SIZE);
+    /// Stops tracing target `id`: its ranges go (with UNMAP records), a RAM range's memory
+    /// slot comes back.
+    pub fn remove(&self, id: u32) -> Result<(), crate::vm::VmError> {
+        use crate::config::TraceTarget;
+        use crate::vm::VmError;
+        let mut traces = self
+            .traces
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let t = traces
+            .iter_mut()
+            .find(|t| t.id == id && !t.gone)
+            .ok_or_else(|| VmError::Config(format!("No trace has id {id}")))?;
+        match &t.target {
+            TraceTarget::Device(name) => match name.as_str() {
+                "edu" => {
+                    if let Some(pci) = &self.io.pci {
+                        pci.set_listener(Box::new(|_| {}));
+                        if let Some(base) = pci.bar_mapping(crate::devices::edu::EDU_BDF, 0) {
+                            self.tracer.remove_range(Space::Mmio, base);
+                        }
+                    }
+                }
+                "uart" => self
+                    .tracer
+                    .remove_range(Space::Pio, u64::from(crate::devices::serial::COM1_PORT)),
+                _ => {
+                    use crate::devices::test_device::TEST_DEVICE_PORT;
+                    self.tracer
+                        .remove_range(Space::Pio, u64::from(TEST_DEVICE_PORT));
+                    self.tracer
+                        .remove_range(Space::Mmio, crate::layout::TEST_DEVICE_MMIO_BASE);
+                }
+            },
+            TraceTarget::Ram { gpa, .. } => {
+                self.tracer.remove_range(Space::Mmio, *gpa);
+                self.paused(|| self.ram.uncarve(*gpa, "RAM tracing"))??;
+            }
+        }
+        t.gone = true;
+        Ok(())
     }
-    let t = tracer.clone();
-    pci.set_listener(Box::new(move |ev| match ev {
-        PciEvent::Map {
-            bdf,
-            bar: 0,
-            base,
-            len,
-        } if bdf == EDU_BDF => {
-            t.add_range(Space::Mmio, base, len);
+
+    /// Every target traced now: `(id, target)`.
+    pub fn list(&self) -> Vec<(u32, String)> {
+        self.traces
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .filter(|t| !t.gone)
+            .map(|t| (t.id, t.target.to_string()))
+            .collect()
+    }
+
+    /// Follows the `edu` device's BAR 0: traced while mapped, with MAP / UNMAP records.
+    fn trace_edu(&self) -> Result<(), crate::vm::VmError> {
+        use crate::devices::edu::EDU_BDF;
+        use crate::devices::pci::PciEvent;
+        let pci = self.io.pci.clone().ok_or_else(|| {
+            crate::vm::VmError::Config("--mmiotrace edu: this VM has no PCI bus".into())
+        })?;
+        if let Some(base) = pci.bar_mapping(EDU_BDF, 0) {
+            self.tracer
+                .add_range(Space::Mmio, base, crate::devices::edu::EDU_BAR_SIZE);
         }
-        PciEvent::Unmap { bdf, bar: 0, base } if bdf == EDU_BDF => {
-            t.remove_range(Space::Mmio, base)
-        }
-        _ => {}
-    }));
-    Ok(())
+        let t = self.tracer.clone();
+        pci.set_listener(Box::new(move |ev| match ev {
+            PciEvent::Map {
+                bdf,
+                bar: 0,
+                base,
+                len,
+            } if bdf == EDU_BDF => {
+                t.add_range(Space::Mmio, base, len);
+            }
+            PciEvent::Unmap { bdf, bar: 0, base } if bdf == EDU_BDF => {
+                t.remove_range(Space::Mmio, base)
+            }
+            _ => {}
+        }));
+        Ok(())
+    }
 }
 
 impl TraceSession {
     /// The tracer.
     pub fn tracer(&self) -> &Arc<Tracer> {
-        &self.tracer
+        &self.control.tracer
+    }
+
+    /// Adds and removes targets while the guest runs.
+    pub fn control(&self) -> &TraceControl {
+        &self.control
     }
 
     /// Stops the writer (after the vCPUs stopped) and reports.
     pub fn finish(self) -> TraceSummary {
-        let report = self.writer.finish();
+        let Some(writer) = self.writer else {
+            return TraceSummary {
+                written: 0,
+                lost: 0,
+                error: None,
+            };
+        };
+        let report = writer.finish();
         TraceSummary {
             written: report.written,
             lost: report.lost,

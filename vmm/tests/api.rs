@@ -566,3 +566,63 @@ fn guest_ram_as_a_read_only_memfd() {
     c.call("vm.stop", json!({})).unwrap();
     let _ = vm.wait();
 }
+
+/// A trace added and removed while the guest runs: the page holding the guest's counter,
+/// writes only (`GPA:4K:w`): every store to it is recorded with its value, in order; after
+/// `trace.remove` the page is plain RAM again and the guest goes on.
+#[test]
+fn a_ram_trace_added_and_removed_while_the_guest_runs() {
+    let vm = Vm::start("trace", &[]);
+    let mut c = vm.client();
+    let va = u64_of(
+        &c.call("symbols.lookup", json!({"name": "TK_SERVE_CALLS"}))
+            .unwrap()["addr"],
+    );
+    let page = va & !0xfff;
+    c.call("events.subscribe", json!({"kinds": ["access"]}))
+        .unwrap();
+    let id = c
+        .call("trace.add", json!({"target": format!("{page:#x}:4K:w")}))
+        .unwrap()["id"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(
+        c.call("trace.list", json!({})).unwrap()[0]["target"],
+        format!("{page:#x}:0x1000:w")
+    );
+    let mut values = Vec::new();
+    while values.len() < 50 {
+        let n = c.notification(TIMEOUT).unwrap();
+        let ev = &n["params"]["event"];
+        if u64_of(&ev["addr"]) == va {
+            assert_eq!(ev["kind"], "write", "{ev}");
+            values.push(u64_of(&ev["value"]));
+        }
+    }
+    for w in values.windows(2) {
+        assert_eq!(w[1], w[0] + 1, "every store, in order: {values:?}");
+    }
+    c.call("trace.remove", json!({"id": id})).unwrap();
+    assert_eq!(c.call("trace.list", json!({})).unwrap(), json!([]));
+    // drain what was queued, then no more accesses while the guest keeps counting
+    while c.notification(Duration::from_millis(300)).is_ok() {}
+    let before = calls(&mut c);
+    wait_for("the guest counts on at RAM speed", || {
+        calls(&mut c) > before + 10_000
+    });
+    assert!(
+        matches!(
+            c.notification(Duration::from_millis(300)),
+            Err(ClientError::Timeout(_))
+        ),
+        "no access events after trace.remove"
+    );
+    assert_eq!(
+        c.call("trace.remove", json!({"id": id}))
+            .unwrap_err()
+            .to_string(),
+        format!("No trace has id {id} (code -32602)")
+    );
+    c.call("vm.stop", json!({})).unwrap();
+    let _ = vm.wait();
+}

@@ -337,7 +337,7 @@ fn bad_tracing() {
     assert_bad_input(&["run", "--mmiotrace"], &["--mmiotrace"]);
     assert_bad_input(
         &["run", "--trace-format", "text"],
-        &["--trace-format text", "mmiotrace, jsonl or chrome"],
+        &["--trace-format text", "mmiotrace, jsonl, chrome or ctf"],
     );
 
     let scratch = Scratch::new("trace");

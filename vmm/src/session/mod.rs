@@ -135,6 +135,9 @@ pub struct Session {
     symbols: Option<Arc<SymbolTable>>,
     stopper: Stopper,
     hub: introspect::events::Hub,
+    traces: Option<crate::tracer::TraceControl>,
+    /// Which client added each trace (by trace id).
+    trace_owners: Mutex<HashMap<u32, Owned>>,
     started: Instant,
     state: Mutex<RunState>,
     owned: Mutex<HashMap<u32, Owned>>,
@@ -143,6 +146,7 @@ pub struct Session {
 impl Session {
     /// A session over a started VM.
     pub fn new(
+        traces: Option<crate::tracer::TraceControl>,
         intro: Arc<Introspector>,
         target: VmTarget,
         mem: GuestMem,
@@ -157,6 +161,8 @@ impl Session {
             symbols,
             stopper,
             hub,
+            traces,
+            trace_owners: Mutex::new(HashMap::new()),
             started: Instant::now(),
             state: Mutex::new(RunState::default()),
             owned: Mutex::new(HashMap::new()),
@@ -568,6 +574,48 @@ impl Session {
         introspect::events::summary_table(self.intro.sources())
     }
 
+    fn trace_control(&self) -> Result<&crate::tracer::TraceControl, OpError> {
+        self.traces.as_ref().ok_or_else(|| {
+            OpError::Invalid("This run has no tracer (it was started without --api-socket)".into())
+        })
+    }
+
+    /// Starts tracing `spec` (as `--mmiotrace` takes it: `edu`, `uart`, `testdev` or
+    /// `GPA:LEN[:w]`) for `client`; returns the trace's id.
+    pub fn add_trace(&self, client: ClientId, spec: &str, keep: bool) -> Result<u32, OpError> {
+        self.check_running()?;
+        let target: crate::config::TraceTarget = spec
+            .parse()
+            .map_err(|e| OpError::Invalid(format!("trace {spec:?}: {e}")))?;
+        let id = self
+            .trace_control()?
+            .add(&target)
+            .map_err(|e| OpError::Invalid(crate::cli::error_line(&e)))?;
+        lock(&self.trace_owners).insert(
+            id,
+            Owned {
+                owner: client,
+                keep,
+            },
+        );
+        Ok(id)
+    }
+
+    /// Stops trace `id`.
+    pub fn remove_trace(&self, id: u32) -> Result<(), OpError> {
+        self.check_running()?;
+        self.trace_control()?
+            .remove(id)
+            .map_err(|e| OpError::Invalid(crate::cli::error_line(&e)))?;
+        lock(&self.trace_owners).remove(&id);
+        Ok(())
+    }
+
+    /// The traced targets: `(id, target)`.
+    pub fn traces(&self) -> Vec<(u32, String)> {
+        self.traces.as_ref().map(|t| t.list()).unwrap_or_default()
+    }
+
     /// `client` disconnected: removes what it added without `keep`, and resumes the VM if it
     /// held the pause. Returns how many items were removed.
     pub fn client_gone(&self, client: ClientId) -> usize {
@@ -579,6 +627,16 @@ impl Session {
         let mut n = 0;
         for id in ids {
             if self.remove(id).is_ok() {
+                n += 1;
+            }
+        }
+        let traces: Vec<u32> = lock(&self.trace_owners)
+            .iter()
+            .filter(|(_, o)| o.owner == client && !o.keep)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in traces {
+            if self.remove_trace(id).is_ok() {
                 n += 1;
             }
         }

@@ -10,7 +10,7 @@ use crate::session::{ClientId, MemAddr, OpError, Session};
 use introspect::target::Regs;
 
 /// The method names, for `rpc.methods` and the docs.
-pub const METHODS: [&str; 21] = [
+pub const METHODS: [&str; 24] = [
     "rpc.methods",
     "vm.status",
     "vm.pause",
@@ -28,6 +28,9 @@ pub const METHODS: [&str; 21] = [
     "hbreak.add",
     "watch.add",
     "remove",
+    "trace.add",
+    "trace.remove",
+    "trace.list",
     "list",
     "table",
     "events.subscribe",
@@ -309,6 +312,19 @@ pub fn call(
             s.remove(id)?;
             json!({})
         }
+        "trace.add" => json!({"id": s.add_trace(client, p.str("target")?, p.flag("keep")?)?}),
+        "trace.remove" => {
+            let id = u32::try_from(p.u64("id")?)
+                .map_err(|_| RpcError::params("\"id\" is out of range"))?;
+            s.remove_trace(id)?;
+            json!({})
+        }
+        "trace.list" => Value::Array(
+            s.traces()
+                .into_iter()
+                .map(|(id, t)| json!({"id": id, "target": t}))
+                .collect(),
+        ),
         "list" => serde_json::to_value(s.list()).unwrap_or(Value::Null),
         "table" => json!({"text": s.table()}),
         other => {
