@@ -131,6 +131,10 @@ pub struct AttachArgs {
     /// Hardware watchpoint. Repeatable
     #[arg(long, value_name = "LOCATION:LEN:w|rw")]
     pub watch: Vec<String>,
+    /// Trace a device's or a guest RAM range's accesses, as `hvprobe run --mmiotrace` takes
+    /// it; they join the events as access, map and unmap records. Repeatable
+    #[arg(long, value_name = "DEVICE|GPA:LEN[:w]")]
+    pub mmiotrace: Vec<String>,
     /// Write the events to FILE (created or truncated) [default: stdout]
     #[arg(long, value_name = "FILE")]
     pub events: Option<PathBuf>,

@@ -504,6 +504,38 @@ fn call_and_attach_verbs() {
         .unwrap()
         .clone();
     assert_eq!(item["how"], "removed", "{item}");
+    // a trace through attach: the counter's page, writes only
+    let va = u64_of(
+        &c.call("symbols.lookup", json!({"name": "TK_SERVE_CALLS"}))
+            .unwrap()["addr"],
+    );
+    let out = Command::new(hv)
+        .arg("attach")
+        .arg(&vm.socket)
+        .args(["--mmiotrace", &format!("{:#x}:4K:w", va & !0xfff)])
+        .args(["--duration", "1", "--events"])
+        .arg(&events)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&events).unwrap();
+    let writes = text
+        .lines()
+        .filter(|l| {
+            l.contains("\"kind\":\"write\"") && l.contains(&format!("\"addr\":\"{va:#x}\""))
+        })
+        .count();
+    assert!(writes >= 10, "{writes} traced stores:\n{text}");
+    assert_eq!(
+        c.call("trace.list", json!({})).unwrap(),
+        json!([]),
+        "detached"
+    );
     c.call("vm.stop", json!({})).unwrap();
     let _ = vm.wait();
 }

@@ -115,7 +115,25 @@ pub fn attach(args: &AttachArgs) -> Result<(), VerbError> {
     for p in &args.probe {
         add(&mut c, "probe.add", "spec", p, "probe")?;
     }
-    c.call("events.subscribe", json!({"sources": ids}))?;
+    let mut traces = Vec::new();
+    for t in &args.mmiotrace {
+        let r = c
+            .call("trace.add", json!({"target": t, "keep": args.keep}))
+            .map_err(|source| VerbError::Refused {
+                what: format!("--mmiotrace {t}"),
+                source,
+            })?;
+        traces.push(r["id"].as_u64().unwrap_or(u64::MAX));
+    }
+    if !ids.is_empty() {
+        c.call("events.subscribe", json!({"sources": ids}))?;
+    }
+    if !traces.is_empty() {
+        c.call(
+            "events.subscribe",
+            json!({"kinds": ["access", "map", "unmap", "mark", "pcidev"]}),
+        )?;
+    }
     catch_sigint();
     let deadline = args
         .duration
@@ -148,6 +166,9 @@ pub fn attach(args: &AttachArgs) -> Result<(), VerbError> {
     if !args.keep {
         for id in &ids {
             let _ = c.call("remove", json!({"id": id}));
+        }
+        for id in &traces {
+            let _ = c.call("trace.remove", json!({"id": id}));
         }
     }
     let mut err = std::io::stderr();
