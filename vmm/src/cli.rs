@@ -8,7 +8,6 @@
 //! specs (`--probe`, `--mmiotrace`, ...) are checked for syntax only: symbols, addresses and
 //! RAM ranges are checked against the guest when the VM is set up.
 
-use std::error::Error;
 use std::ffi::OsString;
 use std::fmt;
 use std::fs::File;
@@ -432,17 +431,7 @@ fn shown(value: &str) -> String {
     }
 }
 
-/// An error and its `source()` chain on one line, joined with `: `.
-pub fn error_line(err: &dyn Error) -> String {
-    let mut line = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        line.push_str(": ");
-        line.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    line.replace('\n', " ")
-}
+pub use crate::outcome::error_line;
 
 /// Parses the process's arguments (see [`parse_from`]).
 pub fn parse() -> Result<Request, CliError> {

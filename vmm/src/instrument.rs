@@ -388,7 +388,7 @@ pub struct InstrumentReport {
 /// (and KVMs that do not offer `rdtscp` to guests leave it out too): in-guest trampolines use
 /// `rdtsc` and one shared ring there.
 pub fn set_platform_cpu_source(intro: &Introspector) {
-    if crate::platform::is_software_kvm() || !crate::platform::kvm_offers_rdtscp() {
+    if crate::platform::is_software_kvm() || !crate::kvm_probe::kvm_offers_rdtscp() {
         intro
             .engine()
             .set_cpu_source(introspect::probes::CpuSource::SharedRing);
@@ -453,7 +453,7 @@ pub fn run_instrumented(config: &VmConfig) -> Result<(RunReport, InstrumentRepor
     if let Err(e) = intro.setup(&target, &spec) {
         vm.stop();
         let _ = writer.finish();
-        return Err(VmError::Config(crate::cli::error_line(&e)));
+        return Err(VmError::Config(crate::outcome::error_line(&e)));
     }
     for (_, s) in sources.iter() {
         vm.phases()

@@ -8,7 +8,6 @@ use std::process::ExitCode;
 
 use vmm::cli::{self, Request};
 use vmm::outcome::{EXIT_BAD_INPUT, EXIT_VMM_FAILURE};
-use vmm::vm;
 
 /// `eprintln!` that drops the line when stderr is closed (`hvprobe run 2>&1 | head`) instead
 /// of panicking.
@@ -37,19 +36,17 @@ fn main() -> ExitCode {
             params,
             timeout,
         }) => {
-            return client_status(vmm::session::api::verbs::call(
-                &socket, &method, params, timeout,
-            ));
+            return client_status(vmm::verbs::call(&socket, &method, params, timeout));
         }
         Ok(Request::Attach(args)) => {
-            return client_status(vmm::session::api::verbs::attach(&args));
+            return client_status(vmm::verbs::attach(&args));
         }
         Err(err) => {
             say!("hvprobe: {}", cli::error_line(&err));
             return ExitCode::from(EXIT_BAD_INPUT);
         }
     };
-    match vm::run(&config) {
+    match vmm::session::run(&config) {
         Ok(report) => {
             if !config.quiet {
                 say!("hvprobe: {}", report.outcome);
@@ -69,7 +66,7 @@ fn main() -> ExitCode {
 
 /// The exit status of a client verb: 0, or the error's line and its status (64 for a
 /// request the server refused, 70 when the server could not be reached or answered).
-fn client_status(result: Result<(), vmm::session::api::verbs::VerbError>) -> ExitCode {
+fn client_status(result: Result<(), vmm::verbs::VerbError>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

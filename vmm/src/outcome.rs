@@ -17,6 +17,19 @@ pub const EXIT_STOPPED: u8 = 67;
 /// Exit status: the `--timeout` elapsed before the guest ended.
 pub const EXIT_TIMEOUT: u8 = 124;
 
+/// An error and its `source()` chain on one line, joined with `: ` (every error hvprobe
+/// prints is one line).
+pub fn error_line(err: &dyn std::error::Error) -> String {
+    let mut line = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        line.push_str(": ");
+        line.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    line.replace('\n', " ")
+}
+
 /// How a VM run ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {

@@ -13,8 +13,8 @@ use kvm_bindings::{
 };
 
 use crate::memory::GuestMem;
+use crate::vcpu::PAUSE_TIMEOUT;
 use crate::vcpu::{VcpuControl, VcpuCtx, VcpuMsg};
-use crate::vm::PAUSE_TIMEOUT;
 
 /// A running VM for introspection: guest memory plus the vCPU controls. Cheap to clone,
 /// usable from any thread (including vCPU threads, for `pause_others`).

@@ -21,12 +21,7 @@ use introspect::symbols::SymbolTable;
 
 use crate::devices::le_value;
 
-/// Sees every device access after the device has handled it (reads: with the value the
-/// guest gets).
-pub trait AccessObserver: Send + Sync {
-    /// One access, on the vCPU thread (see [`crate::vcpu::context`] for vCPU and RIP).
-    fn observe(&self, space: Space, write: bool, addr: u64, data: &[u8]);
-}
+pub use crate::devices::AccessObserver;
 
 #[derive(Clone, Debug)]
 struct Range {

@@ -19,7 +19,6 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::boot::{self, BootError, cpu::CpuidMask, params::BootParamsInput};
 use crate::config::{DEFAULT_LINUX_CMDLINE, KernelSource, SerialOutput, VmConfig};
-use crate::devices::bus::Bus;
 use crate::devices::edu;
 use crate::devices::legacy::I8042;
 use crate::devices::pci::{PCI_CONFIG_ADDRESS_PORT, PCI_CONFIG_PORTS_LEN, PciBus};
@@ -32,32 +31,13 @@ use crate::loader::{self, KernelFormat, LoadError, LoadedKernel};
 use crate::memory::{Gpa, GuestMem, MemoryError};
 use crate::outcome::Outcome;
 use crate::phases::Phases;
-use crate::vcpu::exit::Unclaimed;
 use crate::vcpu::{DebugHook, VcpuError, VcpuEvent, VcpuHandle, VcpuMsg, VcpuRunner, kick};
 
 /// Identity-map and TSS pages Intel VT-x needs below 4 GiB (unused on AMD).
 const TSS_ADDRESS: usize = 0xfffb_d000;
-/// How long pause-all waits for a vCPU to leave KVM_RUN.
-pub const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
+pub use crate::vcpu::PAUSE_TIMEOUT;
 
-/// The devices of a VM, shared with every vCPU thread.
-#[derive(Default)]
-pub struct IoDevices {
-    /// Port I/O bus.
-    pub pio: Bus,
-    /// MMIO bus.
-    pub mmio: Bus,
-    /// Accesses no device claimed.
-    pub unclaimed: Unclaimed,
-    /// PCI bus 0 (config ports 0xcf8..0xd00, `edu` at 00:01.0): BAR map / unmap listener
-    /// and PCIDEV summaries.
-    pub pci: Option<Arc<crate::devices::pci::PciBus>>,
-    /// A tracer is attached: vCPUs record their RIP for every device access
-    /// ([`crate::vcpu::context`]).
-    pub tracing: std::sync::atomic::AtomicBool,
-    /// The tracer, set once before the vCPUs start ([`crate::tracer`]).
-    pub observer: std::sync::OnceLock<Arc<dyn crate::tracer::AccessObserver>>,
-}
+pub use crate::devices::IoDevices;
 
 /// Turns guest RAM pages into device pages while the VM runs ([`Vm::ram_control`]).
 #[derive(Clone)]
@@ -941,32 +921,4 @@ fn make_devices(
         )
         .map_err(bus_err("test device MMIO"))?;
     Ok((io, serial, test_device, kmod))
-}
-
-/// Builds, starts and waits for a VM: what `hvprobe run` does. With instrumentation, see
-/// [`crate::instrument::run_instrumented`] (which also prints the per-source table).
-pub fn run(config: &VmConfig) -> Result<RunReport, VmError> {
-    // On our software KVM a guest's own ring-0 int3 (Linux's int3 self-test, its kprobes,
-    // text_poke) is an emulation failure: the session hands it back to the guest, so every
-    // run there gets one, probes or not.
-    if !config.instrument.is_empty()
-        || !config.trace.is_empty()
-        || config.api_socket.is_some()
-        || crate::platform::is_software_kvm()
-    {
-        let (report, ins) = crate::instrument::run_instrumented(config)?;
-        if !config.quiet && !config.instrument.is_empty() {
-            let _ = write!(std::io::stderr(), "{}", ins.table);
-        }
-        return Ok(report);
-    }
-    let mut vm = Vm::new(config, None)?;
-    vm.start()?;
-    let outcome = vm.wait(config.timeout)?;
-    Ok(RunReport {
-        outcome,
-        elapsed: vm.phases().elapsed(),
-        points: vm.points(),
-        marks: vm.marks(),
-    })
 }

@@ -377,7 +377,7 @@ fn the_guests_own_int3_reaches_its_handler() {
         a.iretq()
     });
     let config = config(&p, 1);
-    let report = vmm::vm::run(&config).expect("VM runs");
+    let report = vmm::session::run(&config).expect("VM runs");
     assert_eq!(report.outcome, Outcome::GuestExit { code: 0 });
     assert_eq!(
         report.points.iter().map(|p| p.n).collect::<Vec<_>>(),

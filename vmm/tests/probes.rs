@@ -470,7 +470,7 @@ fn data_watchpoint_fires_on_hardware_kvm() {
         Outcome::GuestExit { code: 0 },
         "a watchpoint never breaks the guest"
     );
-    if !vmm::platform::is_fast_kvm() {
+    if !vmm::kvm_probe::is_fast_kvm() {
         skip(
             "data watchpoint hits",
             "this KVM never fires data watchpoints (shared/PLATFORM.md); needs hardware KVM",

@@ -158,3 +158,12 @@ mod tests {
         assert!(!bus.read(0x112, &mut d));
     }
 }
+
+/// Counters of accesses no device claimed (a guest probing for hardware that is not there).
+#[derive(Debug, Default)]
+pub struct Unclaimed {
+    /// Port accesses.
+    pub pio: std::sync::atomic::AtomicU64,
+    /// MMIO accesses.
+    pub mmio: std::sync::atomic::AtomicU64,
+}

@@ -13,6 +13,33 @@ pub mod serial;
 pub mod test_device;
 pub mod traced_ram;
 
+/// The devices of a VM, shared with every vCPU thread.
+#[derive(Default)]
+pub struct IoDevices {
+    /// Port I/O bus.
+    pub pio: bus::Bus,
+    /// MMIO bus.
+    pub mmio: bus::Bus,
+    /// Accesses no device claimed.
+    pub unclaimed: bus::Unclaimed,
+    /// PCI bus 0 (config ports 0xcf8..0xd00, `edu` at 00:01.0): BAR map / unmap listener
+    /// and PCIDEV summaries.
+    pub pci: Option<std::sync::Arc<pci::PciBus>>,
+    /// A tracer is attached: vCPUs record their RIP for every device access
+    /// ([`crate::vcpu::context`]).
+    pub tracing: std::sync::atomic::AtomicBool,
+    /// The access observer (the session layer's tracer), set once before the vCPUs start.
+    pub observer: std::sync::OnceLock<std::sync::Arc<dyn AccessObserver>>,
+}
+
+/// Sees every device access after the device has handled it (reads: with the value the
+/// guest gets): the hook the session layer's tracer (`crate::tracer`) plugs into
+/// ([`IoDevices::observer`]). The core calls it and knows nothing else of tracing.
+pub trait AccessObserver: Send + Sync {
+    /// One access, on the vCPU thread (see [`crate::vcpu::context`] for vCPU and RIP).
+    fn observe(&self, space: introspect::events::Space, write: bool, addr: u64, data: &[u8]);
+}
+
 /// What a device asks of the VM after a guest write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DeviceAction {

@@ -238,7 +238,7 @@ impl MmioSpace for Bus {
     }
 }
 
-impl MmioSpace for crate::vm::IoDevices {
+impl MmioSpace for super::IoDevices {
     fn mmio_bus(&self) -> &Bus {
         &self.mmio
     }
@@ -383,7 +383,7 @@ pub struct PciBus {
 
 impl PciBus {
     /// A bus with the host bridge at 00:00.0, mapping BARs on `mmio`'s bus (held weakly: the
-    /// bus normally sits in the same [`crate::vm::IoDevices`] as the config ports).
+    /// bus normally sits in the same [`super::IoDevices`] as the config ports).
     pub fn new(mmio: Weak<dyn MmioSpace>) -> Self {
         let mut state = State::default();
         let bridge = PciFunctionInfo {

@@ -50,7 +50,7 @@ pub enum OpError {
     #[error("The VM has ended")]
     Ended,
     /// The session refused (probe checks, slots, symbols).
-    #[error("{}", crate::cli::error_line(.0))]
+    #[error("{}", crate::outcome::error_line(.0))]
     Session(#[from] SessionError),
     /// The VM refused (a vCPU did not answer, an ioctl failed).
     #[error(transparent)]
@@ -121,6 +121,34 @@ struct Owned {
 struct RunState {
     paused_by: Option<ClientId>,
     ended: bool,
+}
+
+/// Builds, starts and waits for a VM: what `hvprobe run` does. With instrumentation, see
+/// [`crate::instrument::run_instrumented`] (which also prints the per-source table).
+pub fn run(config: &crate::config::VmConfig) -> Result<crate::vm::RunReport, crate::vm::VmError> {
+    // On our software KVM a guest's own ring-0 int3 (Linux's int3 self-test, its kprobes,
+    // text_poke) is an emulation failure: the session hands it back to the guest, so every
+    // run there gets one, probes or not.
+    if !config.instrument.is_empty()
+        || !config.trace.is_empty()
+        || config.api_socket.is_some()
+        || crate::platform::is_software_kvm()
+    {
+        let (report, ins) = crate::instrument::run_instrumented(config)?;
+        if !config.quiet && !config.instrument.is_empty() {
+            let _ = std::io::Write::write_all(&mut std::io::stderr(), ins.table.as_bytes());
+        }
+        return Ok(report);
+    }
+    let mut vm = crate::vm::Vm::new(config, None)?;
+    vm.start()?;
+    let outcome = vm.wait(config.timeout)?;
+    Ok(crate::vm::RunReport {
+        outcome,
+        elapsed: vm.phases().elapsed(),
+        points: vm.points(),
+        marks: vm.marks(),
+    })
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -590,7 +618,7 @@ impl Session {
         let id = self
             .trace_control()?
             .add(&target)
-            .map_err(|e| OpError::Invalid(crate::cli::error_line(&e)))?;
+            .map_err(|e| OpError::Invalid(crate::outcome::error_line(&e)))?;
         lock(&self.trace_owners).insert(
             id,
             Owned {
@@ -606,7 +634,7 @@ impl Session {
         self.check_running()?;
         self.trace_control()?
             .remove(id)
-            .map_err(|e| OpError::Invalid(crate::cli::error_line(&e)))?;
+            .map_err(|e| OpError::Invalid(crate::outcome::error_line(&e)))?;
         lock(&self.trace_owners).remove(&id);
         Ok(())
     }

@@ -8,6 +8,8 @@ use crate::devices::DeviceAction;
 use crate::devices::bus::Bus;
 use introspect::events::Space;
 
+pub use crate::devices::AccessObserver;
+
 /// The whole `kvm_debug_exit_arch` payload of a debug exit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct DebugExit {
@@ -147,14 +149,7 @@ pub enum StopReason {
     Handler,
 }
 
-/// Counters of accesses no device claimed (a guest probing for hardware that is not there).
-#[derive(Debug, Default)]
-pub struct Unclaimed {
-    /// Port accesses.
-    pub pio: std::sync::atomic::AtomicU64,
-    /// MMIO accesses.
-    pub mmio: std::sync::atomic::AtomicU64,
-}
+pub use crate::devices::bus::Unclaimed;
 
 /// The buses an exit can be routed to.
 pub struct IoBuses<'a> {
@@ -165,7 +160,7 @@ pub struct IoBuses<'a> {
     /// Unclaimed access counters.
     pub unclaimed: &'a Unclaimed,
     /// The tracer, if one is attached: it sees every access after the device handled it.
-    pub observer: Option<&'a dyn crate::tracer::AccessObserver>,
+    pub observer: Option<&'a dyn AccessObserver>,
 }
 
 fn observe(io: &IoBuses<'_>, space: Space, write: bool, addr: u64, data: &[u8]) {

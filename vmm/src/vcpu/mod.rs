@@ -21,6 +21,9 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 use crate::outcome::Outcome;
 use exit::{DebugExit, Exit, ExitAction, InternalError, IoBuses, StopReason};
 
+/// How long pause-all waits for a vCPU to leave KVM_RUN.
+pub const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// What a [`DebugHook`] decides.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum HookAction {
@@ -285,7 +288,7 @@ pub struct VcpuRunner {
     /// The vCPU.
     pub fd: VcpuFd,
     /// Devices.
-    pub io: Arc<crate::vm::IoDevices>,
+    pub io: Arc<crate::devices::IoDevices>,
     /// Introspection hook.
     pub hook: Option<Arc<dyn DebugHook>>,
     /// The software-KVM accommodation, asked about emulation failures before the hook.
@@ -314,7 +317,7 @@ impl VcpuRunner {
     pub fn new(
         index: u8,
         fd: VcpuFd,
-        io: Arc<crate::vm::IoDevices>,
+        io: Arc<crate::devices::IoDevices>,
         hook: Option<Arc<dyn DebugHook>>,
         events: Sender<VcpuEvent>,
     ) -> Self {

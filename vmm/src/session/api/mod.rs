@@ -18,7 +18,6 @@
 pub mod client;
 pub mod methods;
 pub mod protocol;
-pub mod verbs;
 
 use std::io::{BufReader, Write};
 use std::os::unix::fs::PermissionsExt;

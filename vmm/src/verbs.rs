@@ -1,4 +1,4 @@
-//! The client verbs of the `hvprobe` binary: `hvprobe call SOCKET METHOD [PARAMS]` and
+//! The client verbs of the `hvprobe` binary (the CLI layer, over the control API's client): `hvprobe call SOCKET METHOD [PARAMS]` and
 //! `hvprobe attach SOCKET --probe ... [--events FILE] [--duration SECS]`.
 
 use std::io::Write;
@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::client::{Client, ClientError};
-use super::protocol;
 use crate::cli::AttachArgs;
 use crate::outcome::{EXIT_BAD_INPUT, EXIT_VMM_FAILURE};
+use crate::session::api::client::{Client, ClientError};
+use crate::session::api::protocol;
 
 /// Why a verb failed.
 #[derive(Debug, thiserror::Error)]
