@@ -458,7 +458,10 @@ impl Vm {
                     self.hook.clone(),
                     self.events_tx.clone(),
                 );
-                runner.accommodation = self.accommodation.clone();
+                runner.accommodation = self
+                    .accommodation
+                    .clone()
+                    .map(|a| a as Arc<dyn crate::vcpu::Accommodate>);
                 *slot = VcpuSlot::Started(runner.spawn(paused)?);
             }
         }

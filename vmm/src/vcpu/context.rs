@@ -2,7 +2,7 @@
 //! sees only an offset and data). The vCPU thread sets it; it is valid during dispatch.
 //!
 //! The vCPU index is set once per thread. RIP is filled only while tracing is on
-//! ([`crate::vm::IoDevices::tracing`]): the vCPU loop then asks KVM to sync the general
+//! ([`crate::devices::IoDevices::tracing`]): the vCPU loop then asks KVM to sync the general
 //! registers into `kvm_run` at every exit, so reading RIP costs no ioctl. KVM completes an
 //! MMIO write before it exits, so a write's RIP is the address after the writing instruction
 //! (checked in `vmm/tests/trace_ram.rs`); a read exits before its instruction completes, so

@@ -60,6 +60,14 @@ pub trait DebugHook: Send + Sync {
     }
 }
 
+/// What the platform layer does about an emulation failure before the [`DebugHook`] sees
+/// it (`crate::platform::accommodation` on the software KVM): `None` when it is not its
+/// business.
+pub trait Accommodate: Send + Sync {
+    /// An emulation failure on `vcpu` with RIP at `rip`.
+    fn on_emulation_failure(&self, vcpu: &mut VcpuCtx<'_>, rip: u64) -> Option<HookAction>;
+}
+
 /// A vCPU, lent to code running on its thread (hooks, [`VcpuMsg::With`] closures).
 pub struct VcpuCtx<'a> {
     /// vCPU index (0 is the boot vCPU).
@@ -292,7 +300,7 @@ pub struct VcpuRunner {
     /// Introspection hook.
     pub hook: Option<Arc<dyn DebugHook>>,
     /// The software-KVM accommodation, asked about emulation failures before the hook.
-    pub accommodation: Option<Arc<crate::platform::accommodation::Accommodation>>,
+    pub accommodation: Option<Arc<dyn Accommodate>>,
     /// Where to report the end.
     pub events: Sender<VcpuEvent>,
     /// Pauses not yet undone by a resume (see [`VcpuMsg::Pause`]).
