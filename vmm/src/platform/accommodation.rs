@@ -229,26 +229,3 @@ impl crate::vcpu::Accommodate for Accommodation {
         Accommodation::on_emulation_failure(self, vcpu, rip)
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::{Duration, Instant};
-
-    #[test]
-    fn a_failure_is_re_run_twice_then_it_is_a_crash_and_a_new_one_starts_over() {
-        let mut last = None;
-        let t = Instant::now();
-        let jmp = [0xeb, 0x38];
-        assert!(should_retry(&mut last, 0x1000, &jmp, t));
-        assert!(should_retry(&mut last, 0x1000, &jmp, t));
-        assert!(!should_retry(&mut last, 0x1000, &jmp, t), "third in a row");
-        // Other bytes or another RIP: a new failure.
-        assert!(should_retry(&mut last, 0x1000, &[0x90], t));
-        assert!(should_retry(&mut last, 0x2000, &[0x90], t));
-        // The same failure long after the last one: new as well.
-        assert!(should_retry(&mut last, 0x2000, &[0x90], t));
-        let later = t + RETRY_WINDOW + Duration::from_millis(1);
-        assert!(should_retry(&mut last, 0x2000, &[0x90], later));
-    }
-}
