@@ -475,6 +475,12 @@ impl Session {
     pub fn step(&self, vcpu: usize) -> Result<Regs, OpError> {
         self.check_paused()?;
         let before = self.vcpu_regs(vcpu)?;
+        if self.intro.engine().is_armed(Gva(before.rip)) {
+            return Err(OpError::Invalid(format!(
+                "vCPU {vcpu} is on probe site {:#x}: remove the probe to step this instruction",
+                before.rip
+            )));
+        }
         self.intro.request_step(vcpu);
         let debug = introspect::target::GuestDebug {
             single_step: true,
@@ -498,9 +504,7 @@ impl Session {
             }
             std::thread::sleep(Duration::from_millis(1));
         }
-        let after = self.vcpu_regs(vcpu)?;
-        let _ = before;
-        Ok(after)
+        self.vcpu_regs(vcpu)
     }
 
     fn own(&self, source: SourceId, client: ClientId, keep: bool) {
