@@ -115,6 +115,20 @@ pub const MAX_CPUS: u8 = 64;
 /// Guest RAM must be a multiple of this (the page size).
 pub const MEM_ALIGN: u64 = 4096;
 
+/// `text` as a message shows it: control characters (a newline, an escape) written as escapes,
+/// so that a message about a bad value stays one line.
+fn one_line(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_debug().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 /// Why a memory size was rejected. Messages name the value, not the setting: the caller adds
 /// which flag or config field it came from.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -123,13 +137,13 @@ pub enum SizeError {
     #[error("empty size (use bytes or a K/M/G/T suffix: 268435456, 4096K, 256M, 1GiB)")]
     Empty,
     /// Not a number with an optional binary unit.
-    #[error("`{0}` is not a size (use bytes or a K/M/G/T suffix: 268435456, 4096K, 256M, 1GiB)")]
+    #[error("`{}` is not a size (use bytes or a K/M/G/T suffix: 268435456, 4096K, 256M, 1GiB)", one_line(.0))]
     Invalid(String),
     /// The size is zero.
     #[error("the size must not be zero")]
     Zero,
     /// The size does not fit in 64 bits.
-    #[error("`{0}` is too large (more than 2^64 bytes)")]
+    #[error("`{}` is too large (more than 2^64 bytes)", one_line(.0))]
     Overflow(String),
     /// The size is not a whole number of 4 KiB pages.
     #[error("{0} bytes is not a multiple of 4 KiB")]
@@ -376,15 +390,20 @@ pub enum SpecError {
     #[error("empty location: expected SYM[+OFF] or ADDR")]
     Empty,
     /// Starts with a digit but is not a number.
-    #[error("`{0}` is not an address: expected hex with 0x (0xffffffff81000000) or decimal digits")]
+    #[error(
+        "`{}` is not an address: expected hex with 0x (0xffffffff81000000) or decimal digits",
+        one_line(.0)
+    )]
     BadAddress(String),
     /// An address or offset of more than 64 bits.
-    #[error("`{0}` does not fit in 64 bits")]
+    #[error("`{}` does not fit in 64 bits", one_line(.0))]
     TooLarge(String),
     /// A symbol name with a character symbols cannot have.
     #[error(
-        "`{name}` is not a symbol name: `{bad}` is not allowed (symbols are letters, digits, \
-         `_`, `.` and `$`, not starting with a digit)"
+        "`{}` is not a symbol name: `{}` is not allowed (symbols are letters, digits, \
+         `_`, `.` and `$`, not starting with a digit)",
+        one_line(.name),
+        .bad.escape_debug()
     )]
     BadSymbol {
         /// The name as written.
@@ -396,13 +415,19 @@ pub enum SpecError {
     #[error("no symbol before `+`: expected SYM+OFF")]
     MissingSymbol,
     /// The text after `+` is not a number.
-    #[error("`+{0}` is not an offset: expected hex with 0x (+0x10) or decimal digits (+16)")]
+    #[error(
+        "`+{}` is not an offset: expected hex with 0x (+0x10) or decimal digits (+16)",
+        one_line(.0)
+    )]
     BadOffset(String),
     /// `ADDR+OFF`: offsets are for symbols.
     #[error("an offset goes after a symbol (SYM+OFF): give the address itself")]
     OffsetOnAddress,
     /// A fetch list on a probe whose handler does not record in the guest.
-    #[error("values to record (:{0}) need the in-guest handler: use :jump or :auto")]
+    #[error(
+        "values to record (:{}) need the in-guest handler: use :jump or :auto",
+        one_line(.0)
+    )]
     FetchesNeedJump(String),
     /// A fetch that is neither a register nor `@LOCATION`.
     #[error("{0:?} is not a register (rax..r15, rsp, rflags) or @SYMBOL / @ADDRESS")]
@@ -450,7 +475,8 @@ pub enum SpecError {
     TraceSyntax,
     /// A trace target name that is not one of [`TRACE_DEVICES`].
     #[error(
-        "unknown device `{0}`: the devices are {devices} (or give a guest RAM range GPA:LEN[:w])",
+        "unknown device `{}`: the devices are {devices} (or give a guest RAM range GPA:LEN[:w])",
+        one_line(.0),
         devices = TRACE_DEVICES.join(", ")
     )]
     UnknownDevice(String),
@@ -459,8 +485,9 @@ pub enum SpecError {
     DeviceSuffix(String),
     /// The length of a traced RAM range is not a number with an optional K/M/G suffix.
     #[error(
-        "`{0}` is not a length: expected hex with 0x (0x1000), decimal digits (4096), or a K, M \
-         or G suffix (4K, 2M)"
+        "`{}` is not a length: expected hex with 0x (0x1000), decimal digits (4096), or a K, M \
+         or G suffix (4K, 2M)",
+        one_line(.0)
     )]
     BadTraceLen(String),
     /// A traced RAM range of zero bytes.
@@ -1160,6 +1187,32 @@ fn key_at(text: &str, offset: usize) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A value with control characters is escaped in messages, which stay one line (a fuzzer
+    /// find: `"\no"` as a location printed a newline).
+    #[test]
+    fn messages_about_bad_values_stay_one_line() {
+        for err in [
+            "\0\n\u{1b}x".parse::<Location>().unwrap_err(),
+            "a\n+1".parse::<Location>().unwrap_err(),
+            "a+1\n".parse::<Location>().unwrap_err(),
+            "1\n".parse::<Location>().unwrap_err(),
+            "a:int3:\n".parse::<ProbeSpec>().unwrap_err(),
+            "ed\nu".parse::<TraceTarget>().unwrap_err(),
+            "0x1000:4\nK".parse::<TraceTarget>().unwrap_err(),
+        ] {
+            let text = err.to_string();
+            assert!(!text.contains(['\n', '\u{1b}', '\0']), "{text}");
+            assert!(text.contains("\\n") || text.contains("\\u{1b}"), "{text}");
+        }
+        assert_eq!(
+            "\0\n".parse::<Location>().unwrap_err().to_string(),
+            "`\\0\\n` is not a symbol name: `\\0` is not allowed (symbols are letters, digits, \
+             `_`, `.` and `$`, not starting with a digit)"
+        );
+        let size = parse_mem_size("1\n2M").unwrap_err().to_string();
+        assert!(size.starts_with("`1\\n2M` is not a size"), "{size}");
+    }
 
     #[test]
     fn meminfo_total() {
