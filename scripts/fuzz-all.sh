@@ -21,7 +21,7 @@ which=$1
 secs=$2
 case $secs in '' | *[!0-9]*) echo "$0: SECONDS must be a number, not '$secs'" >&2; exit 64 ;; esac
 
-rustup +nightly target list --installed | grep -qx x86_64-unknown-none ||
+rustup +nightly target list --installed | grep -x x86_64-unknown-none >/dev/null ||
   rustup +nightly target add x86_64-unknown-none
 
 mapfile -t all < <(cargo +nightly fuzz list)
@@ -52,7 +52,7 @@ for t in "${targets[@]}"; do
   took=$(($(date +%s) - start))
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n1)
   rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -n1)
-  last=$(grep -E '^#[0-9]+' "$log" | tail -n1 || true)
+  last=$(grep -aE '^#[0-9]+' "$log" | tail -n1 || true)
   cov=$(sed -n 's/.* cov: \([0-9]*\).*/\1/p' <<<"$last")
   ft=$(sed -n 's/.* ft: \([0-9]*\).*/\1/p' <<<"$last")
   corp=$(sed -n 's/.* corp: \([0-9]*\).*/\1/p' <<<"$last")
