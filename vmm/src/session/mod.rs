@@ -315,7 +315,14 @@ impl Session {
             .map(|s| s.to_string())
     }
 
-    fn paging(&self, vcpu: usize) -> Result<introspect::paging::PagingContext, OpError> {
+    /// Runs `f` on vCPU `vcpu`'s thread and returns its answer (bounded wait).
+    fn on_vcpu<R: Send + 'static>(
+        &self,
+        vcpu: usize,
+        f: impl FnOnce(&mut dyn introspect::target::VcpuAccess) -> Result<R, TargetError>
+        + Send
+        + 'static,
+    ) -> Result<R, OpError> {
         if vcpu >= self.target.vcpu_count() {
             return Err(OpError::Invalid(format!(
                 "There is no vCPU {vcpu} (the VM has {})",
@@ -326,12 +333,16 @@ impl Session {
         self.target.with_vcpu(
             vcpu,
             Box::new(move |v| {
-                let _ = tx.send(v.paging());
+                let _ = tx.send(f(v));
             }),
         )?;
         rx.recv_timeout(Duration::from_secs(5))
             .map_err(|_| OpError::Invalid(format!("vCPU {vcpu} did not answer")))?
             .map_err(OpError::from)
+    }
+
+    fn paging(&self, vcpu: usize) -> Result<introspect::paging::PagingContext, OpError> {
+        self.on_vcpu(vcpu, |v| v.paging())
     }
 
     /// Reads `len` bytes; probes' patches are hidden (the original bytes are returned).
@@ -434,22 +445,7 @@ impl Session {
     }
 
     fn vcpu_regs(&self, vcpu: usize) -> Result<Regs, OpError> {
-        if vcpu >= self.target.vcpu_count() {
-            return Err(OpError::Invalid(format!(
-                "There is no vCPU {vcpu} (the VM has {})",
-                self.target.vcpu_count()
-            )));
-        }
-        let (tx, rx) = std::sync::mpsc::channel();
-        self.target.with_vcpu(
-            vcpu,
-            Box::new(move |v| {
-                let _ = tx.send(v.regs());
-            }),
-        )?;
-        rx.recv_timeout(Duration::from_secs(5))
-            .map_err(|_| OpError::Invalid(format!("vCPU {vcpu} did not answer")))?
-            .map_err(OpError::from)
+        self.on_vcpu(vcpu, |v| v.regs())
     }
 
     /// Changes vCPU `vcpu`'s registers (the VM must be paused): `f` edits a copy.
@@ -457,16 +453,7 @@ impl Session {
         self.check_paused()?;
         let mut regs = self.vcpu_regs(vcpu)?;
         f(&mut regs);
-        let (tx, rx) = std::sync::mpsc::channel();
-        let new = regs;
-        self.target.with_vcpu(
-            vcpu,
-            Box::new(move |v| {
-                let _ = tx.send(v.set_regs(&new));
-            }),
-        )?;
-        rx.recv_timeout(Duration::from_secs(5))
-            .map_err(|_| OpError::Invalid(format!("vCPU {vcpu} did not answer")))??;
+        self.on_vcpu(vcpu, move |v| v.set_regs(&regs))?;
         Ok(regs)
     }
 
@@ -486,15 +473,7 @@ impl Session {
             single_step: true,
             ..self.intro.debug_state()
         };
-        let (tx, rx) = std::sync::mpsc::channel();
-        self.target.with_vcpu(
-            vcpu,
-            Box::new(move |v| {
-                let _ = tx.send(v.set_debug(&debug));
-            }),
-        )?;
-        rx.recv_timeout(Duration::from_secs(5))
-            .map_err(|_| OpError::Invalid(format!("vCPU {vcpu} did not answer")))??;
+        self.on_vcpu(vcpu, move |v| v.set_debug(&debug))?;
         // Only this vCPU runs; its step's #DB makes it pause itself again.
         self.target.resume_one(vcpu)?;
         let deadline = Instant::now() + STEP_TIMEOUT;
