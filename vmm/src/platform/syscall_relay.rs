@@ -288,25 +288,8 @@ impl SyscallRelay {
                 ss,
             } => {
                 let mut s = sregs;
-                s.cs.selector = cs;
-                s.cs.dpl = 0;
-                s.cs.l = 1;
-                s.cs.db = 0;
-                s.cs.s = 1;
-                s.cs.type_ = 0xb;
-                s.cs.present = 1;
-                s.cs.base = 0;
-                s.cs.limit = 0xffff_ffff;
-                s.cs.g = 1;
-                s.ss.selector = ss;
-                s.ss.dpl = 0;
-                s.ss.db = 1;
-                s.ss.s = 1;
-                s.ss.type_ = 0x3;
-                s.ss.present = 1;
-                s.ss.base = 0;
-                s.ss.limit = 0xffff_ffff;
-                s.ss.g = 1;
+                flat_ring0(&mut s.cs, cs, true);
+                flat_ring0(&mut s.ss, ss, false);
                 vcpu.set_sregs(&s).map_err(verr)?;
                 regs.rip = rip;
                 regs.rsp = rsp;
@@ -317,6 +300,21 @@ impl SyscallRelay {
             }
         }
     }
+}
+
+/// A flat 64-bit ring-0 segment as `syscall` loads it: code (execute/read, long mode) or
+/// stack (read/write).
+fn flat_ring0(seg: &mut kvm_bindings::kvm_segment, selector: u16, code: bool) {
+    seg.selector = selector;
+    seg.dpl = 0;
+    seg.l = u8::from(code);
+    seg.db = u8::from(!code);
+    seg.s = 1;
+    seg.type_ = if code { 0xb } else { 0x3 };
+    seg.present = 1;
+    seg.base = 0;
+    seg.limit = 0xffff_ffff;
+    seg.g = 1;
 }
 
 fn read_msrs(vcpu: &crate::vcpu::VcpuCtx<'_>) -> Result<SyscallMsrs, RelayError> {
