@@ -19,6 +19,10 @@
 #include <linux/workqueue.h>
 #include <linux/rcupdate.h>
 #include <linux/rcupdate_trace.h>
+#include <linux/miscdevice.h>
+#include <linux/fs.h>
+#include <linux/uaccess.h>
+#include <linux/mutex.h>
 
 #define HVK_VENDOR 0x1234
 #define HVK_DEVICE 0x4856
@@ -26,11 +30,14 @@
 #define HVK_DATA_SIZE (1024 * 1024)
 
 /* The Rust half (rust/src/lib.rs). */
-extern int hvk_attach(void __iomem *regs, u64 code, u64 code_len, u64 data, u64 data_len);
+extern int hvk_attach(void __iomem *regs, u64 code, u64 code_len, u64 data, u64 data_len,
+		      u64 handler);
+extern void hvk_handler(void);
 extern void hvk_release(void __iomem *regs);
 extern u32 hvk_irq(void __iomem *regs);
 extern u32 hvk_barrier_wanted(void __iomem *regs);
 extern void hvk_barrier_done(void __iomem *regs, u32 seq);
+extern void hvk_mark(void __iomem *regs, const u8 *text, size_t len, int last);
 
 /*
  * The arena's code region: executable (the module loader maps SHF_EXECINSTR sections
@@ -59,6 +66,54 @@ struct hvk {
 	struct work_struct barrier;
 };
 
+/*
+ * /dev/hvprobe_mark: each write(2) becomes MARK lines in hvprobe's event stream (a line per
+ * '\n'; a write that does not end in one is ended by the module), like mmiotrace's marker
+ * file. There while the device is bound (one hvprobe device per VM).
+ */
+static struct hvk *hvk_marks_dev;
+static DEFINE_MUTEX(hvk_marks_lock);
+
+static ssize_t hvk_mark_write(struct file *file, const char __user *buf, size_t len,
+			      loff_t *ppos)
+{
+	u8 chunk[128];
+	size_t done = 0;
+
+	if (len > 4096)
+		len = 4096;
+	mutex_lock(&hvk_marks_lock);
+	if (!hvk_marks_dev) {
+		mutex_unlock(&hvk_marks_lock);
+		return -ENODEV;
+	}
+	while (done < len) {
+		size_t n = min(len - done, sizeof(chunk));
+
+		if (copy_from_user(chunk, buf + done, n)) {
+			mutex_unlock(&hvk_marks_lock);
+			return done ? done : -EFAULT;
+		}
+		done += n;
+		hvk_mark(hvk_marks_dev->regs, chunk, n, done == len);
+	}
+	mutex_unlock(&hvk_marks_lock);
+	return len;
+}
+
+static const struct file_operations hvk_mark_fops = {
+	.owner = THIS_MODULE,
+	.write = hvk_mark_write,
+	.llseek = noop_llseek,
+};
+
+static struct miscdevice hvk_mark_misc = {
+	.minor = MISC_DYNAMIC_MINOR,
+	.name = "hvprobe_mark",
+	.fops = &hvk_mark_fops,
+	.mode = 0222,
+};
+
 static void hvk_barrier_work(struct work_struct *work)
 {
 	struct hvk *h = container_of(work, struct hvk, barrier);
@@ -67,6 +122,25 @@ static void hvk_barrier_work(struct work_struct *work)
 	synchronize_rcu_tasks();
 	hvk_barrier_done(h->regs, seq);
 	pr_info("hvprobe_guest: barrier %u done\n", seq);
+}
+
+/* For the Rust handler (rust/src/lib.rs, hvk_handler), which hvprobe's trampolines call. */
+void hvk_current(u64 *pid, char *comm)
+{
+	*pid = (u64)task_tgid_nr(current) << 32 | (u32)task_pid_nr(current);
+	memcpy(comm, current->comm, TASK_COMM_LEN);
+}
+
+long hvk_copy_nofault(void *dst, u64 src, size_t len)
+{
+	if (src < TASK_SIZE_MAX)
+		return copy_from_user_nofault(dst, (const void __user *)(unsigned long)src, len);
+	return copy_from_kernel_nofault(dst, (const void *)(unsigned long)src, len);
+}
+
+u32 hvk_cpu(void)
+{
+	return raw_smp_processor_id();
 }
 
 static irqreturn_t hvk_interrupt(int irq, void *data)
@@ -107,7 +181,8 @@ static int hvk_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 				      "hvprobe_guest", h))
 		h->irq = pdev->irq;
 	st = hvk_attach(h->regs, (u64)(unsigned long)hvk_arena_code, HVK_CODE_SIZE,
-			(u64)(unsigned long)hvk_arena_data, HVK_DATA_SIZE);
+			(u64)(unsigned long)hvk_arena_data, HVK_DATA_SIZE,
+			(u64)(unsigned long)hvk_handler);
 	if (st < 0 || st >= ARRAY_SIZE(hvk_status_text))
 		st = 4;
 	pr_info("hvprobe_guest: %s: irq %d, arena code %px (%u KiB), data %px (%u KiB): %s\n",
@@ -117,6 +192,10 @@ static int hvk_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 		err = -ENODEV;
 		goto unmap;
 	}
+	mutex_lock(&hvk_marks_lock);
+	if (!hvk_marks_dev && !misc_register(&hvk_mark_misc))
+		hvk_marks_dev = h;
+	mutex_unlock(&hvk_marks_lock);
 	return 0;
 unmap:
 	if (h->irq)
@@ -133,6 +212,12 @@ static void hvk_remove(struct pci_dev *pdev)
 {
 	struct hvk *h = pci_get_drvdata(pdev);
 
+	mutex_lock(&hvk_marks_lock);
+	if (hvk_marks_dev == h) {
+		misc_deregister(&hvk_mark_misc);
+		hvk_marks_dev = NULL;
+	}
+	mutex_unlock(&hvk_marks_lock);
 	/* Every jump into the arena is an int3 again when this returns. */
 	hvk_release(h->regs);
 	if (h->irq)

@@ -35,7 +35,8 @@ pub use optimize::{
 pub use relocate::{RelocateError, Relocated, relocate};
 pub use trampoline::{
     CpuSource, Fetch, Handler, MAX_FETCHES, RECORD_SIZE, RECORD_VALUES, RING_RECORDS, RING_TAIL,
-    RingSpec, Trampoline, TrampolineError, TrampolineSpec, build_trampoline, jump_patch,
+    RingSpec, Trampoline, TrampolineError, TrampolineSpec, build_trampoline, gpr_number,
+    jump_patch,
 };
 
 use iced_x86::{

@@ -108,6 +108,16 @@ pub enum Handler {
     },
     /// Write a record to a per-CPU ring buffer (no exit).
     InGuest(RingSpec),
+    /// Call a C-ABI handler in the guest (the guest module's, within +/-2 GiB) with the
+    /// probed registers (no exit); the handler writes the record. See [`call_handler`].
+    Call {
+        /// The handler's guest-virtual address.
+        func: u64,
+        /// The register whose value the handler takes as its string argument.
+        arg: Option<Gpr>,
+        /// The rings it writes (its `fetches` are unused: the handler decides).
+        ring: RingSpec,
+    },
 }
 
 /// Everything a trampoline is built from.
@@ -328,6 +338,108 @@ fn in_guest(a: &mut CodeAssembler, tag: u32, ring: &RingSpec) -> Result<(), Tram
     Ok(())
 }
 
+/// Registers a handler-call trampoline saves, in push order (the handler sees them in the
+/// reverse order from its first argument up: r15 first, RFLAGS last).
+const CALL_SAVED: [Gpr; 15] = [
+    Gpr::Rax,
+    Gpr::Rcx,
+    Gpr::Rdx,
+    Gpr::Rbx,
+    Gpr::Rbp,
+    Gpr::Rsi,
+    Gpr::Rdi,
+    Gpr::R8,
+    Gpr::R9,
+    Gpr::R10,
+    Gpr::R11,
+    Gpr::R12,
+    Gpr::R13,
+    Gpr::R14,
+    Gpr::R15,
+];
+
+/// x86 register number (rax 0 .. r15 15) of `g`: how a handler call names its string
+/// argument.
+pub fn gpr_number(g: Gpr) -> u8 {
+    match g {
+        Gpr::Rax => 0,
+        Gpr::Rcx => 1,
+        Gpr::Rdx => 2,
+        Gpr::Rbx => 3,
+        Gpr::Rsp => 4,
+        Gpr::Rbp => 5,
+        Gpr::Rsi => 6,
+        Gpr::Rdi => 7,
+        Gpr::R8 => 8,
+        Gpr::R9 => 9,
+        Gpr::R10 => 10,
+        Gpr::R11 => 11,
+        Gpr::R12 => 12,
+        Gpr::R13 => 13,
+        Gpr::R14 => 14,
+        Gpr::R15 => 15,
+    }
+}
+
+/// The handler-call part: skips the red zone, saves RFLAGS and every general register but RSP
+/// (a 128-byte block: r15 at the lowest address, RFLAGS at +120; the probed RSP is the block's
+/// address + 256), aligns the stack, and calls
+/// `func(regs, tag | arg << 32, rings, ring_count | ring_stride << 32, capacity, lost)` with
+/// `arg` the x86 number of the string register (0xff: none); then restores everything.
+/// The handler is the guest module's `hvk_handler` (`guest-kmod/rust/src/lib.rs`).
+fn call_handler(
+    a: &mut CodeAssembler,
+    tag: u32,
+    func: u64,
+    arg: Option<Gpr>,
+    ring: &RingSpec,
+) -> Result<(), TrampolineError> {
+    use iced_x86::code_asm::{r8, r9, rbp, rdi, rsi};
+    if !ring.capacity.is_power_of_two() || ring.ring_count == 0 {
+        return Err(TrampolineError::Spec(format!(
+            "ring capacity {} is not a power of two (or no rings)",
+            ring.capacity
+        )));
+    }
+    if arg == Some(Gpr::Rsp) {
+        return Err(TrampolineError::Spec(
+            "rsp cannot be a handler's string argument".into(),
+        ));
+    }
+    let e = asm_err;
+    a.lea(rsp, qword_ptr(rsp - RED_ZONE)).map_err(e)?;
+    a.pushfq().map_err(e)?;
+    for g in CALL_SAVED {
+        let r: AsmRegister64 = get_gpr64(g.iced())
+            .ok_or_else(|| TrampolineError::Assemble(format!("no register {g:?}")))?;
+        a.push(r).map_err(e)?;
+    }
+    let arg = u64::from(arg.map_or(0xff, gpr_number));
+    a.mov(rdi, rsp).map_err(e)?;
+    a.mov(rsi, u64::from(tag) | arg << 32).map_err(e)?;
+    a.mov(rdx, ring.rings).map_err(e)?;
+    a.mov(
+        rcx,
+        u64::from(ring.ring_count) | u64::from(ring.ring_stride) << 32,
+    )
+    .map_err(e)?;
+    a.mov(r8, u64::from(ring.capacity)).map_err(e)?;
+    a.mov(r9, ring.lost).map_err(e)?;
+    a.mov(rbp, rsp).map_err(e)?;
+    a.and(rsp, -16).map_err(e)?;
+    // A direct `call rel32`: the caller checked that the handler is within reach.
+    a.call(func).map_err(e)?;
+    a.mov(rsp, rbp).map_err(e)?;
+    for g in CALL_SAVED.iter().rev() {
+        let r: AsmRegister64 = get_gpr64(g.iced())
+            .ok_or_else(|| TrampolineError::Assemble(format!("no register {g:?}")))?;
+        a.pop(r).map_err(e)?;
+    }
+    a.popfq().map_err(e)?;
+    a.lea(rsp, qword_ptr(rsp + RED_ZONE)).map_err(e)?;
+    Ok(())
+}
+
 /// Builds the trampoline for `spec`: handler part, relocated displaced instructions, jump
 /// back to the first byte after them.
 pub fn build_trampoline(spec: &TrampolineSpec<'_>) -> Result<Trampoline, TrampolineError> {
@@ -340,6 +452,17 @@ pub fn build_trampoline(spec: &TrampolineSpec<'_>) -> Result<Trampoline, Trampol
             )?;
         }
         Handler::InGuest(ring) => in_guest(&mut a, spec.tag, ring)?,
+        Handler::Call { func, arg, ring } => {
+            let from = spec.at;
+            if i64::try_from(i128::from(*func) - i128::from(from))
+                .ok()
+                .and_then(|d| i32::try_from(d).ok())
+                .is_none()
+            {
+                return Err(TrampolineError::OutOfReach { from, to: *func });
+            }
+            call_handler(&mut a, spec.tag, *func, *arg, ring)?;
+        }
     }
     let prefix = a
         .assemble_options(spec.at, BlockEncoderOptions::NONE)

@@ -198,3 +198,92 @@ fn register_names_round_trip() {
     assert_eq!(Gpr::from_name("rflags"), None);
     assert_eq!(Gpr::from_name("RAX"), None);
 }
+
+#[test]
+fn call_trampoline_saves_every_register_calls_the_handler_with_the_ring_and_restores() {
+    let ring = RingSpec {
+        cpu: CpuSource::SharedRing,
+        rings: 0x50_0000,
+        ring_count: 2,
+        ring_stride: 0x2_0000,
+        capacity: 1024,
+        lost: 0x40_3008,
+        fetches: Vec::new(),
+    };
+    let func = 0x60_0040;
+    let t = build_trampoline(&TrampolineSpec {
+        at: SLOT_AT,
+        tag: 9,
+        site: SITE,
+        displaced: &PLAIN,
+        handler: Handler::Call {
+            func,
+            arg: Some(Gpr::Rsi),
+            ring: ring.clone(),
+        },
+        max_len: 224,
+    })
+    .unwrap();
+    let l = listing(&t.code, SLOT_AT);
+    let text: Vec<&str> = l.iter().map(|(_, t, _)| t.as_str()).collect();
+    assert_eq!(text[0], "lea rsp, [rsp-0x80]");
+    assert_eq!(text[1], "pushfq");
+    let pushes = text.iter().filter(|t| t.starts_with("push ")).count();
+    let pops = text.iter().filter(|t| t.starts_with("pop ")).count();
+    assert_eq!((pushes, pops), (15, 15), "{text:#?}");
+    assert!(!text.contains(&"push rsp"), "{text:#?}");
+    let call = l
+        .iter()
+        .position(|(_, _, k)| *k == InsnKind::RelCall { target: func })
+        .unwrap_or_else(|| panic!("a direct call to the handler: {text:#?}"));
+    // Arguments: regs block, tag | rsi's number (6) << 32, rings, geometry, capacity, lost.
+    let before = &text[..call];
+    for want in [
+        "mov rdi, rsp".to_string(),
+        format!("mov rsi, {:#x}", 9u64 | 6 << 32),
+        "mov rdx, 0x500000".to_string(),
+        format!("mov rcx, {:#x}", 2u64 | 0x2_0000 << 32),
+        "mov r8, 0x400".to_string(),
+        "mov r9, 0x403008".to_string(),
+        "and rsp, 0xfffffffffffffff0".to_string(),
+    ] {
+        assert!(before.contains(&want.as_str()), "{want} in {before:#?}");
+    }
+    assert_eq!(text[call + 1], "mov rsp, rbp");
+    let popfq = text.iter().position(|t| *t == "popfq").unwrap();
+    assert_eq!(text[popfq + 1], "lea rsp, [rsp+0x80]");
+    assert_eq!(text[popfq + 2], "mov rax, rdi");
+    assert_eq!(l.last().unwrap().2, InsnKind::RelJmp { target: SITE + 7 });
+    assert!(t.code.len() <= 224, "{} bytes", t.code.len());
+
+    // A handler beyond +/-2 GiB, or rsp as the argument, is refused.
+    let far = build_trampoline(&TrampolineSpec {
+        at: SLOT_AT,
+        tag: 9,
+        site: SITE,
+        displaced: &PLAIN,
+        handler: Handler::Call {
+            func: SLOT_AT + (3 << 30),
+            arg: None,
+            ring: ring.clone(),
+        },
+        max_len: 224,
+    });
+    assert!(
+        matches!(far, Err(TrampolineError::OutOfReach { .. })),
+        "{far:?}"
+    );
+    let rsp = build_trampoline(&TrampolineSpec {
+        at: SLOT_AT,
+        tag: 9,
+        site: SITE,
+        displaced: &PLAIN,
+        handler: Handler::Call {
+            func,
+            arg: Some(Gpr::Rsp),
+            ring,
+        },
+        max_len: 224,
+    });
+    assert!(matches!(rsp, Err(TrampolineError::Spec(_))), "{rsp:?}");
+}

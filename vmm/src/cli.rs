@@ -213,7 +213,9 @@ pub struct RunArgs {
     pub api_socket: Option<PathBuf>,
     /// Software probe at LOCATION, armed as MODE: int3; jump (a 5-byte jump to a trampoline
     /// in the guest's arena that records the hit in guest memory, no exit); jump-exit (a jump
-    /// whose trampoline exits once to the host); or auto (jump where the code and the guest
+    /// whose trampoline exits once to the host); jump-call (Linux with the guest module: the
+    /// trampoline calls the module's handler, which records pid, comm and the string the one
+    /// FETCH register points to); or auto (jump where the code and the guest
     /// allow one, else int3) [default: auto]. For jump and auto, FETCH,... chooses what each
     /// in-guest record holds (up to 6: rax..r15, rsp, rflags, @SYMBOL or @ADDRESS for 8 bytes
     /// of memory) [default: rsp,rdi,rsi,rdx,rcx,rax]. Repeatable; adds to the config file's
@@ -1617,7 +1619,7 @@ quiet = true
             ),
             (
                 &["--probe", "start_kernel:kprobe"],
-                "--probe start_kernel:kprobe: probe mode must be auto, int3, jump or jump-exit, not \"kprobe\"",
+                "--probe start_kernel:kprobe: probe mode must be auto, int3, jump, jump-exit or jump-call, not \"kprobe\"",
             ),
             (
                 &["--hbreak", "start_kernel:int3"],

@@ -317,6 +317,10 @@ pub enum ProbeMode {
     /// A jump to a trampoline whose handler is one doorbell exit (host handlers, full
     /// registers); refused where the code cannot take a jump.
     JumpExit,
+    /// A jump to a trampoline that calls the guest module's handler (Linux with
+    /// `hvprobe_guest.ko`): it records pid, comm and the string the one FETCH register
+    /// points to, no exit; refused where the code cannot take a jump.
+    JumpCall,
 }
 
 /// One `--probe`: where, how it is armed, and what an in-guest handler records.
@@ -429,6 +433,13 @@ pub enum SpecError {
         one_line(.0)
     )]
     FetchesNeedJump(String),
+    /// A `:jump-call` argument that is not one register (other than rsp).
+    #[error(
+        "a jump-call probe takes one register whose value is its string argument (rax..r15 \
+         but rsp), not {:?}",
+        one_line(.0)
+    )]
+    BadCallArg(String),
     /// A fetch that is neither a register nor `@LOCATION`.
     #[error("{0:?} is not a register (rax..r15, rsp, rflags) or @SYMBOL / @ADDRESS")]
     BadFetch(String),
@@ -436,7 +447,7 @@ pub enum SpecError {
     #[error("at most 6 values per record, not {0}")]
     TooManyFetches(usize),
     /// The suffix of a probe is not a mode.
-    #[error("probe mode must be auto, int3, jump or jump-exit, not {0:?}")]
+    #[error("probe mode must be auto, int3, jump, jump-exit or jump-call, not {0:?}")]
     BadProbeMode(String),
     /// A watch without both `:LEN` and `:MODE`.
     #[error("expected SYM[+OFF]|ADDR:LEN:w|rw (e.g. jiffies:8:w)")]
@@ -602,6 +613,7 @@ impl FromStr for ProbeMode {
             "int3" => Ok(ProbeMode::Int3),
             "jump" => Ok(ProbeMode::Jump),
             "jump-exit" => Ok(ProbeMode::JumpExit),
+            "jump-call" => Ok(ProbeMode::JumpCall),
             other => Err(SpecError::BadProbeMode(other.to_owned())),
         }
     }
@@ -614,6 +626,7 @@ impl fmt::Display for ProbeMode {
             ProbeMode::Int3 => "int3",
             ProbeMode::Jump => "jump",
             ProbeMode::JumpExit => "jump-exit",
+            ProbeMode::JumpCall => "jump-call",
         })
     }
 }
@@ -632,8 +645,16 @@ impl FromStr for ProbeSpec {
         let fetches = match parts.next() {
             None => Vec::new(),
             Some(list) => {
-                if !matches!(mode, ProbeMode::Jump | ProbeMode::Auto) {
+                if !matches!(
+                    mode,
+                    ProbeMode::Jump | ProbeMode::Auto | ProbeMode::JumpCall
+                ) {
                     return Err(SpecError::FetchesNeedJump(list.to_owned()));
+                }
+                if mode == ProbeMode::JumpCall
+                    && (list == "rsp" || disasm::Gpr::from_name(list).is_none())
+                {
+                    return Err(SpecError::BadCallArg(list.to_owned()));
                 }
                 let fetches = list
                     .split(',')
@@ -1391,6 +1412,12 @@ mod tests {
                 ProbeMode::Jump,
                 "0xffffffff81000000:jump",
             ),
+            (
+                "f+5:jump-call",
+                sym("f", 5),
+                ProbeMode::JumpCall,
+                "f+0x5:jump-call",
+            ),
         ] {
             let spec = ProbeSpec {
                 at,
@@ -1406,6 +1433,15 @@ mod tests {
             ("f:INT3", SpecError::BadProbeMode("INT3".into())),
             ("f:kprobe", SpecError::BadProbeMode("kprobe".into())),
             ("f:int3:rdi", SpecError::FetchesNeedJump("rdi".into())),
+            (
+                "f:jump-call:rdi,rsi",
+                SpecError::BadCallArg("rdi,rsi".into()),
+            ),
+            ("f:jump-call:rsp", SpecError::BadCallArg("rsp".into())),
+            (
+                "f:jump-call:@jiffies",
+                SpecError::BadCallArg("@jiffies".into()),
+            ),
             ("f:jump:rdi,xmm0", SpecError::BadFetch("xmm0".into())),
             (
                 "f:jump:rax,rbx,rcx,rdx,rsi,rdi,rsp",
@@ -1419,7 +1455,7 @@ mod tests {
         }
         let message = "f:kprobe".parse::<ProbeSpec>().unwrap_err().to_string();
         assert!(
-            message.contains("auto, int3, jump or jump-exit"),
+            message.contains("auto, int3, jump, jump-exit or jump-call"),
             "{message}"
         );
     }

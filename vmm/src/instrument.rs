@@ -72,7 +72,11 @@ impl IntrospectHook {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         match req {
-            KmodRequest::Attach { code, data } => {
+            KmodRequest::Attach {
+                code,
+                data,
+                handler,
+            } => {
                 if doorbell.is_some() || self.intro.engine().arena().is_some() {
                     self.intro.add_note(
                         "guest module arena refused: an arena is already attached".into(),
@@ -93,13 +97,18 @@ impl IntrospectHook {
                 };
                 let bell = layout.doorbell().1.raw();
                 let device = Arc::new(std::sync::Mutex::new(crate::devices::doorbell::Doorbell));
-                if let Err(e) = ram.carve(
-                    bell,
-                    0x1000,
-                    crate::memslots::TraceMode::All,
-                    device,
-                    "the probe doorbell",
-                ) {
+                // The memory slots around the page are deleted and made again: no other vCPU may
+                // touch guest RAM meanwhile (a page-table walk there triple-faults).
+                let carved = with_others_paused(target, vcpu.index, || {
+                    ram.carve(
+                        bell,
+                        0x1000,
+                        crate::memslots::TraceMode::All,
+                        device,
+                        "the probe doorbell",
+                    )
+                });
+                if let Err(e) = carved {
                     self.intro.add_note(format!(
                         "probe doorbell at {bell:#x} not set up ({e}): jump probes stay int3"
                     ));
@@ -108,7 +117,17 @@ impl IntrospectHook {
                     return;
                 }
                 *doorbell = Some(bell);
+                match self.intro.check_module_handler(target, vcpu, handler, code, data) {
+                    Ok(()) => self.intro.engine().set_module_handler(Some(handler)),
+                    Err(why) => self.intro.add_note(format!(
+                        "guest module handler {handler:#x} refused ({why}): jump-call probes stay int3"
+                    )),
+                }
                 kmod.set_status(STATUS_ARENA);
+                let asker = kmod.clone();
+                self.intro.set_barrier(Some(Arc::new(move || {
+                    asker.request_barrier();
+                })));
                 self.intro.add_note(format!(
                     "guest module arena: code {:#x} ({} slots), data {:#x} ({} rings of {} records)",
                     code.0, layout.slot_count, data.0, layout.ring_count, layout.ring_capacity
@@ -126,11 +145,14 @@ impl IntrospectHook {
                 }
             }
             KmodRequest::Release => {
+                self.intro.set_barrier(None);
                 let n = self
                     .intro
                     .release_arena(target, vcpu, "the guest module is unloading");
                 if let Some(bell) = doorbell.take()
-                    && let Err(e) = ram.uncarve(bell, "the probe doorbell")
+                    && let Err(e) = with_others_paused(target, vcpu.index, || {
+                        ram.uncarve(bell, "the probe doorbell")
+                    })
                 {
                     self.intro
                         .add_note(format!("probe doorbell at {bell:#x} not given back: {e}"));
@@ -234,6 +256,29 @@ impl DebugHook for IntrospectHook {
     }
 }
 
+/// Runs `f` on vCPU `me`'s thread with every other vCPU paused (out of KVM_RUN): KVM's memory
+/// slots are deleted and made again around a carved page, and a vCPU that walks its page
+/// tables in that gap triple-faults (seen at rmmod of the guest module). A failed pause is an
+/// error of `f`'s kind: nothing is changed then.
+fn with_others_paused(
+    target: &VmTarget,
+    me: impl Into<usize>,
+    f: impl FnOnce() -> Result<(), VmError>,
+) -> Result<(), VmError> {
+    use introspect::target::Target;
+    let me = me.into();
+    target
+        .pause_others(me)
+        .map_err(|e| VmError::Config(format!("cannot pause the other vCPUs: {e}")))?;
+    let r = f();
+    if let Err(e) = target.resume_others(me) {
+        return r.and(Err(VmError::Config(format!(
+            "cannot resume the other vCPUs: {e}"
+        ))));
+    }
+    r
+}
+
 /// The session spec for the configured instrumentation: `:jump` and `:auto` probes record
 /// [`DEFAULT_FETCHES`] in the guest; `:jump-exit` probes exit once per hit.
 ///
@@ -281,6 +326,12 @@ pub fn probe_request(p: &ProbeSpec, symbols: Option<&SymbolTable>) -> Result<Pro
             ProbeMode::Jump => ProbeArm::Jump(in_guest()),
             ProbeMode::JumpExit => ProbeArm::Jump(JumpHandler::Exit),
             ProbeMode::Auto => ProbeArm::Auto(in_guest()),
+            ProbeMode::JumpCall => {
+                ProbeArm::Jump(JumpHandler::Call(p.fetches.first().and_then(|f| match f {
+                    FetchSpec::Reg(r) => introspect::probes::Gpr::from_name(r),
+                    FetchSpec::Mem(_) => None,
+                })))
+            }
         },
     })
 }
@@ -341,6 +392,11 @@ fn events_output(ins: &Instrumentation) -> Result<Box<dyn Write + Send>, VmError
 /// How often the session's ticker drains the in-guest rings and retries pending jumps.
 pub const TICK: std::time::Duration = std::time::Duration::from_millis(1);
 
+/// A drain that took at least this many records runs again at once (after a yield) instead
+/// of sleeping a [`TICK`]: while the guest fills its rings faster than a tick's worth, the
+/// drain keeps at it (a sleep there lasts as long as the scheduler likes on a busy host).
+pub const BUSY_DRAIN: usize = 4096;
+
 /// A thread that calls [`Introspector::tick`] every [`TICK`] while the VM runs (kprobes'
 /// optimizer work item, plus the ring drain).
 pub struct Ticker {
@@ -357,8 +413,11 @@ impl Ticker {
             .name("probe-ticker".into())
             .spawn(move || {
                 while !flag.load(std::sync::atomic::Ordering::Relaxed) {
-                    intro.tick(&target);
-                    std::thread::sleep(TICK);
+                    if intro.tick(&target) >= BUSY_DRAIN {
+                        std::thread::yield_now();
+                    } else {
+                        std::thread::sleep(TICK);
+                    }
                 }
             })
             .ok();
@@ -447,6 +506,11 @@ pub fn run_instrumented(config: &VmConfig) -> Result<(RunReport, InstrumentRepor
     let target = vm.target();
     hook.attach(target.clone(), vm.ram_control());
     hook.attach_kmod(vm.kmod());
+    // Lines guest programs write to the guest module's /dev/hvprobe_mark: MARK events.
+    let marks_hub = hub.clone();
+    vm.kmod().set_mark_listener(Box::new(move |line| {
+        marks_hub.emit(Event::mark(marks_hub.now_ns(), line));
+    }));
     if let Some(t) = &trace {
         t.control().set_target(target.clone());
     }

@@ -285,11 +285,10 @@ fn serialize() -> std::sync::MutexGuard<'static, ()> {
 /// One boot of Debian's kernel under hvprobe, checked stage by stage: the module loads, binds
 /// hvprobe's device and reports its arena, hvprobe asks for a quiescence barrier and the
 /// module runs it, `vfs_read` becomes a jump whose hits (in-guest records) add up with its
-/// int3 hits to exactly the int3 probe on its only caller here (`ksys_read`), and rmmod with
-/// the jump active leaves the guest running and the probe an int3 with the reason.
+/// int3 hits to exactly the int3 probe on its only caller here (`ksys_read`), lines written to
+/// `/dev/hvprobe_mark` are MARK lines of the mmiotrace output, and rmmod with the jump active
+/// leaves the guest running and the probe an int3 with the reason.
 #[test]
-#[ignore = "not passing yet: the first run stalled after the guest's first relayed syscall \
-            (console silent from kernel time 147 s, 8 minutes of wall time); run with --ignored"]
 fn guest_module_under_hvprobe_binds_gives_an_arena_runs_barriers_and_rmmod_unoptimizes() {
     let what = "guest module under hvprobe on Debian's kernel";
     let Some((kernel, ver)) = kernel_or_skip(what) else {
@@ -311,16 +310,21 @@ fn guest_module_under_hvprobe_binds_gives_an_arena_runs_barriers_and_rmmod_unopt
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("f.txt");
     std::fs::write(&file, "kmod test file\n").unwrap();
+    // The barrier wait prints a line a second, so a slow guest is told from a stuck one.
     let script = "insmod /lib/hvprobe_guest.ko\n\
          test -e /sys/bus/pci/drivers/hvprobe_guest/0000:00:02.0\n\
          echo KMOD-BOUND\n\
-         for i in $(seq 120); do dmesg | grep -q 'barrier 1 done' && break; sleep 1; done\n\
+         echo 'guest mark: module bound' > /dev/hvprobe_mark\n\
+         for i in $(seq 300); do dmesg | grep -q 'barrier 1 done' && break; echo KMOD-WAIT $i; sleep 1; done\n\
          dmesg | grep -q 'barrier 1 done'\n\
          sleep 1\n\
+         echo 'guest mark: reads begin' > /dev/hvprobe_mark\n\
          for i in 1 2 3 4 5 6; do cat /etc/kmod-f.txt; done\n\
+         echo 'guest mark: reads end' > /dev/hvprobe_mark\n\
          echo KMOD-READS-DONE\n\
          rmmod hvprobe_guest\n\
          cat /etc/kmod-f.txt\n\
+         test ! -e /dev/hvprobe_mark\n\
          echo KMOD-AFTER-RMMOD\n";
     let initrd = hvprobe_tests::linux::initramfs(
         &dir,
@@ -328,6 +332,7 @@ fn guest_module_under_hvprobe_binds_gives_an_arena_runs_barriers_and_rmmod_unopt
         &[(&ko, "/lib/hvprobe_guest.ko"), (&file, "/etc/kmod-f.txt")],
     );
     let events = dir.join("events.jsonl");
+    let trace = dir.join("trace.txt");
     let run = hvprobe_tests::linux::run_linux(
         Path::new(env!("CARGO_BIN_EXE_hvprobe")),
         &[
@@ -347,6 +352,12 @@ fn guest_module_under_hvprobe_binds_gives_an_arena_runs_barriers_and_rmmod_unopt
             events.to_str().unwrap(),
             "--format",
             "jsonl",
+            "--mmiotrace",
+            "testdev",
+            "--trace",
+            trace.to_str().unwrap(),
+            "--trace-format",
+            "mmiotrace",
         ],
         &dir,
         &[
@@ -359,7 +370,7 @@ fn guest_module_under_hvprobe_binds_gives_an_arena_runs_barriers_and_rmmod_unopt
             "KMOD-AFTER-RMMOD",
             "HVPROBE-RUN-END status=0",
         ],
-        Duration::from_secs(1200),
+        Duration::from_secs(1500),
     );
     eprintln!("{}", run.report(what));
     assert_eq!(
@@ -407,5 +418,22 @@ fn guest_module_under_hvprobe_binds_gives_an_arena_runs_barriers_and_rmmod_unopt
         "the 6 cats read through the jump: {in_guest}"
     );
     assert_eq!(vfs_hits, ksys_hits, "every read(2) reaches vfs_read once");
+    // The guest's marks, in order, in the mmiotrace output ("MARK secs.usecs text").
+    let trace = std::fs::read_to_string(&trace).unwrap();
+    let marks: Vec<&str> = trace
+        .lines()
+        .filter_map(|l| l.strip_prefix("MARK "))
+        .filter_map(|l| l.split_once(' ').map(|(_, text)| text))
+        .collect();
+    eprintln!("{what}: marks in the trace: {marks:?}");
+    assert_eq!(
+        marks,
+        [
+            "guest mark: module bound",
+            "guest mark: reads begin",
+            "guest mark: reads end"
+        ],
+        "{trace}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

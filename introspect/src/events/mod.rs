@@ -431,9 +431,12 @@ impl KindSet {
 pub const MAX_REGS: usize = 8;
 
 /// The register (and in-guest value) names a [`RegSet`] can hold.
-pub const REG_NAMES: [&str; 25] = [
+/// `pid` .. `str2` are what the guest module's handler records (`tgid << 32 | pid`, the
+/// task's comm and a string argument, as little-endian bytes 8 at a time).
+pub const REG_NAMES: [&str; 31] = [
     "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp", "r8", "r9", "r10", "r11", "r12", "r13",
-    "r14", "r15", "rip", "rflags", "tsc", "mem0", "mem1", "mem2", "mem3", "mem4", "mem5",
+    "r14", "r15", "rip", "rflags", "tsc", "mem0", "mem1", "mem2", "mem3", "mem4", "mem5", "pid",
+    "comm0", "comm1", "str0", "str1", "str2",
 ];
 
 /// Up to [`MAX_REGS`] named values in a fixed array: registers at a hit, or the values an

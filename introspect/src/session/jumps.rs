@@ -11,6 +11,19 @@ use disasm::Fetch;
 /// How long the final drain waits for the event writer.
 pub const FINAL_DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// The values of a guest module handler's record, in order (see `hvk_handler` in
+/// `guest-kmod/rust/src/lib.rs`): `tgid << 32 | pid`, comm (16 bytes), the string argument's
+/// first 24 bytes (little-endian, 8 a value). [`call_text`] turns them back into text.
+pub const CALL_VALUES: [&str; 6] = ["pid", "comm0", "comm1", "str0", "str1", "str2"];
+
+/// The text in `values` (little-endian bytes, up to the first NUL): a module handler record's
+/// comm (`comm0`, `comm1`) or string argument (`str0`..`str2`).
+pub fn call_text(values: &[u64]) -> String {
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
 /// Names of the values of in-guest records, for events.
 fn fetch_name(f: Fetch, index: usize) -> &'static str {
     const MEM: [&str; disasm::MAX_FETCHES] = ["mem0", "mem1", "mem2", "mem3", "mem4", "mem5"];
@@ -98,6 +111,47 @@ impl Introspector {
         )?;
         self.engine.attach_arena(target, layout.clone())?;
         Ok(layout)
+    }
+
+    /// Checks the guest module's handler address `func` (reported with its arena `code` /
+    /// `data`, guest-virtual base and length each) before trampolines call it: a mapped
+    /// kernel-half address, outside both arena regions and the kernel image, within a `call
+    /// rel32` of every trampoline slot. It cannot prove the address is the module's function;
+    /// a module that lies can only break its own guest, as a module can anyway.
+    pub fn check_module_handler(
+        &self,
+        target: &dyn Target,
+        vcpu: &dyn VcpuAccess,
+        func: u64,
+        code: (u64, u64),
+        data: (u64, u64),
+    ) -> Result<(), String> {
+        if func == 0 {
+            return Err("none given".into());
+        }
+        if func < 0xffff_8000_0000_0000 {
+            return Err("not a kernel address".into());
+        }
+        let inside = |(base, len): (u64, u64)| func >= base && func - base < len;
+        if inside(code) || inside(data) {
+            return Err("inside the arena".into());
+        }
+        let sym = |n: &str| self.engine.symbols().and_then(|t| t.resolve(n).ok());
+        if let (Some(a), Some(b)) = (sym("_text"), sym("_end"))
+            && func >= a
+            && func < b
+        {
+            return Err("inside the kernel image".into());
+        }
+        let reach = (1u64 << 31) - 16;
+        let far = |x: u64| func.abs_diff(x) >= reach;
+        if far(code.0) || far(code.0.saturating_add(code.1)) {
+            return Err("beyond +/-2 GiB of the arena's code".into());
+        }
+        let ctx = vcpu.paging().map_err(|e| e.to_string())?;
+        crate::paging::translate(target, &ctx, Gva(func))
+            .map(|_| ())
+            .map_err(|e| format!("not mapped: {e}"))
     }
 
     /// From vCPU `vcpu`'s thread: the guest module is unloading. Every jump into the arena
@@ -217,6 +271,11 @@ impl Introspector {
                 let mut regs = RegSet::new();
                 regs.push("rip", site.raw());
                 regs.push("tsc", 0);
+                if s.call {
+                    for name in CALL_VALUES {
+                        regs.push(name, 0);
+                    }
+                }
                 for (k, f) in s.fetches.iter().enumerate() {
                     regs.push(fetch_name(*f, k), 0);
                 }
@@ -233,7 +292,12 @@ impl Introspector {
             self.engine.count_guest_hit(site);
             let mut regs = *template;
             regs.set_value(1, r.tsc);
-            for (k, v) in r.values.iter().take(s.fetches.len()).enumerate() {
+            let values = if s.call {
+                CALL_VALUES.len()
+            } else {
+                s.fetches.len()
+            };
+            for (k, v) in r.values.iter().take(values).enumerate() {
                 regs.set_value(k + 2, *v);
             }
             for &src in &s.sources {

@@ -10,7 +10,7 @@
 mod jumps;
 mod runtime;
 
-pub use jumps::FINAL_DRAIN;
+pub use jumps::{CALL_VALUES, FINAL_DRAIN, call_text};
 pub use runtime::{RuntimeError, StepDone};
 
 use std::collections::HashMap;
@@ -170,6 +170,8 @@ pub enum SessionError {
 struct SiteSources {
     sources: Vec<SourceId>,
     fetches: Vec<Fetch>,
+    /// Its records are the guest module handler's ([`crate::probes::JumpHandler::Call`]).
+    call: bool,
     symbol: Option<Arc<str>>,
 }
 
@@ -199,9 +201,23 @@ pub struct Introspector {
     notes: Mutex<Vec<String>>,
     /// Per vCPU: a client asked for one single-step ([`Introspector::request_step`]).
     client_steps: Vec<std::sync::atomic::AtomicBool>,
+    /// While the arena needs a guest quiescence barrier before a pass (Linux's guest module):
+    /// asks the guest for one; the VMM runs the pass when it completes.
+    barrier: Mutex<Option<BarrierRequest>>,
 }
 
+/// Asks the guest for a quiescence barrier (see [`Introspector::set_barrier`]).
+pub type BarrierRequest = Arc<dyn Fn() + Send + Sync>;
+
 impl Introspector {
+    /// While `ask` is set, a jump probe added at run time is not optimized at once: `ask`
+    /// requests the guest's quiescence barrier (Linux's guest module runs
+    /// `synchronize_rcu_tasks()`), and the VMM runs the pass on its completion
+    /// ([`Introspector::optimize_from_vcpu`]). `None` when the arena goes.
+    pub fn set_barrier(&self, ask: Option<BarrierRequest>) {
+        *lock(&self.barrier) = ask;
+    }
+
     /// A session for a VM with `vcpus` vCPUs, resolving names with `symbols` and writing
     /// events to `sink`.
     pub fn new(symbols: Option<Arc<SymbolTable>>, vcpus: usize, sink: EventSink) -> Self {
@@ -220,6 +236,7 @@ impl Introspector {
             how_stale: std::sync::atomic::AtomicBool::new(false),
             sink,
             notes: Mutex::new(Vec::new()),
+            barrier: Mutex::new(None),
             client_steps: (0..vcpus)
                 .map(|_| std::sync::atomic::AtomicBool::new(false))
                 .collect(),
@@ -312,7 +329,8 @@ impl Introspector {
 
     /// Adds one probe while the session runs: armed as an int3 at once; a jump request is
     /// checked against the code (`:jump` refused where no jump can go), and optimized now if
-    /// an arena is attached, else once one is ([`Introspector::attach_arena`]).
+    /// an arena is attached (after the guest's quiescence barrier when one is set, see
+    /// [`Introspector::set_barrier`]), else once one is ([`Introspector::attach_arena`]).
     pub fn add_probe_as(
         &self,
         target: &dyn Target,
@@ -380,12 +398,20 @@ impl Introspector {
             if let Some(JumpHandler::InGuest(f)) = &jump {
                 entry.fetches = f.clone();
             }
+            entry.call = matches!(jump, Some(JumpHandler::Call(_)));
         }
         if let Some(h) = jump {
             self.engine.request_jump(site, h);
             if self.engine.arena().is_some() {
-                if let Err(e) = self.engine.optimize_pending(target, Quiesce::Controller) {
-                    self.note(format!("jump optimization of {at} failed: {e}"));
+                let barrier = lock(&self.barrier).clone();
+                match barrier {
+                    // The pass runs when the guest's barrier completes.
+                    Some(ask) => ask(),
+                    None => {
+                        if let Err(e) = self.engine.optimize_pending(target, Quiesce::Controller) {
+                            self.note(format!("jump optimization of {at} failed: {e}"));
+                        }
+                    }
                 }
             }
         }

@@ -11,7 +11,7 @@
 //! |---|---|---|
 //! | 0x00 | RO | magic [`KMOD_MAGIC`] ("HVPK") |
 //! | 0x04 | RO | protocol version [`KMOD_VERSION`] |
-//! | 0x08 | RO | capabilities: bit 0 arena, bit 1 barrier |
+//! | 0x08 | RO | capabilities: bit 0 arena, bit 1 barrier, bit 2 MARK, bit 3 handler calls |
 //! | 0x0c | RO | status: bit 0 arena in use, bit 1 arena refused, bit 2 arena released |
 //! | 0x10 / 0x18 | RW | arena code region: guest-virtual base / length |
 //! | 0x20 / 0x28 | RW | arena data region: guest-virtual base / length |
@@ -20,6 +20,11 @@
 //! | 0x38 | WO | interrupt acknowledge (clears the bits written) |
 //! | 0x3c | RO | barrier sequence number hvprobe wants |
 //! | 0x40 | WO | barrier sequence number the module completed |
+//! | 0x48 | WO | MARK text, 1 to 8 bytes a write: NUL bytes skipped, `\n` ends the line |
+//! | 0x50 | RW | the module's handler for handler-call trampolines: guest-virtual address |
+//!
+//! MARK lines (the module's `/dev/hvprobe_mark`: what guest programs write there) go to the
+//! listener set with [`KmodHandle::set_mark_listener`] (a MARK event in the VM's event hub).
 //!
 //! Commands and barrier completions become [`GuestRequest::Kmod`] for the introspection
 //! layer, handled on the writing vCPU's thread before it runs on; that layer answers through
@@ -51,6 +56,12 @@ pub const KMOD_VERSION: u32 = 1;
 pub const CAP_ARENA: u32 = 1 << 0;
 /// Capability: barriers are requested.
 pub const CAP_BARRIER: u32 = 1 << 1;
+/// Capability: MARK lines are taken.
+pub const CAP_MARK: u32 = 1 << 2;
+/// Capability: trampolines may call the module's handler (register 0x50).
+pub const CAP_HANDLER: u32 = 1 << 3;
+/// A MARK line longer than this is cut into lines of this length.
+pub const MAX_MARK_LINE: usize = 4096;
 /// Status: the arena is in use.
 pub const STATUS_ARENA: u32 = 1 << 0;
 /// Status: the arena was refused.
@@ -100,6 +111,10 @@ pub mod reg {
     pub const BARRIER_SEQ: u64 = 0x3c;
     /// Barrier sequence done (WO).
     pub const BARRIER_DONE: u64 = 0x40;
+    /// MARK text (WO).
+    pub const MARK: u64 = 0x48;
+    /// The module's handler (RW, 64-bit).
+    pub const HANDLER: u64 = 0x50;
 }
 
 /// Command: attach the arena.
@@ -117,6 +132,8 @@ pub enum KmodRequest {
         code: (u64, u64),
         /// Data region (base, length).
         data: (u64, u64),
+        /// The module's handler for handler-call trampolines (0: none).
+        handler: u64,
     },
     /// The module is unloading: every jump into the arena must be undone now.
     Release,
@@ -128,15 +145,22 @@ pub enum KmodRequest {
 struct Regs {
     code: (u64, u64),
     data: (u64, u64),
+    handler: u64,
     status: u32,
     irq_status: u32,
     barrier_seq: u32,
     barrier_done: u32,
+    mark_line: Vec<u8>,
+    marks: u64,
 }
+
+/// Called with each complete MARK line.
+pub type MarkListener = Box<dyn Fn(&str) + Send>;
 
 /// The device's registers (the MMIO side; its configuration space is in [`PciBus`]).
 pub struct KmodDevice {
     regs: Arc<Mutex<Regs>>,
+    marks: Arc<Mutex<Option<MarkListener>>>,
 }
 
 /// The introspection layer's side of the device: status and barrier requests.
@@ -144,6 +168,7 @@ pub struct KmodDevice {
 pub struct KmodHandle {
     regs: Arc<Mutex<Regs>>,
     irq: Option<Arc<EventFd>>,
+    marks: Arc<Mutex<Option<MarkListener>>>,
 }
 
 fn locked(r: &Mutex<Regs>) -> std::sync::MutexGuard<'_, Regs> {
@@ -155,11 +180,16 @@ impl KmodDevice {
     /// (`None` in tests).
     pub fn new(irq: Option<EventFd>) -> (Self, KmodHandle) {
         let regs = Arc::new(Mutex::new(Regs::default()));
+        let marks = Arc::new(Mutex::new(None));
         (
-            KmodDevice { regs: regs.clone() },
+            KmodDevice {
+                regs: regs.clone(),
+                marks: marks.clone(),
+            },
             KmodHandle {
                 regs,
                 irq: irq.map(Arc::new),
+                marks,
             },
         )
     }
@@ -203,6 +233,46 @@ impl KmodHandle {
     pub fn barrier_wanted(&self) -> u32 {
         locked(&self.regs).barrier_seq
     }
+
+    /// Calls `listener` with every complete MARK line from now on (on the writing vCPU's
+    /// thread, with the device's registers locked: it must not block).
+    pub fn set_mark_listener(&self, listener: MarkListener) {
+        *self
+            .marks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(listener);
+    }
+
+    /// MARK lines the guest wrote so far.
+    pub fn marks(&self) -> u64 {
+        locked(&self.regs).marks
+    }
+}
+
+impl KmodDevice {
+    fn mark_bytes(&self, r: &mut Regs, data: &[u8]) {
+        for &b in data {
+            if b == 0 {
+                continue;
+            }
+            if b != b'\n' {
+                r.mark_line.push(b);
+            }
+            if b == b'\n' || r.mark_line.len() >= MAX_MARK_LINE {
+                let line = String::from_utf8_lossy(&r.mark_line).into_owned();
+                r.mark_line.clear();
+                r.marks += 1;
+                if let Some(l) = self
+                    .marks
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .as_ref()
+                {
+                    l(&line);
+                }
+            }
+        }
+    }
 }
 
 impl BusDevice for KmodDevice {
@@ -211,7 +281,8 @@ impl BusDevice for KmodDevice {
         let v = match (offset, data.len()) {
             (reg::MAGIC, 4) => u64::from(KMOD_MAGIC),
             (reg::VERSION, 4) => u64::from(KMOD_VERSION),
-            (reg::CAPS, 4) => u64::from(CAP_ARENA | CAP_BARRIER),
+            (reg::CAPS, 4) => u64::from(CAP_ARENA | CAP_BARRIER | CAP_MARK | CAP_HANDLER),
+            (reg::HANDLER, 4 | 8) => r.handler,
             (reg::STATUS, 4) => u64::from(r.status),
             (reg::CODE_BASE, 4 | 8) => r.code.0,
             (reg::CODE_LEN, 4 | 8) => r.code.1,
@@ -239,11 +310,14 @@ impl BusDevice for KmodDevice {
             (reg::DATA_BASE, 4 | 8) => r.data.0 = set(r.data.0),
             (0x24, 4) => r.data.0 = (r.data.0 & 0xffff_ffff) | (v << 32),
             (reg::DATA_LEN, 4 | 8) => r.data.1 = set(r.data.1),
+            (reg::HANDLER, 4 | 8) => r.handler = set(r.handler),
+            (0x54, 4) => r.handler = (r.handler & 0xffff_ffff) | (v << 32),
             (reg::COMMAND, 4) => {
                 let req = match v32 {
                     CMD_ATTACH => KmodRequest::Attach {
                         code: r.code,
                         data: r.data,
+                        handler: r.handler,
                     },
                     CMD_RELEASE => KmodRequest::Release,
                     _ => return DeviceAction::None,
@@ -253,6 +327,7 @@ impl BusDevice for KmodDevice {
                 return DeviceAction::Request(GuestRequest::Kmod(req));
             }
             (reg::IRQ_ACK, 4) => r.irq_status &= !v32,
+            (reg::MARK, 1 | 2 | 4 | 8) => self.mark_bytes(&mut r, data),
             (reg::BARRIER_DONE, 4) => {
                 r.barrier_done = v32;
                 return DeviceAction::Request(GuestRequest::Kmod(KmodRequest::BarrierDone(v32)));
@@ -278,7 +353,10 @@ mod tests {
         let (mut d, h) = KmodDevice::new(None);
         assert_eq!(r32(&mut d, reg::MAGIC), KMOD_MAGIC);
         assert_eq!(r32(&mut d, reg::VERSION), KMOD_VERSION);
-        assert_eq!(r32(&mut d, reg::CAPS), CAP_ARENA | CAP_BARRIER);
+        assert_eq!(
+            r32(&mut d, reg::CAPS),
+            CAP_ARENA | CAP_BARRIER | CAP_MARK | CAP_HANDLER
+        );
         let w64 = |d: &mut KmodDevice, off, v: u64| d.write(off, &v.to_le_bytes());
         w64(&mut d, reg::CODE_BASE, 0xffff_ffff_c000_1000);
         w64(&mut d, reg::CODE_LEN, 0x1_0000);
@@ -286,11 +364,13 @@ mod tests {
         d.write(reg::DATA_BASE, &0xc010_0000u32.to_le_bytes());
         d.write(0x24, &0xffff_ffffu32.to_le_bytes());
         w64(&mut d, reg::DATA_LEN, 0x10_0000);
+        w64(&mut d, reg::HANDLER, 0xffff_ffff_c000_0040);
         assert_eq!(
             d.write(reg::COMMAND, &CMD_ATTACH.to_le_bytes()),
             DeviceAction::Request(GuestRequest::Kmod(KmodRequest::Attach {
                 code: (0xffff_ffff_c000_1000, 0x1_0000),
                 data: (0xffff_ffff_c010_0000, 0x10_0000),
+                handler: 0xffff_ffff_c000_0040,
             }))
         );
         assert_eq!(r32(&mut d, reg::STATUS), 0);
@@ -307,6 +387,31 @@ mod tests {
         let mut b = [0u8; 4];
         d.read(0x800, &mut b);
         assert_eq!(b, [0xff; 4], "unknown offsets read all-ones");
+    }
+
+    #[test]
+    fn mark_text_in_chunks_becomes_lines_for_the_listener() {
+        let (mut d, h) = KmodDevice::new(None);
+        let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+        let s = seen.clone();
+        h.set_mark_listener(Box::new(move |l| s.lock().unwrap().push(l.to_string())));
+        // "hello world\n" as the module writes it: 8 bytes, then the rest padded with NULs.
+        d.write(reg::MARK, b"hello wo");
+        d.write(reg::MARK, b"rld\n\0\0\0\0");
+        d.write(reg::MARK, b"two\0\0\0\0\0");
+        d.write(reg::MARK, &u32::from(b'\n').to_le_bytes());
+        d.write(reg::MARK, b"x");
+        assert_eq!(*seen.lock().unwrap(), ["hello world", "two"]);
+        assert_eq!(h.marks(), 2);
+        // An endless line is cut.
+        for _ in 0..MAX_MARK_LINE / 8 {
+            d.write(reg::MARK, b"aaaaaaaa");
+        }
+        assert_eq!(seen.lock().unwrap().len(), 3);
+        assert_eq!(seen.lock().unwrap()[2].len(), MAX_MARK_LINE);
+        // Other widths are ignored.
+        d.write(reg::MARK, b"abc");
+        assert_eq!(h.marks(), 3);
     }
 
     #[test]

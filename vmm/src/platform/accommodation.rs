@@ -38,7 +38,26 @@ pub struct Accommodation {
     said: Mutex<BTreeSet<String>>,
     /// One page walker per vCPU (each caches translations for its own CR3).
     walkers: Vec<Mutex<PageWalker>>,
+    /// Per vCPU: the last instruction neither could run (RIP, bytes, when, how many times in
+    /// a row), to tell cross-modified code (re-run once) from a real crash.
+    refused: Vec<Mutex<Option<Refusal>>>,
 }
+
+/// An instruction the emulator failed on and hvprobe does not run (see [`RETRIES`]).
+struct Refusal {
+    rip: u64,
+    bytes: Vec<u8>,
+    at: std::time::Instant,
+    times: u32,
+}
+
+/// How often the guest re-runs an instruction the emulator failed on before it is a crash.
+/// The emulator fails on code that another vCPU rewrites under it (Linux's jump labels and
+/// `text_poke_bp`: the bytes found at RIP are then an ordinary `jmp` it runs every day); the
+/// re-run finds the new bytes. An instruction it really cannot run fails again at once.
+const RETRIES: u32 = 2;
+/// Failures at the same RIP further apart than this count as new.
+const RETRY_WINDOW: std::time::Duration = std::time::Duration::from_millis(500);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -89,6 +108,7 @@ impl Accommodation {
             walkers: (0..vcpus.max(1))
                 .map(|_| Mutex::new(PageWalker::new()))
                 .collect(),
+            refused: (0..vcpus.max(1)).map(|_| Mutex::new(None)).collect(),
         }
     }
 
@@ -179,6 +199,16 @@ impl Accommodation {
                 if bytes.first() == Some(&0xcc) {
                     return None;
                 }
+                if self.retry(index, rip, &bytes) {
+                    self.say_once("retry", || {
+                        format!(
+                            "re-ran `{mnemonic}` at {} once: the emulator failed on it while \
+                             its bytes were being rewritten (cross-modified code)",
+                            describe(self.symbols.as_deref(), rip)
+                        )
+                    });
+                    return Some(HookAction::Continue);
+                }
                 Some(HookAction::Stop(StopReason::Crash(format!(
                     "the emulator of this software KVM cannot run `{mnemonic}` at {} \
                      (bytes {}), and hvprobe does not run it on the host: {reason}",
@@ -191,6 +221,13 @@ impl Accommodation {
                 ))))
             }
         }
+    }
+
+    /// Whether vCPU `index` should re-run the instruction at `rip` (`bytes`) that neither the
+    /// emulator nor hvprobe ran: yes unless it already failed [`RETRIES`] times in a row.
+    fn retry(&self, index: usize, rip: u64, bytes: &[u8]) -> bool {
+        let mut last = lock(&self.refused[index.min(self.refused.len() - 1)]);
+        should_retry(&mut last, rip, bytes, std::time::Instant::now())
     }
 
     /// The exit summary: syscalls relayed, page faults passed, instructions run on the host.
@@ -216,6 +253,28 @@ impl Accommodation {
     }
 }
 
+/// Records a failure at `rip` (`bytes`) at `now` in `last` and says whether to re-run it:
+/// yes unless the same bytes at the same RIP already failed [`RETRIES`] times in a row within
+/// [`RETRY_WINDOW`] of each other.
+fn should_retry(
+    last: &mut Option<Refusal>,
+    rip: u64,
+    bytes: &[u8],
+    now: std::time::Instant,
+) -> bool {
+    let times = match last.as_ref() {
+        Some(r) if r.rip == rip && r.bytes == bytes && now - r.at < RETRY_WINDOW => r.times + 1,
+        _ => 1,
+    };
+    *last = Some(Refusal {
+        rip,
+        bytes: bytes.to_vec(),
+        at: now,
+        times,
+    });
+    times <= RETRIES
+}
+
 /// `0x... (symbol+0x..)`, or the bare address.
 fn describe(symbols: Option<&SymbolTable>, addr: u64) -> String {
     match symbols.and_then(|s| s.lookup(addr)) {
@@ -227,5 +286,28 @@ fn describe(symbols: Option<&SymbolTable>, addr: u64) -> String {
 impl crate::vcpu::Accommodate for Accommodation {
     fn on_emulation_failure(&self, vcpu: &mut VcpuCtx<'_>, rip: u64) -> Option<HookAction> {
         Accommodation::on_emulation_failure(self, vcpu, rip)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_failure_is_re_run_twice_then_it_is_a_crash_and_a_new_one_starts_over() {
+        let mut last = None;
+        let t = Instant::now();
+        let jmp = [0xeb, 0x38];
+        assert!(should_retry(&mut last, 0x1000, &jmp, t));
+        assert!(should_retry(&mut last, 0x1000, &jmp, t));
+        assert!(!should_retry(&mut last, 0x1000, &jmp, t), "third in a row");
+        // Other bytes or another RIP: a new failure.
+        assert!(should_retry(&mut last, 0x1000, &[0x90], t));
+        assert!(should_retry(&mut last, 0x2000, &[0x90], t));
+        // The same failure long after the last one: new as well.
+        assert!(should_retry(&mut last, 0x2000, &[0x90], t));
+        let later = t + RETRY_WINDOW + Duration::from_millis(1);
+        assert!(should_retry(&mut last, 0x2000, &[0x90], later));
     }
 }

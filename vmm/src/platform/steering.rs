@@ -1,7 +1,8 @@
 //! Command-line steering for Linux guests on the software KVM: kernel parameters that keep
 //! Linux away from what that emulator cannot run (XSAVE, POPCNT, CMPXCHG16B, CLAC, SSSE3/AVX
 //! code in crypto) and skip boot work that is pure emulation cost there (crypto self-tests,
-//! the W+X page-table scan, a few initcalls). Measured in `shared/PLATFORM.md`: without these,
+//! the W+X page-table scan, a few initcalls), and away from hypercalls (`vmcall` never
+//! returns there: PV spinlocks' kick). Measured in `shared/PLATFORM.md`: without these,
 //! Debian's 6.1 kernel stops in SLUB, in the FPU set-up or in `blake2s_compress_ssse3`, or
 //! spends over ten minutes in self-tests before `/init`.
 //!
@@ -29,7 +30,7 @@ fn key_of(word: &str) -> &str {
 }
 
 /// What hvprobe adds to a Linux guest's command line on the software KVM, in order.
-pub const LINUX_STEERING: [SteeringWord; 6] = [
+pub const LINUX_STEERING: [SteeringWord; 7] = [
     SteeringWord {
         word: "noxsave",
         why: "the emulator cannot run xsave/xrstor",
@@ -45,6 +46,11 @@ pub const LINUX_STEERING: [SteeringWord; 6] = [
     SteeringWord {
         word: "nowatchdog",
         why: "the lockup watchdog misreads emulated time",
+    },
+    SteeringWord {
+        word: "nopvspin",
+        why: "a contended PV spinlock kicks the halted waiter with `vmcall`, which hangs \
+              this emulator's vCPU: both vCPUs stop for good",
     },
     SteeringWord {
         word: "rodata=off",

@@ -164,10 +164,19 @@ impl ProbeEngine {
         Ok(n)
     }
 
+    /// The guest module's handler that [`JumpHandler::Call`] trampolines call (checked by the
+    /// caller; `None`: such sites cannot become jumps).
+    ///
+    /// [`JumpHandler::Call`]: super::JumpHandler::Call
+    pub fn set_module_handler(&self, func: Option<u64>) {
+        lock(&self.opt).module_handler = func;
+    }
+
     /// Forgets the arena (after [`Self::release_arena`] and a last ring drain).
     pub fn forget_arena(&self) {
         let mut opt = lock(&self.opt);
         opt.arena = None;
+        opt.module_handler = None;
         *lock(&self.rings) = None;
     }
 

@@ -59,6 +59,10 @@ pub enum JumpHandler {
     Exit,
     /// No exit: the trampoline writes a record with these values into its vCPU's ring.
     InGuest(Vec<Fetch>),
+    /// No exit: the trampoline calls the guest module's handler with the probed registers
+    /// (see [`disasm::Handler::Call`]); it records pid, comm and the string this register
+    /// points to.
+    Call(Option<disasm::Gpr>),
 }
 
 impl JumpHandler {
@@ -66,6 +70,7 @@ impl JumpHandler {
         match self {
             JumpHandler::Exit => JumpKind::Exit,
             JumpHandler::InGuest(_) => JumpKind::InGuest,
+            JumpHandler::Call(_) => JumpKind::Call,
         }
     }
 }
@@ -77,6 +82,8 @@ pub enum JumpKind {
     Exit,
     /// In-guest ring buffer.
     InGuest,
+    /// The guest module's handler, called in the guest.
+    Call,
 }
 
 /// How a site is armed right now.
@@ -115,6 +122,7 @@ impl std::fmt::Display for ArmedAs {
                 match kind {
                     JumpKind::Exit => "exit",
                     JumpKind::InGuest => "in-guest",
+                    JumpKind::Call => "module",
                 }
             ),
         }
@@ -177,6 +185,8 @@ pub(super) struct OptState {
     reserved: Vec<(u64, String)>,
     /// How in-guest handlers find their ring.
     cpu_source: disasm::CpuSource,
+    /// The guest module's handler for [`JumpHandler::Call`] trampolines (guest-virtual).
+    module_handler: Option<u64>,
     /// Instructions with exception-table fixups (Linux's `__ex_table`, read from guest
     /// memory once), sorted.
     fixups: Option<Vec<u64>>,

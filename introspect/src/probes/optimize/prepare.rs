@@ -99,6 +99,10 @@ impl ProbeEngine {
             .map(|w| w.handler.clone())
             .unwrap_or(JumpHandler::Exit);
         let cpu_source = opt.cpu_source;
+        let module_handler = opt.module_handler;
+        if matches!(want_handler, JumpHandler::Call(_)) && module_handler.is_none() {
+            return Err("the guest gives no handler to call (no guest module)".into());
+        }
         let arena = opt.arena.as_mut().ok_or("no arena")?;
         let layout = arena.layout.clone();
         let slot = arena
@@ -121,6 +125,19 @@ impl ProbeEngine {
                 lost: layout.slot_lost(slot).0.raw(),
                 fetches: fetches.clone(),
             }),
+            JumpHandler::Call(arg) => Handler::Call {
+                func: module_handler.unwrap_or_default(),
+                arg: *arg,
+                ring: RingSpec {
+                    cpu: cpu_source,
+                    rings: layout.ring(0).0.raw(),
+                    ring_count: layout.ring_count,
+                    ring_stride: u32::try_from(layout.ring_stride).unwrap_or(u32::MAX),
+                    capacity: layout.ring_capacity,
+                    lost: layout.slot_lost(slot).0.raw(),
+                    fetches: Vec::new(),
+                },
+            },
         };
         let built = build_trampoline(&TrampolineSpec {
             at: slot_va.raw(),
