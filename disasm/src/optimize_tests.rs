@@ -230,6 +230,23 @@ fn short_jump_out_of_the_window_becomes_a_near_jump_to_the_same_target() {
     assert_eq!(r.map, [(IP, to), (IP + 1, to + 1), (IP + 3, to + 7)]);
 }
 
+/// A fuzzer find: a `jrcxz` (short only) whose target is out of reach from the new place is
+/// rewritten by the encoder into several instructions, which have no single new address: the
+/// map got `to + u32::MAX` for it. Such code is refused.
+#[test]
+fn a_branch_that_must_be_rewritten_is_refused() {
+    let code = [0xe3, 0xe3, 0x90, 0x90, 0x90, 0x90];
+    let e = relocate(&code, IP, IP + MIB).unwrap_err();
+    assert!(
+        matches!(&e, RelocateError::Encode { message, .. } if message.contains("several")),
+        "{e:?}"
+    );
+    // Within reach it stays a jrcxz.
+    let near = relocate(&code, IP, IP + 0x10).unwrap();
+    assert_eq!(near.map.len(), 5);
+    assert!(near.map.windows(2).all(|w| w[0].1 < w[1].1));
+}
+
 #[test]
 fn relocation_beyond_2_gib_is_refused_unless_nothing_is_relative() {
     let code = asm(IP, |a| {

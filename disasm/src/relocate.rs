@@ -94,6 +94,22 @@ pub fn relocate(insns_bytes: &[u8], from: u64, to: u64) -> Result<Relocated, Rel
         to,
         message: e.to_string(),
     })?;
+    // An instruction the encoder had to rewrite into several (`jrcxz` or `loop` whose target
+    // is out of a short branch's reach) has no offset of its own (u32::MAX): no address in
+    // the new code stands for it, so such code is not relocated.
+    if let Some(i) = result
+        .new_instruction_offsets
+        .iter()
+        .position(|&off| off == u32::MAX)
+    {
+        return Err(RelocateError::Encode {
+            to,
+            message: format!(
+                "the instruction at {:#x} would be rewritten into several instructions",
+                ips.get(i).copied().unwrap_or(from)
+            ),
+        });
+    }
     let map = ips
         .into_iter()
         .zip(result.new_instruction_offsets)
