@@ -27,7 +27,7 @@
 //! default 3), `HVPROBE_BENCH_N_SLOW` (N of ring-0 cells on a software KVM, default 500),
 //! `HVPROBE_BENCH_N_EXIT` (N of native exit cells: int3 and jump-exit, default 2000),
 //! `HVPROBE_BENCH_N_FAST` (N of native cells without exits, default 50000; at most the ring
-//! capacity, 65536 records per vCPU). `HVPROBE_BENCH_VARIANT=RING:MODE` (e.g. `0:jump-exit`,
+//! capacity, 262,144 records per vCPU). `HVPROBE_BENCH_VARIANT=RING:MODE` (e.g. `0:jump-exit`,
 //! `3:none`) runs that cell alone, with `HVPROBE_BENCH_N` calls if set
 //! (`scripts/callgrind-hits.sh --bench optprobes` counts host instructions per hit that way).
 
@@ -47,10 +47,10 @@ const TARGET: &str = "tk_bench_target";
 const ROUNDS: usize = 5;
 /// Point numbers of one round: before the plain loop, between the loops, after the target loop.
 const ROUND_POINTS: [u32; 3] = [100, 101, 102];
-/// Records per vCPU ring in the test kernel's 8 MiB arena with 1 vCPU (its header's
+/// Records per vCPU ring in the test kernel's 20 MiB arena with 1 vCPU (its header's
 /// `ring_capacity`): a round's hits must fit, since the guest waits for the drain only after
 /// each round.
-const RING_CAPACITY: u32 = 65_536;
+const RING_CAPACITY: u32 = 262_144;
 /// Goal: a jump probe with an exit handler costs at most this fraction of an int3 hit.
 const JUMP_EXIT_GOAL: f64 = 0.6;
 /// Goal: the in-guest handler adds at most this many ns per hit in native code.

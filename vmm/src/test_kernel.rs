@@ -56,7 +56,7 @@ pub static TEST_KERNEL: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/test-k
 ///
 /// `optloop`, `optbench` and `tscaux` run in ring 0, or in ring 3 with `hvring=3` (where our
 /// CI's software KVM runs them natively rather than emulated). Before any scenario runs,
-/// the kernel reports its trampoline arena (8 MiB at `__hvprobe_arena_start`) through the
+/// the kernel reports its trampoline arena (20 MiB at `__hvprobe_arena_start`) through the
 /// test device's ARENA registers.
 ///
 /// Every scenario starts with the line `hvprobe test kernel <version>: scenario NAME`; an
@@ -77,6 +77,7 @@ pub const SCENARIOS: &[&str] = &[
     "optloop",
     "optbench",
     "ring3",
+    "ring3pace",
     "tscaux",
     "serve",
 ];

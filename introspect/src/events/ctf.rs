@@ -25,6 +25,9 @@ pub const PACKET_BYTES: usize = 256 * 1024;
 const MAGIC: u32 = 0xC1FC_1FC1;
 /// Header (8 bytes) and context (5 x 8 bytes).
 const PACKET_PREFIX: usize = 48;
+/// The largest hit record: event header (10), vcpu, source, addr, hit, nregs (25), the
+/// registers, the watch byte.
+const HIT_MAX: usize = 10 + 25 + 8 * super::MAX_REGS + 1;
 
 /// The TSDL metadata for the stream this module writes.
 pub fn metadata() -> String {
@@ -302,26 +305,40 @@ impl CtfEncoder {
         }
         match &event.kind {
             EventKind::Probe | EventKind::HwBreak | EventKind::Watch { .. } => {
-                let id = match event.kind {
+                let id: u16 = match event.kind {
                     EventKind::Probe => 0,
                     EventKind::HwBreak => 1,
                     _ => 2,
                 };
-                self.header(id, t);
-                let p = &mut self.packet;
-                u32_(p, event.vcpu);
-                u32_(p, event.source.index());
-                u64_(p, event.addr);
-                u64_(p, event.hit);
+                // The hot path (millions per second): the record is put together on the
+                // stack and appended once.
+                if self.packet.is_empty() {
+                    self.packet.resize(PACKET_PREFIX, 0);
+                    self.first_ts = t.max(self.last_ts);
+                }
+                let ts = t.max(self.last_ts);
+                self.last_ts = ts;
                 let values = event.regs.values();
+                let mut rec = [0u8; HIT_MAX];
+                rec[0..2].copy_from_slice(&id.to_le_bytes());
+                rec[2..10].copy_from_slice(&ts.to_le_bytes());
+                rec[10..14].copy_from_slice(&event.vcpu.to_le_bytes());
+                rec[14..18].copy_from_slice(&event.source.index().to_le_bytes());
+                rec[18..26].copy_from_slice(&event.addr.to_le_bytes());
+                rec[26..34].copy_from_slice(&event.hit.to_le_bytes());
                 // At most MAX_REGS (8) values.
-                u8_(p, u8::try_from(values.len()).unwrap_or(0));
-                for &v in values {
-                    u64_(p, v);
+                let n = values.len().min(super::MAX_REGS);
+                rec[34] = u8::try_from(n).unwrap_or(0);
+                let mut len = 35;
+                for &v in &values[..n] {
+                    rec[len..len + 8].copy_from_slice(&v.to_le_bytes());
+                    len += 8;
                 }
                 if let EventKind::Watch { write } = event.kind {
-                    u8_(p, u8::from(write));
+                    rec[len] = u8::from(write);
+                    len += 1;
                 }
+                self.packet.extend_from_slice(&rec[..len]);
             }
             EventKind::Access(a) => {
                 self.header(3, t);
@@ -401,16 +418,22 @@ impl CtfEncoder {
             return;
         }
         let bits = (self.packet.len() as u64) * 8;
-        let mut prefix = Vec::with_capacity(PACKET_PREFIX);
-        u32_(&mut prefix, MAGIC);
-        u32_(&mut prefix, 0);
-        u64_(&mut prefix, self.first_ts);
-        u64_(&mut prefix, self.last_ts);
-        u64_(&mut prefix, bits);
-        u64_(&mut prefix, bits);
-        u64_(&mut prefix, self.discarded);
-        self.packet[..PACKET_PREFIX].copy_from_slice(&prefix);
-        out.extend_from_slice(&self.packet);
+        // The prefix is patched in place; the packet goes out by a buffer swap when `out` is
+        // empty (the writer empties it once it holds a packet's worth), else by a copy.
+        let p = &mut self.packet;
+        p[0..4].copy_from_slice(&MAGIC.to_le_bytes());
+        p[4..8].copy_from_slice(&0u32.to_le_bytes());
+        p[8..16].copy_from_slice(&self.first_ts.to_le_bytes());
+        p[16..24].copy_from_slice(&self.last_ts.to_le_bytes());
+        p[24..32].copy_from_slice(&bits.to_le_bytes());
+        p[32..40].copy_from_slice(&bits.to_le_bytes());
+        p[40..48].copy_from_slice(&self.discarded.to_le_bytes());
+        if out.is_empty() {
+            std::mem::swap(out, &mut self.packet);
+            self.packet.reserve(PACKET_BYTES + 4096);
+        } else {
+            out.extend_from_slice(&self.packet);
+        }
         self.packet.clear();
     }
 }

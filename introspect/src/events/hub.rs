@@ -249,16 +249,46 @@ impl Hub {
             .read()
             .unwrap_or_else(PoisonError::into_inner);
         let mut dropped = 0;
-        for q in queues.iter() {
-            let mut st = lock(&q.state);
-            for e in events.iter().filter(|e| q.filter.matches(e)) {
-                if !q.push_locked(&mut st, e.clone(), &self.shared.sources) {
+        let n = events.len() as u64;
+        // Every queue but the last gets clones; the last takes the events themselves (the
+        // usual case, one writer, copies nothing and touches no reference count).
+        if let Some((last, others)) = queues.split_last() {
+            for q in others {
+                let mut st = lock(&q.state);
+                st.buf.reserve(events.len().min(q.capacity));
+                for e in events.iter().filter(|e| q.filter.matches(e)) {
+                    if !q.push_locked(&mut st, e.clone(), &self.shared.sources) {
+                        dropped += 1;
+                    }
+                }
+                q.after_push(&mut st);
+            }
+            let mut st = lock(&last.state);
+            if st.pending_lost == 0
+                && st.buf.len() + events.len() <= last.capacity
+                && events.iter().all(|e| last.filter.matches(e))
+            {
+                // All of them fit and match: one bulk move (or a buffer swap, when the
+                // consumer has taken everything), not one push per event.
+                if st.buf.is_empty() {
+                    std::mem::swap(&mut st.buf, events);
+                } else {
+                    st.buf.append(events);
+                }
+                last.after_push(&mut st);
+                drop(st);
+                events.clear();
+                self.shared.delivered.fetch_add(n, Ordering::Relaxed);
+                return dropped;
+            }
+            st.buf.reserve(events.len().min(last.capacity));
+            for e in events.drain(..) {
+                if last.filter.matches(&e) && !last.push_locked(&mut st, e, &self.shared.sources) {
                     dropped += 1;
                 }
             }
-            q.after_push(&mut st);
+            last.after_push(&mut st);
         }
-        let n = events.len() as u64;
         events.clear();
         self.shared.delivered.fetch_add(n, Ordering::Relaxed);
         dropped

@@ -224,7 +224,8 @@ struct Output<'a, W: Write> {
 }
 
 impl<W: Write> Output<'_, W> {
-    fn write(&mut self, mut event: Event) {
+    /// Formats `event` (taken by reference: a batch is formatted in place, then cleared).
+    fn write(&mut self, event: &Event) {
         let lost_record = event.is_queue_lost();
         if self.report.error.is_some() {
             if !lost_record {
@@ -239,22 +240,31 @@ impl<W: Write> Output<'_, W> {
             if self.symbol_cache.len() > 65536 {
                 self.symbol_cache.clear();
             }
-            event.symbol = self
+            let symbol = self
                 .symbol_cache
                 .entry(rip)
                 .or_insert_with(|| symbols.lookup(rip).map(|s| Arc::from(s.to_string())))
                 .clone();
+            let symbolized = Event {
+                symbol,
+                ..event.clone()
+            };
+            return self.encode(&symbolized, lost_record);
         }
+        self.encode(event, lost_record);
+    }
+
+    fn encode(&mut self, event: &Event, lost_record: bool) {
         let expressed = match &mut self.encoder {
             Encoder::Text => {
-                text::encode(&mut self.buf, &event);
+                text::encode(&mut self.buf, event);
                 true
             }
             Encoder::Jsonl => {
-                jsonl::encode(&mut self.buf, &event, self.sources);
+                jsonl::encode(&mut self.buf, event, self.sources);
                 true
             }
-            Encoder::Mmiotrace => match mmiotrace::format_record(&event) {
+            Encoder::Mmiotrace => match mmiotrace::format_record(event) {
                 Some(line) => {
                     self.buf.extend_from_slice(line.as_bytes());
                     true
@@ -262,11 +272,10 @@ impl<W: Write> Output<'_, W> {
                 None => false,
             },
             Encoder::Chrome(c) => {
-                let text = c.encode(&event, self.sources);
-                self.buf.extend_from_slice(text.as_bytes());
+                c.encode(&mut self.buf, event, self.sources);
                 true
             }
-            Encoder::Ctf(c) => c.encode(&event, self.sources, &mut self.buf),
+            Encoder::Ctf(c) => c.encode(event, self.sources, &mut self.buf),
         };
         if !expressed {
             self.report.skipped += 1;
@@ -347,9 +356,10 @@ fn run<W: Write>(
     let mut last_flush = Instant::now();
     loop {
         if sub.recv_batch(&mut batch) > 0 {
-            for event in batch.drain(..) {
+            for event in &batch {
                 output.write(event);
             }
+            batch.clear();
             // Busy for a while: flush now and then anyway, so a reader sees progress.
             if last_flush.elapsed() >= Duration::from_millis(100) {
                 output.flush();
@@ -369,11 +379,12 @@ fn run<W: Write>(
     }
     // What is queued now; producers still running could otherwise keep us here forever.
     sub.recv_batch(&mut batch);
-    for event in batch.drain(..) {
+    for event in &batch {
         output.write(event);
     }
+    batch.clear();
     if let Some(lost) = sub.take_pending_lost() {
-        output.write(lost);
+        output.write(&lost);
     }
     match &mut output.encoder {
         Encoder::Chrome(_) => output.buf.extend_from_slice(chrome::footer().as_bytes()),

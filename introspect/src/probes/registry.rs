@@ -65,6 +65,11 @@ impl Probe {
         self.hits.fetch_add(1, Ordering::Relaxed) + 1
     }
 
+    /// Counts `n` hits at once (in-guest records, per drain).
+    pub(super) fn hits_add(&self, n: u64) {
+        self.hits.fetch_add(n, Ordering::Relaxed);
+    }
+
     /// Counts a hit whose instruction the host emulated.
     pub(super) fn emulated(&self) {
         self.emulated.fetch_add(1, Ordering::Relaxed);

@@ -32,6 +32,8 @@ pub struct RingRecord {
 pub struct RingReader {
     layout: ArenaLayout,
     tails: Vec<u64>,
+    /// The copy of the records being read, reused from drain to drain.
+    buf: Vec<u8>,
 }
 
 fn u64_at(b: &[u8], off: usize) -> u64 {
@@ -49,6 +51,11 @@ fn u32_at(b: &[u8], off: usize) -> u32 {
 /// [`RECORD_SIZE`] as a `usize`.
 const REC: usize = 64;
 const _: () = assert!(REC as u64 == RECORD_SIZE);
+/// [`RECORD_VALUES`] as a `usize`.
+const VALUES: usize = 16;
+const _: () = assert!(VALUES as u64 == RECORD_VALUES && VALUES + 8 * MAX_FETCHES <= REC);
+/// Records read (twice) at a time: 32 KiB.
+const CHUNK: usize = 512;
 
 impl RingReader {
     /// A reader for `layout`'s rings, all empty (tail 0, as the arena starts).
@@ -56,6 +63,7 @@ impl RingReader {
         RingReader {
             tails: vec![0; usize::try_from(layout.ring_count).unwrap_or(0)],
             layout,
+            buf: Vec::new(),
         }
     }
 
@@ -93,38 +101,60 @@ impl RingReader {
         if n == 0 {
             return Ok(0);
         }
-        let mut buf = vec![0u8; n * REC];
-        self.read_records(mem, hdr_va, tail, &mut buf)?;
-        let committed = (0..n)
-            .take_while(|&k| {
-                let want = tail.wrapping_add(k as u64).wrapping_add(1);
-                u64::from(u32_at(&buf, k * REC)) == want & 0xffff_ffff
-            })
-            .count();
-        if committed == 0 {
-            return Ok(0);
-        }
-        // The sequence words of `committed` records were seen: their fields are complete now.
-        fence(Ordering::Acquire);
-        buf.truncate(committed * REC);
-        self.read_records(mem, hdr_va, tail, &mut buf)?;
-        for k in 0..committed {
-            let r = &buf[k * REC..(k + 1) * REC];
-            let mut values = [0u64; MAX_FETCHES];
-            for (i, v) in values.iter_mut().enumerate() {
-                *v = u64_at(r, usize::try_from(RECORD_VALUES).unwrap_or(16) + 8 * i);
+        // In chunks through one reused buffer: no allocation per drain, and a chunk is still
+        // in the cache when it is read the second time and parsed.
+        let mut buf = std::mem::take(&mut self.buf);
+        let mut taken = 0;
+        let result = loop {
+            let want = (n - taken).min(CHUNK);
+            if want == 0 {
+                break Ok(());
             }
-            f(&RingRecord {
-                vcpu: ring,
-                tag: u32_at(r, 4),
-                tsc: u64_at(r, 8),
-                values,
-            });
+            let from = tail + taken as u64;
+            buf.resize(want * REC, 0);
+            if let Err(e) = self.read_records(mem, hdr_va, from, &mut buf) {
+                break Err(e);
+            }
+            let committed = (0..want)
+                .take_while(|&k| {
+                    let expect = from.wrapping_add(k as u64).wrapping_add(1);
+                    u64::from(u32_at(&buf, k * REC)) == expect & 0xffff_ffff
+                })
+                .count();
+            if committed == 0 {
+                break Ok(());
+            }
+            // The sequence words of `committed` records were seen: their fields are
+            // complete now.
+            fence(Ordering::Acquire);
+            buf.truncate(committed * REC);
+            if let Err(e) = self.read_records(mem, hdr_va, from, &mut buf) {
+                break Err(e);
+            }
+            for r in buf.chunks_exact(REC) {
+                let mut values = [0u64; MAX_FETCHES];
+                for (i, v) in values.iter_mut().enumerate() {
+                    *v = u64_at(r, VALUES + 8 * i);
+                }
+                f(&RingRecord {
+                    vcpu: ring,
+                    tag: u32_at(r, 4),
+                    tsc: u64_at(r, 8),
+                    values,
+                });
+            }
+            taken += committed;
+            if committed < want {
+                break Ok(());
+            }
+        };
+        self.buf = buf;
+        if taken > 0 {
+            let new_tail = tail + taken as u64;
+            self.tails[slot] = new_tail;
+            mem.write_phys(Gpa(hdr.raw() + RING_TAIL), &new_tail.to_le_bytes())?;
         }
-        let new_tail = tail + committed as u64;
-        self.tails[slot] = new_tail;
-        mem.write_phys(Gpa(hdr.raw() + RING_TAIL), &new_tail.to_le_bytes())?;
-        Ok(committed)
+        result.map(|()| taken)
     }
 
     /// Reads `buf.len() / RECORD_SIZE` records from index `from` on, across the wrap.

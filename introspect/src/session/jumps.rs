@@ -258,7 +258,10 @@ impl Introspector {
     /// the sources' lost counts and lost records). Returns how many records it took.
     ///
     /// Events are built without allocating (a register template per site, made once per
-    /// drain; the site's symbol shared) and handed to the hub in batches.
+    /// drain; the site's symbol shared) and handed to the hub in batches, moved, not copied.
+    /// Per record there is no lock, map lookup or atomic operation: the site of a run of
+    /// records with one tag is looked up once, hits are counted per site and drain, and hit
+    /// numbers are taken per source and batch ([`crate::events::Sources::hit_many`]).
     pub fn drain(&self, mem: &dyn Target) -> usize {
         /// Events handed to the hub at once.
         const BATCH: usize = 4096;
@@ -282,14 +285,41 @@ impl Introspector {
                 (site, regs)
             })
             .collect();
-        let mut batch: Vec<Event> = Vec::with_capacity(BATCH);
+        let mut buf = lock(&self.drain_buf);
+        let batch: &mut Vec<Event> = &mut buf;
+        batch.clear();
+        batch.reserve(BATCH);
         let now = self.sink.now_ns();
+        let sources = self.sources().clone();
+        // Records per site in this drain (counted on the engine's probes at the end).
+        let mut per_site: Vec<(Gva, u64)> = Vec::new();
+        // The site of the last record, with what its events are built from.
+        let mut last: Option<(Gva, &super::SiteSources, &RegSet, usize)> = None;
+        let hub = &self.sink;
+        let flush = |batch: &mut Vec<Event>| {
+            number_hits(&sources, batch);
+            hub.emit_batch(batch);
+        };
         let mut emit = |r: &crate::probes::ring::RingRecord, site: Option<Gva>| {
             let Some(site) = site else { return };
-            let (Some(s), Some(template)) = (sites.get(&site), templates.get(&site)) else {
-                return;
+            let (s, template, k) = match last {
+                Some((at, s, t, k)) if at == site => (s, t, k),
+                _ => {
+                    let (Some(s), Some(t)) = (sites.get(&site), templates.get(&site)) else {
+                        return;
+                    };
+                    let k = per_site
+                        .iter()
+                        .position(|(at, _)| *at == site)
+                        .unwrap_or_else(|| {
+                            per_site.push((site, 0));
+                            per_site.len() - 1
+                        });
+                    last = Some((site, s, t, k));
+                    (s, t, k)
+                }
             };
-            self.engine.count_guest_hit(site);
+            per_site[k].1 += 1;
             let mut regs = *template;
             regs.set_value(1, r.tsc);
             let values = if s.call {
@@ -301,7 +331,6 @@ impl Introspector {
                 regs.set_value(k + 2, *v);
             }
             for &src in &s.sources {
-                let hit = self.sources().hit(src);
                 batch.push(Event {
                     time_ns: now,
                     vcpu: r.vcpu,
@@ -310,18 +339,21 @@ impl Introspector {
                     addr: site.raw(),
                     symbol: s.symbol.clone(),
                     regs,
-                    hit,
+                    // Numbered per batch, before it goes out.
+                    hit: 0,
                 });
             }
             if batch.len() >= BATCH {
-                self.sink.emit_batch(&mut batch);
+                flush(batch);
             }
         };
-        // Records stay in the guest's rings (65,536 per vCPU for the test kernel) until the
+        // Records stay in the guest's rings (262,144 per vCPU for the test kernel) until the
         // writers that must see everything have room: bursts wait there instead of being
-        // dropped here. A ring that fills meanwhile counts its own losses.
+        // dropped here. A ring that fills meanwhile counts its own losses, and room is kept
+        // for the lost records that say so (one per site).
         let sources_per_record = sites.values().map(|s| s.sources.len()).max().unwrap_or(1);
-        let room = self.sink.room(Kind::Probe) / sources_per_record.max(1);
+        let markers: usize = sites.values().map(|s| s.sources.len()).sum();
+        let room = self.sink.room(Kind::Probe).saturating_sub(markers) / sources_per_record.max(1);
         let n = match self.engine.drain_rings(mem, room, &mut emit) {
             Ok(n) => n,
             Err(e) => {
@@ -329,7 +361,10 @@ impl Introspector {
                 0
             }
         };
-        self.sink.emit_batch(&mut batch);
+        flush(batch);
+        for (site, count) in per_site {
+            self.engine.count_guest_hits(site, count);
+        }
         for (site, lost) in self.engine.take_lost(mem) {
             if let Some(s) = sites.get(&site) {
                 for &src in &s.sources {
@@ -341,7 +376,29 @@ impl Introspector {
                 }
             }
         }
-        self.sink.emit_batch(&mut batch);
+        self.sink.emit_batch(batch);
         n
+    }
+}
+
+/// Gives the events of `batch` (hit number 0) their sources' next hit numbers, in order:
+/// one atomic operation per source and batch.
+fn number_hits(sources: &crate::events::Sources, batch: &mut [Event]) {
+    // (source, events in the batch, then the next number to give).
+    let mut counts: Vec<(crate::events::SourceId, u64)> = Vec::new();
+    for e in batch.iter() {
+        match counts.iter_mut().find(|(s, _)| *s == e.source) {
+            Some(c) => c.1 += 1,
+            None => counts.push((e.source, 1)),
+        }
+    }
+    for c in &mut counts {
+        c.1 = sources.hit_many(c.0, c.1) + 1;
+    }
+    for e in batch.iter_mut() {
+        if let Some(c) = counts.iter_mut().find(|(s, _)| *s == e.source) {
+            e.hit = c.1;
+            c.1 += 1;
+        }
     }
 }

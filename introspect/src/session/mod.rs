@@ -198,6 +198,9 @@ pub struct Introspector {
     /// A vCPU ran an optimizer pass: the sources' "how" needs refreshing.
     how_stale: std::sync::atomic::AtomicBool,
     sink: EventSink,
+    /// The ring drain's batch buffer, kept from drain to drain (it takes the ticker's lock
+    /// of `site_sources` first, so it is never contended).
+    drain_buf: Mutex<Vec<crate::events::Event>>,
     notes: Mutex<Vec<String>>,
     /// Per vCPU: a client asked for one single-step ([`Introspector::request_step`]).
     client_steps: Vec<std::sync::atomic::AtomicBool>,
@@ -235,6 +238,7 @@ impl Introspector {
             site_sources: Mutex::new(HashMap::new()),
             how_stale: std::sync::atomic::AtomicBool::new(false),
             sink,
+            drain_buf: Mutex::new(Vec::new()),
             notes: Mutex::new(Vec::new()),
             barrier: Mutex::new(None),
             client_steps: (0..vcpus)

@@ -1,4 +1,4 @@
-//! The trampoline arena: 8 MiB of guest memory this kernel reserves (`.hvprobe_arena` in
+//! The trampoline arena: 20 MiB of guest memory this kernel reserves (`.hvprobe_arena` in
 //! linker.ld) for hvprobe's jump-optimized probes, and the little the guest knows of its
 //! layout. See README.md ("The trampoline arena") for the whole contract.
 //!

@@ -1,6 +1,7 @@
 //! Workloads for jump-optimized probes ("optprobes"): naked probe targets whose bytes are
-//! exactly known, a checksummed loop (`optloop`), a benchmark (`optbench`), and two checks of
-//! the ring-3 environment (`ring3`, `tscaux`).
+//! exactly known, a checksummed loop (`optloop`), a benchmark (`optbench`), a paced ring-3
+//! caller for capture benchmarks (`ring3pace`), and two checks of the ring-3 environment
+//! (`ring3`, `tscaux`).
 //!
 //! Command-line parameters: `hvring=0|3` (default 0) runs the workload in ring 0 or, through
 //! [`crate::user::run_in_ring3`], in ring 3 (where our CI's KVM runs code natively instead of
@@ -382,6 +383,104 @@ extern "C" fn optbench_body() -> ! {
         }
     }
     testdev::exit(if ok { 0 } else { 1 })
+}
+
+// ---------------------------------------------------------------------------------------
+// ring3pace
+// ---------------------------------------------------------------------------------------
+
+/// `ring3pace`'s calls per second (0: as fast as it can).
+static PACE_RATE: AtomicU64 = AtomicU64::new(0);
+/// `ring3pace`'s duration in milliseconds.
+static PACE_MS: AtomicU64 = AtomicU64::new(1000);
+/// The TSC rate `ring3pace` paces with, in Hz.
+static PACE_TSC_HZ: AtomicU64 = AtomicU64::new(0);
+
+/// `ring3pace`: calls `tk_bench_target` from ring 3 for `hvms=MS` milliseconds (default
+/// 1000), `hvrate=N` times per second (a `rdtsc` delay loop between calls; 0 or absent: as
+/// fast as it can), with the TSC running at `hvtschz=HZ` (required: the host measures it;
+/// the guest reads the host's TSC unscaled on kvm_pvm and on hardware KVM without TSC
+/// scaling). POINT 1 before the first call, POINT 2 after the last, then it waits for
+/// hvprobe to drain the arena's rings, POINT 3, a MARK line
+/// `ring3pace: calls N cycles C rate R drained yes|no`, and EXIT 0.
+///
+/// A paced loop that falls behind (the vCPU was descheduled) does not catch up with a burst:
+/// the next call is due one period after the late one.
+pub fn ring3pace(cx: &Context) -> ! {
+    let Some(hz) = number(cx, "ring3pace", "hvtschz").filter(|&hz| hz >= 1_000_000) else {
+        kprintln!("ring3pace: hvtschz=HZ (the TSC rate, at least 1 MHz) is required");
+        testdev::exit(2)
+    };
+    PACE_TSC_HZ.store(hz, Relaxed);
+    PACE_RATE.store(number(cx, "ring3pace", "hvrate").unwrap_or(0), Relaxed);
+    PACE_MS.store(number(cx, "ring3pace", "hvms").unwrap_or(1000), Relaxed);
+    RING.store(3, Relaxed);
+    user::run_in_ring3(ring3pace_body)
+}
+
+/// `rdtsc` without a fence: the pacing loop's clock.
+fn rdtsc_nofence() -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: `rdtsc` only reads the TSC (CR4.TSD is clear, so also in ring 3).
+    unsafe {
+        asm!("rdtsc", out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags))
+    };
+    (u64::from(hi) << 32) | u64::from(lo)
+}
+
+extern "C" fn ring3pace_body() -> ! {
+    let hz = PACE_TSC_HZ.load(Relaxed);
+    let rate = PACE_RATE.load(Relaxed);
+    let ms = PACE_MS.load(Relaxed);
+    let target = black_box(tk_bench_target as extern "C" fn(u64) -> u64);
+    let span = hz.saturating_mul(ms) / 1000;
+    // Cycles from one call to the next (0: no delay).
+    let period = if rate == 0 { 0 } else { (hz / rate).max(1) };
+    testdev::point(1);
+    let t0 = rdtsc();
+    let end = t0.saturating_add(span);
+    let mut calls = 0u64;
+    let mut sum = 0u64;
+    if period == 0 {
+        loop {
+            for _ in 0..256 {
+                sum = sum.wrapping_add(target(calls));
+                calls += 1;
+            }
+            if rdtsc_nofence() >= end {
+                break;
+            }
+        }
+    } else {
+        let mut due = t0;
+        loop {
+            sum = sum.wrapping_add(target(calls));
+            calls += 1;
+            due += period;
+            let mut now = rdtsc_nofence();
+            while now < due {
+                core::hint::spin_loop();
+                now = rdtsc_nofence();
+            }
+            if now >= end {
+                break;
+            }
+            // Late by more than a period: no burst to catch up.
+            if now - due > period {
+                due = now;
+            }
+        }
+    }
+    let cycles = rdtsc().wrapping_sub(t0);
+    testdev::point(2);
+    let drained = arena::wait_drained();
+    testdev::point(3);
+    black_box(sum);
+    say(format_args!(
+        "ring3pace: calls {calls} cycles {cycles} rate {rate} drained {}",
+        if drained { "yes" } else { "no" }
+    ));
+    testdev::exit(0)
 }
 
 // ---------------------------------------------------------------------------------------

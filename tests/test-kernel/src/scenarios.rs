@@ -36,6 +36,7 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("optloop", crate::opt::optloop),
     ("optbench", crate::opt::optbench),
     ("ring3", crate::opt::ring3),
+    ("ring3pace", crate::opt::ring3pace),
     ("tscaux", crate::opt::tscaux),
     ("serve", serve),
 ];

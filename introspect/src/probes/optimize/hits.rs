@@ -46,9 +46,17 @@ impl ProbeEngine {
 
     /// Counts one in-guest hit on every probe at `site` (per drained record: no allocation).
     pub fn count_guest_hit(&self, site: Gva) {
+        self.count_guest_hits(site, 1);
+    }
+
+    /// Counts `n` in-guest hits on every probe at `site` (once per site and drain).
+    pub fn count_guest_hits(&self, site: Gva, n: u64) {
+        if n == 0 {
+            return;
+        }
         if let Some(s) = self.read_reg().site(site) {
             for p in s.probes.iter() {
-                p.hit();
+                p.hits_add(n);
             }
         }
     }
@@ -71,8 +79,20 @@ impl ProbeEngine {
             .tags
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Records of one drain mostly carry the same tag: look it up once per run.
+        let mut last: Option<(u32, Option<Gva>)> = None;
         reader
-            .drain(mem, max, &mut |r| f(r, tags.get(&r.tag).copied()))
+            .drain(mem, max, &mut |r| {
+                let site = match last {
+                    Some((tag, site)) if tag == r.tag => site,
+                    _ => {
+                        let site = tags.get(&r.tag).copied();
+                        last = Some((r.tag, site));
+                        site
+                    }
+                };
+                f(r, site)
+            })
             .map_err(|source| ProbeError::Patch {
                 gpa: Gpa(0),
                 source,
