@@ -232,7 +232,7 @@ fn bad_instrumentation() {
         &["run", "--probe", "start_kernel:kprobe"],
         &[
             "--probe start_kernel:kprobe",
-            "auto, int3, jump or jump-exit",
+            "auto, int3, jump, jump-exit or jump-call",
         ],
     );
     assert_bad_input(
