@@ -16,7 +16,7 @@ use vmm::test_kernel::TEST_KERNEL;
 use vmm::vm::Vm;
 
 /// The arena the test kernel reserves (linker.ld).
-const ARENA_LEN: u64 = 8 << 20;
+const ARENA_LEN: u64 = 20 << 20;
 
 fn config(cmdline: &str, cpus: u8) -> VmConfig {
     VmConfig::quiet_test_kernel(cmdline, cpus)
