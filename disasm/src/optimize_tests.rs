@@ -234,13 +234,19 @@ fn short_jump_out_of_the_window_becomes_a_near_jump_to_the_same_target() {
 /// rewritten by the encoder into several instructions, which have no single new address: the
 /// map got `to + u32::MAX` for it. Such code is refused.
 #[test]
-fn a_branch_that_must_be_rewritten_is_refused() {
+fn code_without_an_address_for_each_instruction_is_refused() {
     let code = [0xe3, 0xe3, 0x90, 0x90, 0x90, 0x90];
     let e = relocate(&code, IP, IP + MIB).unwrap_err();
     assert!(
         matches!(&e, RelocateError::Encode { message, .. } if message.contains("several")),
         "{e:?}"
     );
+    // A second find: code placed so that it runs past the top of the address space, where
+    // its addresses wrap (the map went u64::MAX, 0, 2).
+    let xlat_adds = [0xd7, 0x00, 0x19, 0x00, 0x0f];
+    let e = relocate(&xlat_adds, IP, u64::MAX).unwrap_err();
+    assert!(e.to_string().contains("past the top"), "{e}");
+    assert_eq!(relocate(&xlat_adds, IP, u64::MAX - 4).unwrap().code, xlat_adds);
     // Within reach it stays a jrcxz.
     let near = relocate(&code, IP, IP + 0x10).unwrap();
     assert_eq!(near.map.len(), 5);

@@ -94,6 +94,17 @@ pub fn relocate(insns_bytes: &[u8], from: u64, to: u64) -> Result<Relocated, Rel
         to,
         message: e.to_string(),
     })?;
+    // The new code must not run past the top of the address space (its addresses would wrap).
+    let last = (result.code_buffer.len() as u64).saturating_sub(1);
+    if to.checked_add(last).is_none() {
+        return Err(RelocateError::Encode {
+            to,
+            message: format!(
+                "{} bytes of code at {to:#x} would run past the top of the address space",
+                result.code_buffer.len()
+            ),
+        });
+    }
     // An instruction the encoder had to rewrite into several (`jrcxz` or `loop` whose target
     // is out of a short branch's reach) has no offset of its own (u32::MAX): no address in
     // the new code stands for it, so such code is not relocated.
