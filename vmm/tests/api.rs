@@ -409,7 +409,7 @@ fn two_clients_two_subscriptions_and_a_client_that_stops_reading() {
     m.call("probe.add", json!({"spec": "tk_probe_target:int3"}))
         .unwrap();
     let before = calls(&mut m);
-    std::thread::sleep(Duration::from_secs(7));
+    std::thread::sleep(Duration::from_secs(10));
     let after = calls(&mut m);
     assert!(
         after > before + 100,
