@@ -361,7 +361,16 @@ impl Introspector {
                 self.engine.check_jump(target, site).map_err(perr)?;
                 Some(h.clone())
             }
-            ProbeArm::Auto(h) => Some(h.clone()),
+            // Code that can never take a jump says so now (the same check a pass makes), so
+            // the probe's "how" does not depend on whether a pass ran before the guest ended.
+            ProbeArm::Auto(h) => match self.engine.check_jump(target, site) {
+                Ok(()) => Some(h.clone()),
+                Err(ProbeError::CannotJump { reason, .. }) => {
+                    self.engine.refuse_jump(site, reason);
+                    None
+                }
+                Err(_) => Some(h.clone()),
+            },
         };
         let source = self
             .sources()

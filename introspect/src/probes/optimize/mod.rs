@@ -281,6 +281,12 @@ impl ProbeEngine {
         lock(&self.opt).wants.values().any(|w| w.deferrals > 0)
     }
 
+    /// Records that `site` stays an int3 because of `why` (an `:auto` probe on code that
+    /// cannot take a jump), as a pass would.
+    pub fn refuse_jump(&self, site: Gva, why: String) {
+        Self::refuse(&mut lock(&self.opt), site, why);
+    }
+
     fn refuse(opt: &mut OptState, site: Gva, why: String) {
         opt.wants.remove(&site);
         opt.refused.insert(site, why);
