@@ -246,7 +246,10 @@ fn code_without_an_address_for_each_instruction_is_refused() {
     let xlat_adds = [0xd7, 0x00, 0x19, 0x00, 0x0f];
     let e = relocate(&xlat_adds, IP, u64::MAX).unwrap_err();
     assert!(e.to_string().contains("past the top"), "{e}");
-    assert_eq!(relocate(&xlat_adds, IP, u64::MAX - 4).unwrap().code, xlat_adds);
+    assert_eq!(
+        relocate(&xlat_adds, IP, u64::MAX - 4).unwrap().code,
+        xlat_adds
+    );
     // Within reach it stays a jrcxz.
     let near = relocate(&code, IP, IP + 0x10).unwrap();
     assert_eq!(near.map.len(), 5);
